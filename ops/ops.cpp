@@ -1,0 +1,1 @@
+// placeholder: the op dispatch lands with the CPU kernels
