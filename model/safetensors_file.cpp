@@ -91,29 +91,50 @@ void MappedFile::prefetch(ProgressBar& bar) const {
 
 namespace {
 
-// The JSON of the header, rejecting duplicate top-level keys (nlohmann keeps the last one
-// silently, which would hide a tensor).
-json parse_header(const std::string& file, std::string_view text) {
+// Finds a repeated top-level key in one SAX pass over the header. (nlohmann keeps the last
+// of two equal keys silently, which would hide a tensor; its parse callback could see keys
+// too, but it rescans the parent object at every nested object end: quadratic in tensors.)
+class DuplicateKeyFinder : public nlohmann::json_sax<json> {
+ public:
   std::string duplicate;
-  bool has_duplicate = false;
-  std::set<std::string> keys;
+
+  bool key(string_t& k) override {
+    if (depth_ == 1 && duplicate.empty() && !keys_.insert(k).second) duplicate = k;
+    return true;
+  }
+  bool start_object(std::size_t) override { return ++depth_, true; }
+  bool end_object() override { return --depth_, true; }
+  bool start_array(std::size_t) override { return ++depth_, true; }
+  bool end_array() override { return --depth_, true; }
+  bool null() override { return true; }
+  bool boolean(bool) override { return true; }
+  bool number_integer(number_integer_t) override { return true; }
+  bool number_unsigned(number_unsigned_t) override { return true; }
+  bool number_float(number_float_t, const string_t&) override { return true; }
+  bool string(string_t&) override { return true; }
+  bool binary(binary_t&) override { return true; }
+  bool parse_error(std::size_t, const std::string&, const nlohmann::detail::exception&) override {
+    return false;
+  }
+
+ private:
+  int depth_ = 0;
+  std::set<std::string> keys_;
+};
+
+json parse_header(const std::string& file, std::string_view text) {
   json header;
   try {
-    header = json::parse(text.begin(), text.end(),
-                         [&](int depth, json::parse_event_t event, json& parsed) {
-                           if (event == json::parse_event_t::key && depth == 1 &&
-                               !keys.insert(parsed.get<std::string>()).second && !has_duplicate) {
-                             has_duplicate = true;
-                             duplicate = parsed.get<std::string>();
-                           }
-                           return true;
-                         });
+    header = json::parse(text.begin(), text.end());
   } catch (const json::exception& e) {
     TANDEM_FAIL("{}: header is not valid JSON: {}", file, e.what());
   }
   TANDEM_CHECK(header.is_object(), "{}: header is a JSON {}, expected an object", file,
                header.type_name());
-  TANDEM_CHECK(!has_duplicate, "{}: tensor '{}' appears twice in the header", file, duplicate);
+  DuplicateKeyFinder finder;
+  json::sax_parse(text.begin(), text.end(), &finder);
+  TANDEM_CHECK(finder.duplicate.empty(), "{}: tensor '{}' appears twice in the header", file,
+               finder.duplicate);
   return header;
 }
 
