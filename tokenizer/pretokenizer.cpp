@@ -5,6 +5,7 @@
 #include <utility>
 
 #include "core/error.h"
+#include "tokenizer/unicode_patch.h"
 
 namespace tandem::tokenizer {
 
@@ -14,26 +15,40 @@ namespace {
 constexpr const char* kGpt2Pattern =
     R"('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+)";
 
-// tokenizers runs Split regexes through Oniguruma, PCRE2 here. With PCRE2_UCP, \s is Unicode
-// White_Space except U+0085 (NEL), which Oniguruma includes; spell \s and \S out so both agree.
-// Only rewrites outside character classes; inside a class \s is replaced by its members too.
+// tokenizers runs Split regexes through Oniguruma, whose Unicode tables are newer than those
+// of PCRE2 10.42 (Unicode 14), and whose \s differs from PCRE2's at U+180E. So \p{L}, \p{M},
+// \p{N}, \p{P} and \p{S} also accept the code points assigned since (unicode_patch.h, made by
+// tools/tokenizer/make_unicode_patch.py), and \s / \S become Oniguruma's explicit set.
+// (\S inside a class and other properties are passed through unchanged.)
 std::string to_pcre2(const std::string& pattern) {
-  static constexpr std::string_view kSpaceMembers = R"(\s\x{85})";
+  auto extra_for = [](char name) -> std::string_view {
+    switch (name) {
+      case 'L': return kExtraL;
+      case 'M': return kExtraM;
+      case 'N': return kExtraN;
+      case 'P': return kExtraP;
+      case 'S': return kExtraS;
+      default: return {};
+    }
+  };
   std::string out;
-  out.reserve(pattern.size() + 16);
+  out.reserve(pattern.size() + 256);
   bool in_class = false;
   for (size_t i = 0; i < pattern.size(); ++i) {
     const char c = pattern[i];
     if (c == '\\' && i + 1 < pattern.size()) {
       const char n = pattern[++i];
-      if (n == 's') {
-        if (in_class) {
-          out.append(kSpaceMembers);
-        } else {
-          out.append("[").append(kSpaceMembers).append("]");
-        }
+      const bool property = n == 'p' && i + 3 < pattern.size() && pattern[i + 1] == '{' &&
+                            pattern[i + 3] == '}' && !extra_for(pattern[i + 2]).empty();
+      if (property) {
+        const std::string members = std::string("\\p{") + pattern[i + 2] + "}" +
+                                    std::string(extra_for(pattern[i + 2]));
+        out.append(in_class ? members : "[" + members + "]");
+        i += 3;
+      } else if (n == 's') {
+        out.append(in_class ? std::string(kSpaceMembers) : "[" + std::string(kSpaceMembers) + "]");
       } else if (n == 'S' && !in_class) {
-        out.append(R"([^\s\x{85}])");
+        out.append("[^").append(kSpaceMembers).append("]");
       } else {
         out.push_back('\\');
         out.push_back(n);

@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import sys
 import unicodedata
 
@@ -249,6 +250,13 @@ def codepoint_sweep():
         if unicodedata.category(chr(cp)) == "Cn" and cp % 61 != 0:
             continue  # unassigned code points all behave alike
         cps.append(cp)
+    # Code points assigned after Unicode 14 (tokenizer/unicode_patch.h), every third one.
+    patch = os.path.join(os.path.dirname(os.path.abspath(__file__)), "../../tokenizer/unicode_patch.h")
+    with open(patch, encoding="utf-8") as f:
+        for line in f:
+            for lo, hi in re.findall(r"x\{([0-9A-F]+)\}(?:-\\\\x\{([0-9A-F]+)\})?", line):
+                if "kSpace" not in line:
+                    cps += list(range(int(lo, 16), int(hi or lo, 16) + 1, 3))
     step = 64
     return ["".join(f" {chr(c)}{chr(c)}a" for c in cps[i:i + step]) for i in range(0, len(cps), step)]
 
