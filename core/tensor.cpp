@@ -163,6 +163,17 @@ Tensor Tensor::select(int d, int64_t index) const {
   return t;
 }
 
+Tensor Tensor::unsqueeze(int d) const {
+  const int nd = dim();
+  if (d < 0) d += nd + 1;
+  TANDEM_CHECK(d >= 0 && d <= nd, "unsqueeze: dimension {} out of range for {}", d, describe());
+  Tensor t = *this;
+  const int64_t stride = d < nd ? strides_[d] * shape_[d] : 1;
+  t.shape_.insert(t.shape_.begin() + d, 1);
+  t.strides_.insert(t.strides_.begin() + d, stride);
+  return t;
+}
+
 Tensor Tensor::contiguous() const {
   if (is_contiguous()) return *this;
   return clone();

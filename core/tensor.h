@@ -87,6 +87,7 @@ class Tensor {
   Tensor view(const Shape& shape) const;  // contiguous only; one dimension may be -1
   Tensor slice(int d, int64_t start, int64_t end) const;
   Tensor select(int d, int64_t index) const;  // drops dimension d
+  Tensor unsqueeze(int d) const;              // inserts a size-1 dimension at d (any strides)
 
   // Copies.
   Tensor contiguous() const;

@@ -13,7 +13,13 @@
 // Sharded checkpoints: the shards named in weight_map are opened; each must hold every tensor
 // listed for it, and no tensor may appear in two shards. Tensors a shard holds that weight_map
 // does not list are included as well (the shard is the source of truth, as in transformers,
-// which loads whole shards); shards the index never names are not opened.
+// which loads whole shards); shards the index never names are not opened. The index's
+// metadata.total_size is not checked (published indexes do not always agree with their shards).
+// Gaps between tensors in a data section are tolerated; overlaps are not.
+//
+// A view's address is the mapping base plus the tensor's offset; safetensors does not align
+// tensors, so after a tensor whose byte size is not a multiple of 8 a view may be unaligned
+// for its element type (the data section itself starts 8-byte aligned).
 //
 // Views returned by get() point into a read-only mapping (PROT_READ, MAP_PRIVATE): writing
 // through them faults, so clone() a tensor before changing it in place. A view keeps its

@@ -1,0 +1,212 @@
+#include "model/deepseek_v3.h"
+
+#include <cmath>
+#include <map>
+
+#include "ops/ops.h"
+
+namespace tandem {
+
+namespace {
+
+Tensor empty_f32(const Shape& shape, Device device) {
+  return Tensor::empty(shape, DType::kF32, device);
+}
+
+}  // namespace
+
+Tensor rope_inv_freq(const ModelConfig& c) {
+  const int64_t dim = c.qk_rope_head_dim, half = dim / 2;
+  const float base = float(c.rope_theta);
+  std::vector<float> inv_freq(half);
+  for (int64_t i = 0; i < half; ++i) inv_freq[i] = 1.0f / std::pow(base, float(2 * i) / float(dim));
+  const YarnScaling& y = c.rope_scaling;
+  if (y.enabled) {
+    // Dimensions rotating fewer than beta_slow times over the original context are
+    // interpolated (divided by factor), those rotating more than beta_fast times keep their
+    // frequency, with a linear ramp between.
+    auto correction_dim = [&](double rotations) {
+      return (double(dim) * std::log(double(y.original_max_position_embeddings) /
+                                     (rotations * 2.0 * M_PI))) /
+             (2.0 * std::log(c.rope_theta));
+    };
+    const double low = std::max(0.0, std::floor(correction_dim(y.beta_fast)));
+    double high = std::min(double(dim - 1), std::ceil(correction_dim(y.beta_slow)));
+    if (low == high) high += 0.001;
+    for (int64_t i = 0; i < half; ++i) {
+      const float ramp = std::clamp((float(i) - float(low)) / float(high - low), 0.0f, 1.0f);
+      const float extrapolation = 1.0f - ramp;
+      const float interpolated = inv_freq[i] / float(y.factor);
+      inv_freq[i] = interpolated * (1.0f - extrapolation) + inv_freq[i] * extrapolation;
+    }
+  }
+  return Tensor::from_vector(inv_freq, {half});
+}
+
+DeepseekV3Model::DeepseekV3Model(ModelConfig config, ModelWeights weights)
+    : config_(std::move(config)), weights_(std::move(weights)) {
+  inv_freq_ = rope_inv_freq(config_);
+  rope_factor_ = float(config_.rope_attention_factor());
+  softmax_scale_ = float(config_.softmax_scale());
+  route_.top_k = config_.num_experts_per_tok;
+  route_.n_group = config_.n_group;
+  route_.topk_group = config_.topk_group;
+  route_.sigmoid = config_.scoring_func == ScoringFunc::kSigmoid;
+  route_.grouped = config_.topk_method != TopkMethod::kGreedy;
+  route_.group_by_top2 = config_.topk_method == TopkMethod::kNoauxTc;
+  route_.norm_topk_prob = config_.norm_topk_prob;
+  route_.routed_scaling_factor = config_.routed_scaling_factor;
+}
+
+Tensor DeepseekV3Model::forward(const ForwardBatch& batch, KvCache& cache) {
+  const ModelConfig& c = config_;
+  const Device dev = batch.input_ids.device();
+  const int64_t tokens = batch.num_tokens, hidden = c.hidden_size;
+  TANDEM_CHECK(int64_t(cache.layers.size()) == c.num_hidden_layers,
+               "KV cache has {} layers, the model {}", cache.layers.size(), c.num_hidden_layers);
+  TANDEM_CHECK(cache.page_size == batch.page_size, "KV cache page size {} != batch page size {}",
+               cache.page_size, batch.page_size);
+
+  Tensor residual = empty_f32({tokens, hidden}, dev);  // [T, H]
+  ops::embedding(batch.input_ids, weights_.embed_tokens, residual);
+  name("embed", residual);
+
+  Tensor x = empty_f32({tokens, hidden}, dev);  // normed input of each sub-block
+  Tensor delta;                                 // output of the previous sub-block
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    const LayerWeights& lw = weights_.layers[l];
+    const std::string tag = "layer" + std::to_string(l);
+    if (l == 0) {
+      ops::rms_norm(residual, lw.input_layernorm, c.rms_norm_eps, x);
+    } else {
+      ops::add_rms_norm(residual, delta, lw.input_layernorm, c.rms_norm_eps, x);
+    }
+    Tensor attn_out = attention(l, x, batch, cache);  // [T, H]
+    name(tag + ".attn_out", attn_out);
+    ops::add_rms_norm(residual, attn_out, lw.post_attention_layernorm, c.rms_norm_eps, x);
+    delta = lw.is_moe ? moe(lw.moe, x) : mlp(lw.mlp, x, c.intermediate_size);  // [T, H]
+    name(tag + (lw.is_moe ? ".moe_out" : ".mlp_out"), delta);
+  }
+  ops::add_rms_norm(residual, delta, weights_.norm, c.rms_norm_eps, x);
+  name("final_norm", x);
+
+  // Logits only for the rows asked for (usually each sequence's last token).
+  const int64_t rows = batch.logit_rows.size(0);
+  Tensor selected = empty_f32({rows, hidden}, dev);
+  ops::gather_rows(x, batch.logit_rows, selected);
+  Tensor logits = empty_f32({rows, c.vocab_size}, dev);
+  ops::linear(selected, weights_.lm_head, logits);
+  name("logits", logits);
+  return logits;
+}
+
+// Multi-head latent attention (DeepSeek-V2 paper, section 2.1).
+Tensor DeepseekV3Model::attention(int64_t layer, const Tensor& x, const ForwardBatch& batch,
+                                  KvCache& cache) {
+  const ModelConfig& c = config_;
+  const AttentionWeights& w = weights_.layers[layer].attn;
+  const Device dev = x.device();
+  const int64_t tokens = x.size(0), heads = c.num_attention_heads;
+  const int64_t nope = c.qk_nope_head_dim, rope_dim = c.qk_rope_head_dim;
+  const int64_t lora = c.kv_lora_rank, v_dim = c.v_head_dim;
+
+  // Queries: [T, heads, nope + rope], through the low-rank path when q_lora_rank > 0.
+  Tensor q = empty_f32({tokens, heads * c.qk_head_dim()}, dev);
+  if (c.q_lora_rank > 0) {
+    Tensor q_a = empty_f32({tokens, c.q_lora_rank}, dev);
+    ops::linear(x, w.q_a_proj, q_a);
+    ops::rms_norm(q_a, w.q_a_layernorm, c.rms_norm_eps, q_a);
+    ops::linear(q_a, w.q_b_proj, q);
+  } else {
+    ops::linear(x, w.q_proj, q);
+  }
+  q = q.view({tokens, heads, c.qk_head_dim()});
+  Tensor q_pe = q.slice(2, nope, nope + rope_dim);  // [T, heads, rope], strided view
+  ops::rope(q_pe, batch.positions, inv_freq_, rope_factor_, c.rope_interleave);
+
+  // Keys/values: the normed latent c_kv [T, lora] and the shared RoPE key k_pe [T, rope].
+  Tensor kv_a = empty_f32({tokens, c.kv_cache_dim()}, dev);
+  ops::linear(x, w.kv_a_proj_with_mqa, kv_a);
+  Tensor latent = empty_f32({tokens, lora}, dev);
+  ops::rms_norm(kv_a.slice(1, 0, lora), w.kv_a_layernorm, c.rms_norm_eps, latent);
+  Tensor k_pe = kv_a.slice(1, lora, lora + rope_dim);  // [T, rope], strided view
+  Tensor k_pe_heads = k_pe.unsqueeze(1);                 // [T, 1, rope] for the rope op
+  ops::rope(k_pe_heads, batch.positions, inv_freq_, rope_factor_, c.rope_interleave);
+  ops::kv_store(latent, k_pe, batch.out_slots, cache.layers[layer]);
+
+  Tensor attn = empty_f32({tokens, heads, v_dim}, dev);  // [T, heads, v]
+  if (batch.mode == ForwardMode::kExtend) {
+    // Expand every cached position of each sequence to per-head keys and values.
+    const int64_t kv_len = batch.kv_slots.size(0);
+    Tensor cached = empty_f32({kv_len, c.kv_cache_dim()}, dev);
+    ops::gather_rows(cache.layers[layer], batch.kv_slots, cached);
+    Tensor kv = empty_f32({kv_len, heads * (nope + v_dim)}, dev);
+    ops::linear(cached.slice(1, 0, lora), w.kv_b_proj, kv);
+    ops::mla_prefill_attention(q, kv.view({kv_len, heads, nope + v_dim}),
+                               cached.slice(1, lora, lora + rope_dim), batch.cu_q, batch.cu_kv,
+                               softmax_scale_, attn);
+  } else {
+    // Absorbed: attend in latent space, then map the result to v per head.
+    Tensor q_latent = empty_f32({tokens, heads, lora}, dev);
+    ops::head_matmul(q.slice(2, 0, nope), w.w_uk_t, q_latent);
+    Tensor out_latent = empty_f32({tokens, heads, lora}, dev);
+    ops::mla_decode_attention(q_latent, q_pe, cache.layers[layer], batch.page_table,
+                              batch.seq_lens, batch.page_size, softmax_scale_, out_latent);
+    ops::head_matmul(out_latent, w.w_uv, attn);
+  }
+  Tensor out = empty_f32({tokens, c.hidden_size}, dev);
+  ops::linear(attn.view({tokens, heads * v_dim}), w.o_proj, out);
+  return out;
+}
+
+// SwiGLU MLP: down(silu(gate(x)) * up(x)).
+Tensor DeepseekV3Model::mlp(const MlpWeights& w, const Tensor& x, int64_t intermediate) {
+  const Device dev = x.device();
+  const int64_t tokens = x.size(0);
+  Tensor gate_up = empty_f32({tokens, 2 * intermediate}, dev);
+  Tensor gate = gate_up.slice(1, 0, intermediate), up = gate_up.slice(1, intermediate, 2 * intermediate);
+  ops::linear(x, w.gate_proj, gate);
+  ops::linear(x, w.up_proj, up);
+  Tensor act = empty_f32({tokens, intermediate}, dev);
+  ops::silu_and_mul(gate_up, act);
+  Tensor out = empty_f32({tokens, config_.hidden_size}, dev);
+  ops::linear(act, w.down_proj, out);
+  return out;
+}
+
+// DeepSeekMoE: routed experts (top-k of n_routed_experts, weighted) plus shared experts.
+Tensor DeepseekV3Model::moe(const MoeWeights& w, const Tensor& x) {
+  const ModelConfig& c = config_;
+  const Device dev = x.device();
+  const int64_t tokens = x.size(0), k = c.num_experts_per_tok;
+  Tensor logits = empty_f32({tokens, c.n_routed_experts}, dev);
+  ops::linear(x, w.gate, logits);
+  Tensor ids = Tensor::empty({tokens, k}, DType::kI32, dev);
+  Tensor weights = empty_f32({tokens, k}, dev);
+  ops::moe_route(logits, w.e_score_correction_bias, route_, ids, weights);
+
+  Tensor out = w.has_shared ? mlp(w.shared, x, c.shared_intermediate_size())
+                            : Tensor::zeros({tokens, c.hidden_size}, DType::kF32, dev);
+  // Group the (token, slot) pairs by expert on the host, then run each expert on its tokens.
+  const Tensor ids_host = ids.to(Device::cpu()), weights_host = weights.to(Device::cpu());
+  std::map<int32_t, std::pair<std::vector<int32_t>, std::vector<float>>> by_expert;
+  for (int64_t t = 0; t < tokens; ++t) {
+    for (int64_t j = 0; j < k; ++j) {
+      auto& [rows, ws] = by_expert[ids_host.data<int32_t>()[t * k + j]];
+      rows.push_back(int32_t(t));
+      ws.push_back(weights_host.data<float>()[t * k + j]);
+    }
+  }
+  for (const auto& [expert, assignment] : by_expert) {
+    const auto& [rows, ws] = assignment;
+    const int64_t n = int64_t(rows.size());
+    Tensor index = Tensor::from_vector(rows, {n}).to(dev);
+    Tensor xe = empty_f32({n, c.hidden_size}, dev);
+    ops::gather_rows(x, index, xe);
+    Tensor ye = mlp(w.experts[expert], xe, c.moe_intermediate_size);
+    ops::scatter_add_rows(ye, index, Tensor::from_vector(ws, {n}).to(dev), out);
+  }
+  return out;
+}
+
+}  // namespace tandem

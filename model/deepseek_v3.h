@@ -1,0 +1,51 @@
+// The DeepSeek-V3 forward pass (also V2 / V2-Lite), written once against ops/ops.h
+// (DESIGN.md "The model"). Reads top to bottom like the paper: embedding, then per layer
+// MLA attention and a dense MLP or a MoE with shared experts, then the final norm and lm_head.
+// Not thread-safe: one thread runs steps of one model; the weights are read-only.
+#pragma once
+
+#include <functional>
+#include <string>
+
+#include "model/config.h"
+#include "model/forward_batch.h"
+#include "model/kv_cache.h"
+#include "model/weights.h"
+
+namespace tandem {
+
+// YaRN-corrected RoPE inverse frequencies, f32 [rope_dim / 2], computed in fp32 in the same
+// order as the reference (arXiv:2309.00071; transformers' _compute_yarn_parameters).
+Tensor rope_inv_freq(const ModelConfig& config);
+
+class DeepseekV3Model {
+ public:
+  DeepseekV3Model(ModelConfig config, ModelWeights weights);
+
+  // Runs one step; writes the new tokens' KV into `cache` and returns f32 logits
+  // [batch.logit_rows.size(), vocab].
+  Tensor forward(const ForwardBatch& batch, KvCache& cache);
+
+  const ModelConfig& config() const { return config_; }
+
+  // Called with a name and a tensor for every named intermediate ("layer3.attn_out", ...) so a
+  // dump can be compared with the reference layer by layer (STYLE.md 9). Empty by default.
+  std::function<void(const std::string&, const Tensor&)> on_intermediate;
+
+ private:
+  Tensor attention(int64_t layer, const Tensor& x, const ForwardBatch& batch, KvCache& cache);
+  Tensor mlp(const MlpWeights& w, const Tensor& x, int64_t intermediate);
+  Tensor moe(const MoeWeights& w, const Tensor& x);
+  void name(const std::string& label, const Tensor& t) const {
+    if (on_intermediate) on_intermediate(label, t);
+  }
+
+  ModelConfig config_;
+  ModelWeights weights_;
+  Tensor inv_freq_;
+  float rope_factor_;
+  float softmax_scale_;
+  RouteParams route_;
+};
+
+}  // namespace tandem

@@ -1,0 +1,25 @@
+#include "model/loader.h"
+
+#include <chrono>
+
+#include "core/log.h"
+
+namespace tandem {
+
+LoadedModel load_model(const std::filesystem::path& model_dir) {
+  const auto start = std::chrono::steady_clock::now();
+  TANDEM_CHECK(std::filesystem::is_directory(model_dir), "model path {} is not a directory",
+               model_dir.string());
+  LoadedModel m;
+  m.config = ModelConfig::from_json_file(model_dir / "config.json");
+  TANDEM_LOG_INFO("model {}", m.config.summary());
+  m.checkpoint = std::make_shared<Checkpoint>(Checkpoint::open(model_dir));
+  m.checkpoint->prefetch();
+  m.model = std::make_unique<DeepseekV3Model>(m.config, load_weights(m.config, *m.checkpoint));
+  const double secs =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  TANDEM_LOG_INFO("loaded {:.2f} GB in {:.1f} s", double(m.checkpoint->total_bytes()) / 1e9, secs);
+  return m;
+}
+
+}  // namespace tandem

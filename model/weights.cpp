@@ -1,0 +1,204 @@
+#include "model/weights.h"
+
+#include <fmt/format.h>
+
+#include "core/log.h"
+
+namespace tandem {
+
+namespace {
+
+std::string layer_prefix(int64_t l) { return fmt::format("model.layers.{}.", l); }
+
+void add_mlp_specs(std::vector<WeightSpec>& specs, const std::string& prefix, int64_t hidden,
+                   int64_t inter) {
+  specs.push_back({prefix + "gate_proj.weight", {inter, hidden}, WeightKind::kLinear});
+  specs.push_back({prefix + "up_proj.weight", {inter, hidden}, WeightKind::kLinear});
+  specs.push_back({prefix + "down_proj.weight", {hidden, inter}, WeightKind::kLinear});
+}
+
+class Loader {
+ public:
+  Loader(const ModelConfig& c, const Checkpoint& ckpt) : c_(c), ckpt_(ckpt) {}
+
+  Tensor get(const std::string& name, const Shape& shape, std::initializer_list<DType> dtypes) {
+    const TensorInfo& info = ckpt_.info(name);
+    TANDEM_CHECK(info.shape == shape, "{}: tensor '{}' has shape {}, expected {}", info.file, name,
+                 shape_str(info.shape), shape_str(shape));
+    bool ok = false;
+    std::string allowed;
+    for (DType d : dtypes) {
+      ok |= info.dtype == d;
+      allowed += (allowed.empty() ? "" : " or ") + std::string(dtype_name(d));
+    }
+    TANDEM_CHECK(ok, "{}: tensor '{}' has dtype {}, expected {}", info.file, name,
+                 dtype_name(info.dtype), allowed);
+    return ckpt_.get(name);
+  }
+
+  LinearWeight linear(const std::string& name, int64_t out, int64_t in) {
+    LinearWeight w;
+    if (c_.quantization.enabled) {
+      w.weight = get(name, {out, in}, {DType::kF8E4M3});
+      const int64_t b = LinearWeight::kBlock;
+      w.scale_inv = get(name + "_scale_inv", {(out + b - 1) / b, (in + b - 1) / b}, {DType::kF32});
+    } else {
+      w.weight = get(name, {out, in}, {DType::kBF16, DType::kF32});
+    }
+    return w;
+  }
+
+  Tensor norm(const std::string& name, int64_t n) {
+    return get(name, {n}, {DType::kBF16, DType::kF32});
+  }
+
+  MlpWeights mlp(const std::string& prefix, int64_t inter) {
+    const int64_t h = c_.hidden_size;
+    return {linear(prefix + "gate_proj.weight", inter, h), linear(prefix + "up_proj.weight", inter, h),
+            linear(prefix + "down_proj.weight", h, inter)};
+  }
+
+  AttentionWeights attention(const std::string& p) {
+    const int64_t h = c_.hidden_size, heads = c_.num_attention_heads;
+    AttentionWeights a;
+    if (c_.q_lora_rank > 0) {
+      a.q_a_proj = linear(p + "q_a_proj.weight", c_.q_lora_rank, h);
+      a.q_a_layernorm = norm(p + "q_a_layernorm.weight", c_.q_lora_rank);
+      a.q_b_proj = linear(p + "q_b_proj.weight", heads * c_.qk_head_dim(), c_.q_lora_rank);
+    } else {
+      a.q_proj = linear(p + "q_proj.weight", heads * c_.qk_head_dim(), h);
+    }
+    a.kv_a_proj_with_mqa = linear(p + "kv_a_proj_with_mqa.weight", c_.kv_cache_dim(), h);
+    a.kv_a_layernorm = norm(p + "kv_a_layernorm.weight", c_.kv_lora_rank);
+    a.kv_b_proj = linear(p + "kv_b_proj.weight", heads * (c_.qk_nope_head_dim + c_.v_head_dim),
+                         c_.kv_lora_rank);
+    a.o_proj = linear(p + "o_proj.weight", h, heads * c_.v_head_dim);
+    split_kv_b(a);
+    return a;
+  }
+
+ private:
+  // kv_b_proj rows are, per head, nope rows of W_UK then v rows of W_UV, each kv_lora wide.
+  void split_kv_b(AttentionWeights& a) {
+    const int64_t heads = c_.num_attention_heads, nope = c_.qk_nope_head_dim;
+    const int64_t v = c_.v_head_dim, lora = c_.kv_lora_rank;
+    a.w_uk_t = Tensor::empty({heads, lora, nope}, DType::kF32);
+    a.w_uv = Tensor::empty({heads, v, lora}, DType::kF32);
+    std::vector<float> row(lora);
+    const LinearWeight& w = a.kv_b_proj;
+    for (int64_t h = 0; h < heads; ++h) {
+      for (int64_t r = 0; r < nope + v; ++r) {
+        const int64_t n = h * (nope + v) + r;
+        load_row_f32(w.weight.raw_data(), w.weight.dtype(), n * lora, lora, row.data());
+        if (w.is_fp8()) {
+          const float* s = w.scale_inv.data<float>() + (n / LinearWeight::kBlock) * w.scale_inv.size(1);
+          for (int64_t k = 0; k < lora; ++k) row[k] *= s[k / LinearWeight::kBlock];
+        }
+        if (r < nope) {
+          float* dst = a.w_uk_t.data<float>() + h * lora * nope + r;
+          for (int64_t k = 0; k < lora; ++k) dst[k * nope] = row[k];
+        } else {
+          std::copy(row.begin(), row.end(), a.w_uv.data<float>() + (h * v + (r - nope)) * lora);
+        }
+      }
+    }
+  }
+
+  static void load_row_f32(const void* base, DType dtype, int64_t index, int64_t n, float* out) {
+    for (int64_t i = 0; i < n; ++i) out[i] = tandem::load_as_f32(base, dtype, index + i);
+  }
+
+  const ModelConfig& c_;
+  const Checkpoint& ckpt_;
+};
+
+}  // namespace
+
+std::vector<WeightSpec> weight_specs(const ModelConfig& c) {
+  const int64_t h = c.hidden_size, heads = c.num_attention_heads;
+  std::vector<WeightSpec> specs;
+  specs.push_back({"model.embed_tokens.weight", {c.vocab_size, h}, WeightKind::kEmbedding});
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    const std::string p = layer_prefix(l), a = p + "self_attn.";
+    specs.push_back({p + "input_layernorm.weight", {h}, WeightKind::kNorm});
+    if (c.q_lora_rank > 0) {
+      specs.push_back({a + "q_a_proj.weight", {c.q_lora_rank, h}, WeightKind::kLinear});
+      specs.push_back({a + "q_a_layernorm.weight", {c.q_lora_rank}, WeightKind::kNorm});
+      specs.push_back({a + "q_b_proj.weight", {heads * c.qk_head_dim(), c.q_lora_rank},
+                       WeightKind::kLinear});
+    } else {
+      specs.push_back({a + "q_proj.weight", {heads * c.qk_head_dim(), h}, WeightKind::kLinear});
+    }
+    specs.push_back({a + "kv_a_proj_with_mqa.weight", {c.kv_cache_dim(), h}, WeightKind::kLinear});
+    specs.push_back({a + "kv_a_layernorm.weight", {c.kv_lora_rank}, WeightKind::kNorm});
+    specs.push_back({a + "kv_b_proj.weight",
+                     {heads * (c.qk_nope_head_dim + c.v_head_dim), c.kv_lora_rank},
+                     WeightKind::kLinear});
+    specs.push_back({a + "o_proj.weight", {h, heads * c.v_head_dim}, WeightKind::kLinear});
+    specs.push_back({p + "post_attention_layernorm.weight", {h}, WeightKind::kNorm});
+    if (!c.is_moe_layer(l)) {
+      add_mlp_specs(specs, p + "mlp.", h, c.intermediate_size);
+      continue;
+    }
+    specs.push_back({p + "mlp.gate.weight", {c.n_routed_experts, h}, WeightKind::kRouter});
+    if (c.architecture == Architecture::kDeepseekV3) {
+      specs.push_back({p + "mlp.gate.e_score_correction_bias", {c.n_routed_experts},
+                       WeightKind::kRouterBias});
+    }
+    for (int64_t e = 0; e < c.n_routed_experts; ++e) {
+      add_mlp_specs(specs, fmt::format("{}mlp.experts.{}.", p, e), h, c.moe_intermediate_size);
+    }
+    if (c.n_shared_experts > 0) {
+      add_mlp_specs(specs, p + "mlp.shared_experts.", h, c.shared_intermediate_size());
+    }
+  }
+  specs.push_back({"model.norm.weight", {h}, WeightKind::kNorm});
+  specs.push_back({"lm_head.weight", {c.vocab_size, h}, WeightKind::kEmbedding});
+  return specs;
+}
+
+ModelWeights load_weights(const ModelConfig& c, const Checkpoint& ckpt) {
+  Loader load(c, ckpt);
+  ModelWeights w;
+  const int64_t h = c.hidden_size;
+  w.embed_tokens = load.get("model.embed_tokens.weight", {c.vocab_size, h},
+                            {DType::kBF16, DType::kF32});
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    const std::string p = layer_prefix(l);
+    LayerWeights layer;
+    layer.input_layernorm = load.norm(p + "input_layernorm.weight", h);
+    layer.post_attention_layernorm = load.norm(p + "post_attention_layernorm.weight", h);
+    layer.attn = load.attention(p + "self_attn.");
+    layer.is_moe = c.is_moe_layer(l);
+    if (!layer.is_moe) {
+      layer.mlp = load.mlp(p + "mlp.", c.intermediate_size);
+    } else {
+      MoeWeights& m = layer.moe;
+      m.gate.weight = load.get(p + "mlp.gate.weight", {c.n_routed_experts, h},
+                               {DType::kBF16, DType::kF32});
+      if (c.architecture == Architecture::kDeepseekV3) {
+        // Kept in f32 whatever the file holds: it shifts selection between close scores.
+        m.e_score_correction_bias = to_f32(load.get(p + "mlp.gate.e_score_correction_bias",
+                                                    {c.n_routed_experts},
+                                                    {DType::kF32, DType::kBF16}));
+      }
+      for (int64_t e = 0; e < c.n_routed_experts; ++e) {
+        m.experts.push_back(load.mlp(fmt::format("{}mlp.experts.{}.", p, e),
+                                     c.moe_intermediate_size));
+      }
+      m.has_shared = c.n_shared_experts > 0;
+      if (m.has_shared) m.shared = load.mlp(p + "mlp.shared_experts.", c.shared_intermediate_size());
+    }
+    w.layers.push_back(std::move(layer));
+  }
+  w.norm = load.norm("model.norm.weight", h);
+  if (c.tie_word_embeddings && !ckpt.has("lm_head.weight")) {
+    w.lm_head.weight = w.embed_tokens;
+  } else {
+    w.lm_head.weight = load.get("lm_head.weight", {c.vocab_size, h}, {DType::kBF16, DType::kF32});
+  }
+  TANDEM_LOG_DEBUG("loaded {} layers from {}", c.num_hidden_layers, ckpt.path().string());
+  return w;
+}
+
+}  // namespace tandem

@@ -1,0 +1,39 @@
+#include "ops/cpu/cpu_ops.h"
+
+namespace tandem::ops::cpu {
+
+float dot_f32(const float* a, const float* b, int64_t n) {
+  // Eight independent partial sums let the compiler vectorize without -ffast-math.
+  float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    for (int j = 0; j < 8; ++j) acc[j] += a[i + j] * b[i + j];
+  }
+  float s = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+  for (; i < n; ++i) s += a[i] * b[i];
+  return s;
+}
+
+void load_row_f32(const void* base, DType dtype, int64_t index, int64_t n, float* out) {
+  switch (dtype) {
+    case DType::kF32: {
+      const float* p = static_cast<const float*>(base) + index;
+      std::copy(p, p + n, out);
+      return;
+    }
+    case DType::kBF16: {
+      const bf16* p = static_cast<const bf16*>(base) + index;
+      for (int64_t i = 0; i < n; ++i) out[i] = bf16_to_f32(p[i]);
+      return;
+    }
+    case DType::kF8E4M3: {
+      const fp8_e4m3* p = static_cast<const fp8_e4m3*>(base) + index;
+      for (int64_t i = 0; i < n; ++i) out[i] = fp8_e4m3_to_f32(p[i]);
+      return;
+    }
+    default:
+      TANDEM_FAIL("load_row_f32: {} is not a float dtype", dtype_name(dtype));
+  }
+}
+
+}  // namespace tandem::ops::cpu

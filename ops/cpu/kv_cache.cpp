@@ -1,0 +1,57 @@
+#include "core/thread_pool.h"
+#include "ops/cpu/cpu_ops.h"
+
+namespace tandem::ops::cpu {
+
+void kv_store(const Tensor& latent, const Tensor& k_pe, const Tensor& slots, Tensor& cache) {
+  const int64_t tokens = latent.size(0), lora = latent.size(1), rope_dim = k_pe.size(1);
+  const int64_t width = cache.size(1), num_slots = cache.size(0);
+  const int32_t* slot = slots.data<int32_t>();
+  for (int64_t t = 0; t < tokens; ++t) {
+    TANDEM_CHECK(slot[t] >= 0 && slot[t] < num_slots, "kv_store: slot {} outside [0, {})",
+                 slot[t], num_slots);
+  }
+  for (int64_t t = 0; t < tokens; ++t) {
+    const int64_t base = int64_t(slot[t]) * width;
+    const float* l = latent.data<float>() + t * latent.stride(0);
+    const float* k = k_pe.data<float>() + t * k_pe.stride(0);
+    for (int64_t i = 0; i < lora; ++i) store_from_f32(cache.raw_data(), cache.dtype(), base + i, l[i]);
+    for (int64_t i = 0; i < rope_dim; ++i)
+      store_from_f32(cache.raw_data(), cache.dtype(), base + lora + i, k[i]);
+  }
+}
+
+void gather_rows(const Tensor& src, const Tensor& index, Tensor& out) {
+  const int64_t n = index.size(0), width = src.size(1), rows = src.size(0);
+  const int32_t* idx = index.data<int32_t>();
+  for (int64_t i = 0; i < n; ++i) {
+    TANDEM_CHECK(idx[i] >= 0 && idx[i] < rows, "gather_rows: index {} outside [0, {})", idx[i],
+                 rows);
+  }
+  parallel_for(n, 64, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) {
+      load_row_f32(src.raw_data(), src.dtype(), int64_t(idx[i]) * width, width,
+                   out.data<float>() + i * out.stride(0));
+    }
+  });
+}
+
+}  // namespace tandem::ops::cpu
+
+namespace tandem::ops::cpu {
+
+void scatter_add_rows(const Tensor& src, const Tensor& index, const Tensor& weight, Tensor& out) {
+  const int64_t n = src.size(0), width = src.size(1), rows = out.size(0);
+  const int32_t* idx = index.data<int32_t>();
+  const float* w = weight.data<float>();
+  // Sequential over rows: several source rows may target the same output row.
+  for (int64_t i = 0; i < n; ++i) {
+    TANDEM_CHECK(idx[i] >= 0 && idx[i] < rows, "scatter_add_rows: index {} outside [0, {})",
+                 idx[i], rows);
+    const float* s = src.data<float>() + i * src.stride(0);
+    float* o = out.data<float>() + int64_t(idx[i]) * out.stride(0);
+    for (int64_t d = 0; d < width; ++d) o[d] += w[i] * s[d];
+  }
+}
+
+}  // namespace tandem::ops::cpu

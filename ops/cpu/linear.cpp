@@ -1,0 +1,58 @@
+#include <vector>
+
+#include "core/thread_pool.h"
+#include "ops/cpu/cpu_ops.h"
+
+namespace tandem::ops::cpu {
+
+namespace {
+
+constexpr int64_t kRowsPerTask = 8;
+
+// Converts weight row n to f32, applying the fp8 block scales when present.
+void weight_row_f32(const LinearWeight& w, int64_t n, float* out) {
+  const int64_t k = w.in_features();
+  load_row_f32(w.weight.raw_data(), w.weight.dtype(), n * k, k, out);
+  if (!w.is_fp8()) return;
+  const int64_t b = LinearWeight::kBlock;
+  const float* scale = w.scale_inv.data<float>() + (n / b) * w.scale_inv.stride(0);
+  for (int64_t j = 0; j < k; ++j) out[j] *= scale[j / b];
+}
+
+}  // namespace
+
+void linear(const Tensor& x, const LinearWeight& w, Tensor& out) {
+  const int64_t tokens = x.size(0), n_out = w.out_features(), k = w.in_features();
+  const float* xd = x.data<float>();
+  float* od = out.data<float>();
+  const int64_t xs = x.stride(0), os = out.stride(0);
+  const int64_t tasks = (n_out + kRowsPerTask - 1) / kRowsPerTask;
+  parallel_for(tasks, 1, [&](int64_t tb, int64_t te) {
+    std::vector<float> rows(kRowsPerTask * k);
+    for (int64_t task = tb; task < te; ++task) {
+      const int64_t n0 = task * kRowsPerTask, n1 = std::min(n_out, n0 + kRowsPerTask);
+      for (int64_t n = n0; n < n1; ++n) weight_row_f32(w, n, rows.data() + (n - n0) * k);
+      for (int64_t t = 0; t < tokens; ++t) {
+        const float* xr = xd + t * xs;
+        for (int64_t n = n0; n < n1; ++n) od[t * os + n] = dot_f32(xr, rows.data() + (n - n0) * k, k);
+      }
+    }
+  });
+}
+
+void head_matmul(const Tensor& x, const Tensor& w, Tensor& out) {
+  const int64_t tokens = x.size(0), heads = x.size(1), n_out = w.size(1), k = w.size(2);
+  const float* wd = w.data<float>();
+  parallel_for(heads * n_out, 16, [&](int64_t b, int64_t e) {
+    for (int64_t hn = b; hn < e; ++hn) {
+      const int64_t h = hn / n_out, n = hn % n_out;
+      const float* wr = wd + (h * n_out + n) * k;
+      for (int64_t t = 0; t < tokens; ++t) {
+        const float* xr = x.data<float>() + t * x.stride(0) + h * x.stride(1);
+        out.data<float>()[t * out.stride(0) + h * out.stride(1) + n] = dot_f32(xr, wr, k);
+      }
+    }
+  });
+}
+
+}  // namespace tandem::ops::cpu

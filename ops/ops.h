@@ -1,0 +1,102 @@
+// The op interface the model is written against (DESIGN.md "ops/"). Each function validates
+// shapes, dtypes and devices on the host (STYLE.md 8) and runs on the backend where its tensors
+// live: ops/cpu/ (the reference, fp32 accumulation) or ops/cuda/. Outputs are preallocated by
+// the caller. All ops are synchronous on CPU; thread-safe for distinct outputs.
+#pragma once
+
+#include <cstdint>
+
+#include "core/tensor.h"
+
+namespace tandem {
+
+// A linear layer's weight, [out, in] like torch: out = x @ W^T.
+// f8_e4m3 weights carry one fp32 scale per 128x128 block (DeepSeek-V3's `weight_scale_inv`):
+// W[n][k] = fp8(W[n][k]) * scale_inv[n / 128][k / 128].
+struct LinearWeight {
+  Tensor weight;     // [out, in] f32 | bf16 | f8_e4m3
+  Tensor scale_inv;  // f32 [ceil(out/128), ceil(in/128)] for f8_e4m3, else undefined
+  static constexpr int64_t kBlock = 128;
+
+  int64_t out_features() const { return weight.size(0); }
+  int64_t in_features() const { return weight.size(1); }
+  bool is_fp8() const { return weight.dtype() == DType::kF8E4M3; }
+};
+
+// Parameters of MoE routing (DeepSeek-V2/V3 gates).
+struct RouteParams {
+  int64_t top_k = 0;
+  int64_t n_group = 1;
+  int64_t topk_group = 1;
+  bool sigmoid = true;     // sigmoid scores (V3) or softmax (V2)
+  bool group_by_top2 = true;  // group score: sum of top-2 (V3 noaux_tc) or max (V2)
+  bool grouped = true;     // false: plain greedy top-k over all experts
+  bool norm_topk_prob = true;
+  double routed_scaling_factor = 1.0;
+};
+
+namespace ops {
+
+// ids: i32 [T]; table: [V, H] (f32 | bf16); out: f32 [T, H]. Ids outside [0, V) are an error.
+void embedding(const Tensor& ids, const Tensor& table, Tensor& out);
+
+// out = x / rms(x) * weight over the last dim. x, out: f32 [T, H]; weight: [H] f32 | bf16.
+void rms_norm(const Tensor& x, const Tensor& weight, double eps, Tensor& out);
+
+// residual += x; out = rms_norm(residual). The pre-norm residual step of every block.
+void add_rms_norm(Tensor& residual, const Tensor& x, const Tensor& weight, double eps,
+                  Tensor& out);
+
+// out = x @ W^T. x: f32 [T, K] (rows may be strided); out: f32 [T, N].
+void linear(const Tensor& x, const LinearWeight& w, Tensor& out);
+
+// Per-head matmul: out[t, h, n] = sum_k x[t, h, k] * w[h, n, k].
+// x: f32 [T, H, K] (last dim contiguous); w: f32 [H, N, K]; out: f32 [T, H, N].
+// MLA's absorbed decode uses it for W_UK (q -> latent) and W_UV (latent -> v).
+void head_matmul(const Tensor& x, const Tensor& w, Tensor& out);
+
+// Rotary embedding in place on x: f32 [T, heads, rope_dim] (last dim contiguous).
+// inv_freq: f32 [rope_dim / 2]; positions: i32 [T]. Interleaved pairs (x0, x1), (x2, x3), ...
+// are rotated by one frequency each (DeepSeek's layout); otherwise halves (x_i, x_{i+d/2}).
+// cos and sin are multiplied by attention_factor (YaRN's mscale ratio).
+void rope(Tensor& x, const Tensor& positions, const Tensor& inv_freq, float attention_factor,
+          bool interleave);
+
+// out = silu(gate) * up, gate_up: f32 [T, 2I] (gate first); out: f32 [T, I].
+void silu_and_mul(const Tensor& gate_up, Tensor& out);
+
+// MoE gate. logits: f32 [T, E]; bias: f32 [E] or undefined (selection only, V3);
+// topk_ids: i32 [T, k]; topk_weights: f32 [T, k].
+void moe_route(const Tensor& logits, const Tensor& bias, const RouteParams& params,
+               Tensor& topk_ids, Tensor& topk_weights);
+
+// Writes the new tokens' latent KV into the cache. latent: f32 [T, kv_lora]; k_pe: f32 [T, rope]
+// (rows may be strided); slots: i32 [T] (page * page_size + offset);
+// cache: [num_slots, kv_lora + rope] (f32 | bf16).
+void kv_store(const Tensor& latent, const Tensor& k_pe, const Tensor& slots, Tensor& cache);
+
+// out[i] = src[index[i]] row-wise, converted to out's dtype (f32). src: [S, D]; index: i32 [N].
+void gather_rows(const Tensor& src, const Tensor& index, Tensor& out);
+
+// out[index[i]] += weight[i] * src[i], row-wise (the weighted un-permute after the experts).
+// src: f32 [N, H]; index: i32 [N]; weight: f32 [N]; out: f32 [T, H].
+void scatter_add_rows(const Tensor& src, const Tensor& index, const Tensor& weight, Tensor& out);
+
+// MLA prefill attention over expanded keys/values, causal, variable length.
+// q: f32 [T, H, nope + rope]; kv: f32 [L, H, nope + v] (k_nope then v per head);
+// k_pe: f32 [L, rope] shared by all heads; cu_q: i32 [B + 1] and cu_kv: i32 [B + 1] are the
+// prefix sums of the query and key lengths per sequence (kv_len >= q_len; the queries are the
+// last q_len positions); out: f32 [T, H, v].
+void mla_prefill_attention(const Tensor& q, const Tensor& kv, const Tensor& k_pe,
+                           const Tensor& cu_q, const Tensor& cu_kv, float scale, Tensor& out);
+
+// MLA decode attention, absorbed form over the paged latent cache, one query per sequence.
+// q_latent: f32 [B, H, kv_lora] (q_nope @ W_UK); q_pe: f32 [B, H, rope];
+// cache: [num_slots, kv_lora + rope]; page_table: i32 [B, max_pages]; seq_lens: i32 [B];
+// out_latent: f32 [B, H, kv_lora] = softmax(scale * (q_latent.c + q_pe.k_pe)) @ c.
+void mla_decode_attention(const Tensor& q_latent, const Tensor& q_pe, const Tensor& cache,
+                          const Tensor& page_table, const Tensor& seq_lens, int64_t page_size,
+                          float scale, Tensor& out_latent);
+
+}  // namespace ops
+}  // namespace tandem

@@ -1,0 +1,158 @@
+// The forward pass against Hugging Face transformers' own outputs (tests/data/golden, made by
+// tools/golden/make_golden.py): fp32 reference over the stored bf16 (or dequantized fp8)
+// weights, so the only differences are fp32 summation order.
+//
+// Tolerance: max |logit - reference| <= 1e-4 with logits of std ~1 (measured: about 5e-6).
+// fp32 summation order explains that; any wrong op (RoPE layout, YaRN, a routing choice, a scale)
+// moves logits by 0.05 or more, so the bound separates the two with a wide margin.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <string>
+
+#include "model/loader.h"
+
+namespace tandem {
+namespace {
+
+constexpr float kLogitTolerance = 1e-4f;
+const std::string kGoldenDir = std::string(TANDEM_SOURCE_DIR) + "/tests/data/golden/";
+
+struct Golden {
+  LoadedModel model;
+  std::shared_ptr<Checkpoint> ref;
+  std::vector<int32_t> ids(int i) const {
+    Tensor t = ref->get("input_ids_" + std::to_string(i));
+    return {t.data<int32_t>(), t.data<int32_t>() + t.numel()};
+  }
+  Tensor logits(int i) const { return ref->get("logits_" + std::to_string(i)); }
+};
+
+Golden load_golden(const std::string& variant) {
+  Golden g{load_model(kGoldenDir + variant), nullptr};
+  g.ref = std::make_shared<Checkpoint>(Checkpoint::open(kGoldenDir + variant + "/golden.safetensors"));
+  return g;
+}
+
+// Max |a[r] - b[ref_row0 + r]| over rows of a.
+float max_abs_diff(const Tensor& a, const Tensor& ref, int64_t ref_row0) {
+  float worst = 0.0f;
+  const int64_t cols = a.size(1);
+  for (int64_t r = 0; r < a.size(0); ++r) {
+    for (int64_t j = 0; j < cols; ++j) {
+      const float x = a.data<float>()[r * cols + j];
+      const float y = ref.data<float>()[(ref_row0 + r) * cols + j];
+      if (std::isnan(x) || std::isnan(y)) return INFINITY;
+      worst = std::max(worst, std::fabs(x - y));
+    }
+  }
+  return worst;
+}
+
+std::vector<int32_t> pages_for(int64_t tokens, int64_t page_size, int32_t first_page) {
+  std::vector<int32_t> pages;
+  for (int64_t p = 0; p < (tokens + page_size - 1) / page_size; ++p) pages.push_back(first_page + 2 * int32_t(p));
+  return pages;  // every other page, so sequences interleave in the pool
+}
+
+class GoldenTest : public ::testing::TestWithParam<std::string> {};
+
+// Both prompts prefilled in one batch; every position's logits compared.
+TEST_P(GoldenTest, PrefillLogitsMatchReference) {
+  Golden g = load_golden(GetParam());
+  const int64_t page_size = 4;
+  KvCache cache = KvCache::create(g.model.config, 32, page_size, DType::kF32);
+  std::vector<SequenceStep> seqs(2);
+  for (int i = 0; i < 2; ++i) {
+    seqs[i].new_tokens = g.ids(i);
+    seqs[i].pages = pages_for(int64_t(seqs[i].new_tokens.size()), page_size, i);
+    seqs[i].need_all_logits = true;
+  }
+  Tensor logits = g.model.model->forward(ForwardBatch::build(ForwardMode::kExtend, seqs, page_size), cache);
+  const int64_t n0 = int64_t(seqs[0].new_tokens.size());
+  ASSERT_EQ(logits.size(0), n0 + int64_t(seqs[1].new_tokens.size()));
+  const float d0 = max_abs_diff(logits.slice(0, 0, n0).contiguous(), g.logits(0), 0);
+  const float d1 = max_abs_diff(logits.slice(0, n0, logits.size(0)).contiguous(), g.logits(1), 0);
+  std::printf("%s: max |logit diff| prompt0 %.3g, prompt1 %.3g\n", GetParam().c_str(), d0, d1);
+  EXPECT_LE(d0, kLogitTolerance);
+  EXPECT_LE(d1, kLogitTolerance);
+}
+
+// Prefill a few tokens, then a chunked-prefill step, then decode one token at a time (absorbed
+// MLA over the paged cache): each step's logits equal the reference's at that position.
+TEST_P(GoldenTest, ChunkedPrefillAndDecodeMatchFullPrefill) {
+  Golden g = load_golden(GetParam());
+  const std::vector<int32_t> ids = g.ids(0);
+  const Tensor ref = g.logits(0);
+  const int64_t page_size = 3, n = int64_t(ids.size());
+  KvCache cache = KvCache::create(g.model.config, 64, page_size, DType::kF32);
+  SequenceStep seq;
+  seq.pages = pages_for(n, page_size, 1);
+  seq.need_all_logits = true;
+  const int64_t first = 5, second = 11;  // prefill [0,5), chunk [5,11), then decode
+  seq.new_tokens.assign(ids.begin(), ids.begin() + first);
+  Tensor l0 = g.model.model->forward(ForwardBatch::build(ForwardMode::kExtend, {seq}, page_size), cache);
+  EXPECT_LE(max_abs_diff(l0, ref, 0), kLogitTolerance);
+  seq.cached_len = first;
+  seq.new_tokens.assign(ids.begin() + first, ids.begin() + second);
+  Tensor l1 = g.model.model->forward(ForwardBatch::build(ForwardMode::kExtend, {seq}, page_size), cache);
+  EXPECT_LE(max_abs_diff(l1, ref, first), kLogitTolerance);
+  for (int64_t pos = second; pos < n; ++pos) {
+    seq.cached_len = pos;
+    seq.new_tokens = {ids[pos]};
+    Tensor l = g.model.model->forward(ForwardBatch::build(ForwardMode::kDecode, {seq}, page_size), cache);
+    EXPECT_LE(max_abs_diff(l, ref, pos), kLogitTolerance) << "decode at position " << pos;
+  }
+}
+
+// Greedy decoding of prompt 1 gives the reference's 8 tokens.
+TEST_P(GoldenTest, GreedyTokensMatchReference) {
+  Golden g = load_golden(GetParam());
+  const int64_t page_size = 16;
+  KvCache cache = KvCache::create(g.model.config, 4, page_size, DType::kF32);
+  SequenceStep seq;
+  seq.new_tokens = g.ids(1);
+  seq.pages = {2, 0, 3};
+  Tensor expected = g.ref->get("greedy_1");
+  std::vector<int32_t> got;
+  auto argmax = [](const Tensor& l) {
+    const float* p = l.data<float>();
+    return int32_t(std::max_element(p, p + l.size(1)) - p);
+  };
+  Tensor logits = g.model.model->forward(ForwardBatch::build(ForwardMode::kExtend, {seq}, page_size), cache);
+  got.push_back(argmax(logits));
+  seq.cached_len = int64_t(seq.new_tokens.size());
+  while (int64_t(got.size()) < expected.numel()) {
+    seq.new_tokens = {got.back()};
+    logits = g.model.model->forward(ForwardBatch::build(ForwardMode::kDecode, {seq}, page_size), cache);
+    ++seq.cached_len;
+    got.push_back(argmax(logits));
+  }
+  EXPECT_EQ(got, std::vector<int32_t>(expected.data<int32_t>(),
+                                      expected.data<int32_t>() + expected.numel()));
+}
+
+// The comparison can fail: the same weights with the RoPE pairs taken as halves, or without
+// the YaRN softmax correction, land far outside the tolerance.
+TEST(GoldenSensitivity, WrongRopeLayoutOrScaleIsDetected) {
+  Golden g = load_golden("v3");
+  for (int variant = 0; variant < 2; ++variant) {
+    ModelConfig wrong = g.model.config;
+    if (variant == 0) wrong.rope_interleave = false;
+    if (variant == 1) wrong.rope_scaling.mscale_all_dim = 0.0;
+    DeepseekV3Model model(wrong, load_weights(wrong, *g.model.checkpoint));
+    KvCache cache = KvCache::create(wrong, 16, 4, DType::kF32);
+    SequenceStep seq;
+    seq.new_tokens = g.ids(0);
+    seq.pages = pages_for(int64_t(seq.new_tokens.size()), 4, 0);
+    seq.need_all_logits = true;
+    Tensor logits = model.forward(ForwardBatch::build(ForwardMode::kExtend, {seq}, 4), cache);
+    EXPECT_GT(max_abs_diff(logits, g.logits(0), 0), 50 * kLogitTolerance) << "variant " << variant;
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Variants, GoldenTest,
+                         ::testing::Values("v3", "v2lite", "v3_fp8", "v2lite_group"));
+
+}  // namespace
+}  // namespace tandem
