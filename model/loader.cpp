@@ -6,7 +6,7 @@
 
 namespace tandem {
 
-LoadedModel load_model(const std::filesystem::path& model_dir) {
+LoadedModel load_model(const std::filesystem::path& model_dir, Device device) {
   const auto start = std::chrono::steady_clock::now();
   TANDEM_CHECK(std::filesystem::is_directory(model_dir), "model path {} is not a directory",
                model_dir.string());
@@ -15,7 +15,7 @@ LoadedModel load_model(const std::filesystem::path& model_dir) {
   TANDEM_LOG_INFO("model {}", m.config.summary());
   m.checkpoint = std::make_shared<Checkpoint>(Checkpoint::open(model_dir));
   m.checkpoint->prefetch();
-  m.model = std::make_unique<DeepseekV3Model>(m.config, load_weights(m.config, *m.checkpoint));
+  m.model = std::make_unique<DeepseekV3Model>(m.config, load_weights(m.config, *m.checkpoint, device));
   const double secs =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   TANDEM_LOG_INFO("loaded {:.2f} GB in {:.1f} s", double(m.checkpoint->total_bytes()) / 1e9, secs);

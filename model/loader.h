@@ -17,6 +17,6 @@ struct LoadedModel {
 };
 
 // Throws tandem::Error naming the file when config.json or a tensor is missing or wrong.
-LoadedModel load_model(const std::filesystem::path& model_dir);
+LoadedModel load_model(const std::filesystem::path& model_dir, Device device = Device::cpu());
 
 }  // namespace tandem

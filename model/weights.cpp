@@ -19,9 +19,16 @@ void add_mlp_specs(std::vector<WeightSpec>& specs, const std::string& prefix, in
 
 class Loader {
  public:
-  Loader(const ModelConfig& c, const Checkpoint& ckpt) : c_(c), ckpt_(ckpt) {}
+  Loader(const ModelConfig& c, const Checkpoint& ckpt, Device device)
+      : c_(c), ckpt_(ckpt), device_(device) {}
 
   Tensor get(const std::string& name, const Shape& shape, std::initializer_list<DType> dtypes) {
+    return get_host(name, shape, dtypes).to(device_);
+  }
+
+  // The checked tensor as a view of the mapped file (CPU).
+  Tensor get_host(const std::string& name, const Shape& shape,
+                  std::initializer_list<DType> dtypes) {
     const TensorInfo& info = ckpt_.info(name);
     TANDEM_CHECK(info.shape == shape, "{}: tensor '{}' has shape {}, expected {}", info.file, name,
                  shape_str(info.shape), shape_str(shape));
@@ -37,13 +44,21 @@ class Loader {
   }
 
   LinearWeight linear(const std::string& name, int64_t out, int64_t in) {
+    LinearWeight w = linear_host(name, out, in);
+    w.weight = w.weight.to(device_);
+    if (w.scale_inv.defined()) w.scale_inv = w.scale_inv.to(device_);
+    return w;
+  }
+
+  LinearWeight linear_host(const std::string& name, int64_t out, int64_t in) {
     LinearWeight w;
     if (c_.quantization.enabled) {
-      w.weight = get(name, {out, in}, {DType::kF8E4M3});
+      w.weight = get_host(name, {out, in}, {DType::kF8E4M3});
       const int64_t b = LinearWeight::kBlock;
-      w.scale_inv = get(name + "_scale_inv", {(out + b - 1) / b, (in + b - 1) / b}, {DType::kF32});
+      w.scale_inv =
+          get_host(name + "_scale_inv", {(out + b - 1) / b, (in + b - 1) / b}, {DType::kF32});
     } else {
-      w.weight = get(name, {out, in}, {DType::kBF16, DType::kF32});
+      w.weight = get_host(name, {out, in}, {DType::kBF16, DType::kF32});
     }
     return w;
   }
@@ -70,22 +85,22 @@ class Loader {
     }
     a.kv_a_proj_with_mqa = linear(p + "kv_a_proj_with_mqa.weight", c_.kv_cache_dim(), h);
     a.kv_a_layernorm = norm(p + "kv_a_layernorm.weight", c_.kv_lora_rank);
-    a.kv_b_proj = linear(p + "kv_b_proj.weight", heads * (c_.qk_nope_head_dim + c_.v_head_dim),
-                         c_.kv_lora_rank);
+    const LinearWeight kv_b = linear_host(
+        p + "kv_b_proj.weight", heads * (c_.qk_nope_head_dim + c_.v_head_dim), c_.kv_lora_rank);
+    split_kv_b(kv_b, a);
+    a.kv_b_proj = linear(p + "kv_b_proj.weight", kv_b.out_features(), kv_b.in_features());
     a.o_proj = linear(p + "o_proj.weight", h, heads * c_.v_head_dim);
-    split_kv_b(a);
     return a;
   }
 
  private:
   // kv_b_proj rows are, per head, nope rows of W_UK then v rows of W_UV, each kv_lora wide.
-  void split_kv_b(AttentionWeights& a) {
+  void split_kv_b(const LinearWeight& w, AttentionWeights& a) {
     const int64_t heads = c_.num_attention_heads, nope = c_.qk_nope_head_dim;
     const int64_t v = c_.v_head_dim, lora = c_.kv_lora_rank;
     a.w_uk_t = Tensor::empty({heads, lora, nope}, DType::kF32);
     a.w_uv = Tensor::empty({heads, v, lora}, DType::kF32);
     std::vector<float> row(lora);
-    const LinearWeight& w = a.kv_b_proj;
     for (int64_t h = 0; h < heads; ++h) {
       for (int64_t r = 0; r < nope + v; ++r) {
         const int64_t n = h * (nope + v) + r;
@@ -102,6 +117,8 @@ class Loader {
         }
       }
     }
+    a.w_uk_t = a.w_uk_t.to(device_);
+    a.w_uv = a.w_uv.to(device_);
   }
 
   static void load_row_f32(const void* base, DType dtype, int64_t index, int64_t n, float* out) {
@@ -110,6 +127,7 @@ class Loader {
 
   const ModelConfig& c_;
   const Checkpoint& ckpt_;
+  Device device_;
 };
 
 }  // namespace
@@ -157,8 +175,8 @@ std::vector<WeightSpec> weight_specs(const ModelConfig& c) {
   return specs;
 }
 
-ModelWeights load_weights(const ModelConfig& c, const Checkpoint& ckpt) {
-  Loader load(c, ckpt);
+ModelWeights load_weights(const ModelConfig& c, const Checkpoint& ckpt, Device device) {
+  Loader load(c, ckpt, device);
   ModelWeights w;
   const int64_t h = c.hidden_size;
   w.embed_tokens = load.get("model.embed_tokens.weight", {c.vocab_size, h},
@@ -178,9 +196,10 @@ ModelWeights load_weights(const ModelConfig& c, const Checkpoint& ckpt) {
                                {DType::kBF16, DType::kF32});
       if (c.architecture == Architecture::kDeepseekV3) {
         // Kept in f32 whatever the file holds: it shifts selection between close scores.
-        m.e_score_correction_bias = to_f32(load.get(p + "mlp.gate.e_score_correction_bias",
-                                                    {c.n_routed_experts},
-                                                    {DType::kF32, DType::kBF16}));
+        m.e_score_correction_bias = to_f32(load.get_host(p + "mlp.gate.e_score_correction_bias",
+                                                         {c.n_routed_experts},
+                                                         {DType::kF32, DType::kBF16}))
+                                        .to(device);
       }
       for (int64_t e = 0; e < c.n_routed_experts; ++e) {
         m.experts.push_back(load.mlp(fmt::format("{}mlp.experts.{}.", p, e),

@@ -75,7 +75,8 @@ struct ModelWeights {
 // Reads and checks every tensor (names, shapes, dtypes: bf16/f32, or f8_e4m3 with block
 // scales when the config is fp8). CPU weights are zero-copy views of the mapped checkpoint.
 // Errors name the checkpoint file and the tensor. Tensors beyond num_hidden_layers (the MTP
-// layer of V3) are ignored.
-ModelWeights load_weights(const ModelConfig& config, const Checkpoint& checkpoint);
+// layer of V3) are ignored. On another device every tensor is copied there.
+ModelWeights load_weights(const ModelConfig& config, const Checkpoint& checkpoint,
+                          Device device = Device::cpu());
 
 }  // namespace tandem
