@@ -1,0 +1,154 @@
+// make-model writes what the loader reads; a checkpoint that does not fit its config is a
+// clear error naming the file and the tensor.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+
+#include "model/loader.h"
+#include "model/presets.h"
+#include "model/random_weights.h"
+#include "model/safetensors_writer.h"
+
+namespace tandem {
+namespace {
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+json small_config(bool fp8) {
+  json c = preset_config_json("tiny");
+  c["vocab_size"] = 512;
+  c["num_hidden_layers"] = 2;
+  if (fp8) {
+    c["quantization_config"] = {{"activation_scheme", "dynamic"}, {"fmt", "e4m3"},
+                                {"quant_method", "fp8"}, {"weight_block_size", {128, 128}}};
+  }
+  return c;
+}
+
+class WeightsTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = fs::temp_directory_path() /
+           ("tandem_weights_" + std::to_string(::getpid()) + "_" +
+            ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    fs::remove_all(dir_);
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+
+  // Writes config.json and a single-file checkpoint of `config` after `edit` changed the list.
+  void write_edited(const json& config,
+                    const std::function<void(std::vector<std::pair<std::string, Tensor>>&)>& edit) {
+    fs::create_directories(dir_);
+    std::ofstream(dir_ / "config.json") << config.dump();
+    const ModelConfig c = ModelConfig::from_json_string(config.dump(), "test");
+    std::vector<std::pair<std::string, Tensor>> tensors;
+    for (const WeightSpec& s : weight_specs(c)) {
+      RandomWeight w = random_weight(s, c.quantization.enabled, 1);
+      tensors.emplace_back(s.name, w.weight);
+      if (w.scale_inv.defined()) tensors.emplace_back(s.name + "_scale_inv", w.scale_inv);
+    }
+    edit(tensors);
+    SafetensorsWriter writer;
+    for (auto& [name, t] : tensors) writer.add(name, t);
+    writer.write(dir_ / "model.safetensors");
+  }
+
+  std::string load_error() {
+    try {
+      load_model(dir_);
+    } catch (const Error& e) {
+      return e.what();
+    }
+    return "";
+  }
+
+  fs::path dir_;
+};
+
+Tensor run_prefill(LoadedModel& m, const std::vector<int32_t>& ids) {
+  KvCache cache = KvCache::create(m.config, 4, 16, DType::kF32);
+  SequenceStep seq;
+  seq.new_tokens = ids;
+  seq.pages = {0, 1, 2, 3};
+  return m.model->forward(ForwardBatch::build(ForwardMode::kExtend, {seq}, 16), cache);
+}
+
+TEST_F(WeightsTest, MakeModelRoundTripsAndIsDeterministic) {
+  for (bool fp8 : {false, true}) {
+    make_random_checkpoint(small_config(fp8), {dir_ / "a", 7, 1u << 20});  // 1 MB shards
+    make_random_checkpoint(small_config(fp8), {dir_ / "b", 7, 1u << 30});
+    LoadedModel a = load_model(dir_ / "a");
+    LoadedModel b = load_model(dir_ / "b");
+    EXPECT_GT(a.checkpoint->files().size(), 1u);
+    EXPECT_EQ(b.checkpoint->files().size(), 1u);
+    const Tensor la = run_prefill(a, {5, 17, 300, 2});
+    const Tensor lb = run_prefill(b, {5, 17, 300, 2});
+    float spread = 0.0f;
+    for (int64_t i = 0; i < la.numel(); ++i) {
+      ASSERT_TRUE(std::isfinite(la.data<float>()[i]));
+      ASSERT_EQ(la.data<float>()[i], lb.data<float>()[i]) << "same seed, same weights";
+      spread = std::max(spread, std::fabs(la.data<float>()[i]));
+    }
+    EXPECT_GT(spread, 0.1f) << "logits should not be degenerate";
+    make_random_checkpoint(small_config(fp8), {dir_ / "c", 8, 1u << 30});
+    LoadedModel c = load_model(dir_ / "c");
+    EXPECT_NE(run_prefill(c, {5, 17, 300, 2}).data<float>()[0], la.data<float>()[0]);
+    fs::remove_all(dir_);
+  }
+}
+
+TEST_F(WeightsTest, MissingTensorIsNamed) {
+  write_edited(small_config(false), [](auto& t) {
+    std::erase_if(t, [](auto& p) { return p.first == "model.layers.1.mlp.experts.3.up_proj.weight"; });
+  });
+  const std::string e = load_error();
+  EXPECT_NE(e.find("missing tensor 'model.layers.1.mlp.experts.3.up_proj.weight'"), std::string::npos) << e;
+}
+
+TEST_F(WeightsTest, WrongShapeIsNamedWithFile) {
+  write_edited(small_config(false), [](auto& t) {
+    for (auto& [name, tensor] : t) {
+      if (name == "model.layers.0.self_attn.kv_b_proj.weight") tensor = Tensor::zeros({8, 8}, DType::kBF16);
+    }
+  });
+  const std::string e = load_error();
+  EXPECT_NE(e.find("model.safetensors: tensor 'model.layers.0.self_attn.kv_b_proj.weight' has shape [8, 8]"),
+            std::string::npos) << e;
+}
+
+TEST_F(WeightsTest, WrongDtypeIsNamed) {
+  // An fp8 config whose checkpoint holds a bf16 projection (a mixed-up conversion).
+  write_edited(small_config(true), [](auto& t) {
+    for (auto& [name, tensor] : t) {
+      if (name == "model.layers.1.self_attn.o_proj.weight") tensor = cast(tensor, DType::kBF16);
+    }
+  });
+  const std::string e = load_error();
+  EXPECT_NE(e.find("tensor 'model.layers.1.self_attn.o_proj.weight' has dtype bf16, expected f8_e4m3"),
+            std::string::npos) << e;
+}
+
+TEST_F(WeightsTest, MissingScaleIsNamed) {
+  write_edited(small_config(true), [](auto& t) {
+    std::erase_if(t, [](auto& p) { return p.first == "model.layers.0.mlp.down_proj.weight_scale_inv"; });
+  });
+  EXPECT_NE(load_error().find("missing tensor 'model.layers.0.mlp.down_proj.weight_scale_inv'"),
+            std::string::npos);
+}
+
+TEST_F(WeightsTest, MissingConfigAndTruncatedFileAreClear) {
+  EXPECT_NE(load_error().find("is not a directory"), std::string::npos);
+  write_edited(small_config(false), [](auto&) {});
+  fs::resize_file(dir_ / "model.safetensors", fs::file_size(dir_ / "model.safetensors") - 100);
+  const std::string e = load_error();
+  EXPECT_NE(e.find("model.safetensors"), std::string::npos) << e;
+  fs::remove(dir_ / "config.json");
+  EXPECT_NE(load_error().find("config.json"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace tandem
