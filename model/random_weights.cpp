@@ -2,7 +2,11 @@
 
 #include <array>
 #include <cmath>
+#include <condition_variable>
+#include <deque>
 #include <fstream>
+#include <mutex>
+#include <thread>
 
 #include "core/log.h"
 #include "core/progress.h"
@@ -124,14 +128,63 @@ uint64_t make_random_checkpoint(const nlohmann::json& config_json, const MakeMod
   }
   TANDEM_LOG_INFO("writing {} tensors ({:.2f} GB) of {} to {}", specs.size(), double(total) / 1e9,
                   config.summary(), opt.out_dir.string());
+  // Generation (CPU-bound, on the thread pool) runs one thread ahead of the writer (I/O-bound),
+  // with at most kAheadBytes generated and not yet handed to the writer.
+  constexpr uint64_t kAheadBytes = 1ull << 30;
+  std::mutex mutex;
+  std::condition_variable cv;
+  std::deque<std::pair<std::string, Tensor>> ready;
+  uint64_t ready_bytes = 0;
+  bool producer_done = false, aborted = false;
+  std::exception_ptr producer_error;
+  std::thread producer([&] {
+    try {
+      for (const WeightSpec& s : specs) {
+        RandomWeight w = random_weight(s, config.quantization.enabled, opt.seed);
+        std::unique_lock<std::mutex> lock(mutex);
+        cv.wait(lock, [&] { return ready_bytes < kAheadBytes || aborted; });
+        if (aborted) break;
+        ready_bytes += w.weight.nbytes();
+        ready.emplace_back(s.name, w.weight);
+        if (w.scale_inv.defined()) ready.emplace_back(s.name + "_scale_inv", w.scale_inv);
+        cv.notify_all();
+      }
+    } catch (...) {
+      std::lock_guard<std::mutex> lock(mutex);
+      producer_error = std::current_exception();
+    }
+    std::lock_guard<std::mutex> lock(mutex);
+    producer_done = true;
+    cv.notify_all();
+  });
   ShardedCheckpointWriter writer(opt.out_dir, opt.max_shard_bytes);
   ProgressBar progress("make-model", total);
-  for (const WeightSpec& s : specs) {
-    RandomWeight w = random_weight(s, config.quantization.enabled, opt.seed);
-    writer.add(s.name, w.weight);
-    if (w.scale_inv.defined()) writer.add(s.name + "_scale_inv", w.scale_inv);
-    progress.advance(w.weight.nbytes());
+  try {
+    for (;;) {
+      std::pair<std::string, Tensor> item;
+      {
+        std::unique_lock<std::mutex> lock(mutex);
+        cv.wait(lock, [&] { return !ready.empty() || producer_done; });
+        if (ready.empty()) break;
+        item = std::move(ready.front());
+        ready.pop_front();
+        if (item.first.find("_scale_inv") == std::string::npos) ready_bytes -= item.second.nbytes();
+        cv.notify_all();
+      }
+      writer.add(item.first, item.second);
+      if (item.first.find("_scale_inv") == std::string::npos) progress.advance(item.second.nbytes());
+    }
+  } catch (...) {
+    {
+      std::lock_guard<std::mutex> lock(mutex);
+      aborted = true;
+      cv.notify_all();
+    }
+    producer.join();
+    throw;
   }
+  producer.join();
+  if (producer_error) std::rethrow_exception(producer_error);
   writer.finish();
   progress.finish();
   return total;
