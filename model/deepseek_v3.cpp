@@ -84,8 +84,13 @@ Tensor DeepseekV3Model::forward(const ForwardBatch& batch, KvCache& cache) {
     Tensor attn_out = attention(l, x, batch, cache);  // [T, H]
     name(tag + ".attn_out", attn_out);
     ops::add_rms_norm(residual, attn_out, lw.post_attention_layernorm, c.rms_norm_eps, x);
-    delta = lw.is_moe ? moe(lw.moe, x) : mlp(lw.mlp, x, c.intermediate_size);  // [T, H]
+    delta = lw.is_moe ? moe(lw.moe, x, tag) : mlp(lw.mlp, x, c.intermediate_size);  // [T, H]
     name(tag + (lw.is_moe ? ".moe_out" : ".mlp_out"), delta);
+    if (on_intermediate) {  // the layer's output hidden state, residual + delta (a copy)
+      Tensor hidden = residual.clone(), scratch = x.clone();
+      ops::add_rms_norm(hidden, delta, weights_.norm, c.rms_norm_eps, scratch);
+      name(tag + ".hidden", hidden);
+    }
   }
   ops::add_rms_norm(residual, delta, weights_.norm, c.rms_norm_eps, x);
   name("final_norm", x);
@@ -175,7 +180,7 @@ Tensor DeepseekV3Model::mlp(const MlpWeights& w, const Tensor& x, int64_t interm
 }
 
 // DeepSeekMoE: routed experts (top-k of n_routed_experts, weighted) plus shared experts.
-Tensor DeepseekV3Model::moe(const MoeWeights& w, const Tensor& x) {
+Tensor DeepseekV3Model::moe(const MoeWeights& w, const Tensor& x, const std::string& tag) {
   const ModelConfig& c = config_;
   const Device dev = x.device();
   const int64_t tokens = x.size(0), k = c.num_experts_per_tok;
@@ -184,6 +189,8 @@ Tensor DeepseekV3Model::moe(const MoeWeights& w, const Tensor& x) {
   Tensor ids = Tensor::empty({tokens, k}, DType::kI32, dev);
   Tensor weights = empty_f32({tokens, k}, dev);
   ops::moe_route(logits, w.e_score_correction_bias, route_, ids, weights);
+  name(tag + ".topk_ids", ids);
+  name(tag + ".topk_weights", weights);
 
   Tensor out = w.has_shared ? mlp(w.shared, x, c.shared_intermediate_size())
                             : Tensor::zeros({tokens, c.hidden_size}, DType::kF32, dev);

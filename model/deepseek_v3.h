@@ -35,7 +35,7 @@ class DeepseekV3Model {
  private:
   Tensor attention(int64_t layer, const Tensor& x, const ForwardBatch& batch, KvCache& cache);
   Tensor mlp(const MlpWeights& w, const Tensor& x, int64_t intermediate);
-  Tensor moe(const MoeWeights& w, const Tensor& x);
+  Tensor moe(const MoeWeights& w, const Tensor& x, const std::string& tag);
   void name(const std::string& label, const Tensor& t) const {
     if (on_intermediate) on_intermediate(label, t);
   }

@@ -7,7 +7,9 @@
 // moves logits by 0.05 or more, so the bound separates the two with a wide margin.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <map>
 #include <string>
 
 #include "model/loader.h"
@@ -130,6 +132,51 @@ TEST_P(GoldenTest, GreedyTokensMatchReference) {
   }
   EXPECT_EQ(got, std::vector<int32_t>(expected.data<int32_t>(),
                                       expected.data<int32_t>() + expected.numel()));
+}
+
+// Layer by layer: each layer's output hidden state and the experts each MoE layer picks
+// (ids exactly, as sets; weights to fp32 rounding) equal the reference's for prompt 1.
+TEST_P(GoldenTest, IntermediatesMatchReferenceLayerByLayer) {
+  Golden g = load_golden(GetParam());
+  std::map<std::string, Tensor> seen;
+  g.model.model->on_intermediate = [&](const std::string& n, const Tensor& t) {
+    seen[n] = t.to(Device::cpu()).contiguous();
+  };
+  KvCache cache = KvCache::create(g.model.config, 8, 4, DType::kF32);
+  SequenceStep seq;
+  seq.new_tokens = g.ids(1);
+  seq.pages = {0, 1, 2};
+  g.model.model->forward(ForwardBatch::build(ForwardMode::kExtend, {seq}, 4), cache);
+  const Tensor hidden = g.ref->get("hidden_1");  // [layers + 1, T, H]: layer outputs, final norm
+  const int64_t layers = g.model.config.num_hidden_layers, t = hidden.size(1), h = hidden.size(2);
+  for (int64_t l = 0; l <= layers; ++l) {
+    const std::string key = l < layers ? "layer" + std::to_string(l) + ".hidden" : "final_norm";
+    ASSERT_TRUE(seen.count(key)) << key;
+    const Tensor ref = hidden.select(0, l).contiguous();
+    float worst = 0.0f, scale = 0.0f;
+    for (int64_t i = 0; i < t * h; ++i) {
+      worst = std::max(worst, std::fabs(seen[key].data<float>()[i] - ref.data<float>()[i]));
+      scale = std::max(scale, std::fabs(ref.data<float>()[i]));
+    }
+    EXPECT_LE(worst, 1e-5f * std::max(1.0f, scale)) << key;
+  }
+  for (int64_t l = g.model.config.first_k_dense_replace; l < layers; ++l) {
+    const std::string tag = "layer" + std::to_string(l);
+    const Tensor ref_ids = g.ref->get("topk_ids_1_" + tag), ref_w = g.ref->get("topk_weights_1_" + tag);
+    const Tensor& ids = seen[tag + ".topk_ids"];
+    const Tensor& w = seen[tag + ".topk_weights"];
+    const int64_t k = ids.size(1);
+    for (int64_t r = 0; r < ids.size(0); ++r) {
+      // Reference ids are sorted ascending with their weights; compare as sorted pairs.
+      std::vector<std::pair<int32_t, float>> mine;
+      for (int64_t j = 0; j < k; ++j) mine.emplace_back(ids.data<int32_t>()[r * k + j], w.data<float>()[r * k + j]);
+      std::sort(mine.begin(), mine.end());
+      for (int64_t j = 0; j < k; ++j) {
+        EXPECT_EQ(mine[j].first, ref_ids.data<int32_t>()[r * k + j]) << tag << " token " << r;
+        EXPECT_NEAR(mine[j].second, ref_w.data<float>()[r * k + j], 1e-5f) << tag << " token " << r;
+      }
+    }
+  }
 }
 
 // The comparison can fail: the same weights with the RoPE pairs taken as halves, or without
