@@ -1,0 +1,338 @@
+#include "runtime/engine.h"
+
+#include <algorithm>
+#include <random>
+
+#include "core/log.h"
+#include "runtime/stop_checker.h"
+#include "tokenizer/detokenizer.h"
+
+namespace tandem::runtime {
+
+namespace {
+Status invalid(std::string message) { return {StatusCode::kInvalidArgument, std::move(message)}; }
+// A request's n completions are scheduled as sequences (request_id << 8) | index; n <= 128.
+constexpr int kIndexBits = 8;
+}  // namespace
+
+struct Engine::Sequence {
+  RequestId request_id = 0;
+  RequestId seq_id = 0;
+  int32_t index = 0;
+  std::shared_ptr<RequestStream> stream;
+  SamplingParams params;
+  std::vector<int32_t> prompt;
+  int32_t max_new_tokens = 0;  // max_tokens capped by the context length
+  int32_t num_output = 0;
+  RequestState state = RequestState::kWaiting;
+  std::unique_ptr<Sampler> sampler;
+  std::unique_ptr<tokenizer::IncrementalDetokenizer> detok;
+  std::unique_ptr<StopChecker> stop;
+};
+
+Status EngineConfig::validate() const {
+  if (Status s = scheduler.validate(); !s.ok()) return s;
+  if (kv_dtype != DType::kF32 && kv_dtype != DType::kBF16) {
+    return invalid(fmt::format("kv_dtype must be f32 or bf16, got {}", dtype_name(kv_dtype)));
+  }
+  return {};
+}
+
+bool RequestStream::next(StreamEvent& event) {
+  std::unique_lock lk(mu_);
+  cv_.wait(lk, [&] { return !events_.empty() || open_ == 0; });
+  if (events_.empty()) return false;
+  event = std::move(events_.front());
+  events_.pop_front();
+  return true;
+}
+
+void RequestStream::push(StreamEvent event) {
+  {
+    std::lock_guard lk(mu_);
+    if (event.finished) --open_;
+    events_.push_back(std::move(event));
+  }
+  cv_.notify_all();
+}
+
+static const EngineConfig& checked(const EngineConfig& c) {
+  const Status s = c.validate();
+  TANDEM_CHECK(s.ok(), "EngineConfig: {}", s.message());
+  return c;
+}
+
+Engine::Engine(const ModelConfig& model_config, std::unique_ptr<ModelRunner> runner,
+               const tokenizer::Tokenizer* tokenizer, const EngineConfig& config)
+    : model_config_(model_config),
+      runner_(std::move(runner)),
+      tokenizer_(tokenizer),
+      config_(checked(config)),
+      scheduler_(config.scheduler) {
+  update_stats();
+}
+
+Engine::~Engine() { stop(); }
+
+Status Engine::submit(GenerateRequest request, std::shared_ptr<RequestStream>* stream) {
+  const SamplingParams& p = request.params;
+  if (Status s = p.validate(model_config_.vocab_size); !s.ok()) return s;
+  if (!p.stop.empty() && tokenizer_ == nullptr) {
+    return invalid("stop: stop strings need a tokenizer");
+  }
+  std::vector<int32_t> prompt = std::move(request.prompt_ids);
+  if (prompt.empty()) {
+    if (request.prompt.empty()) return invalid("prompt: empty prompt");
+    if (tokenizer_ == nullptr) return invalid("prompt: a text prompt needs a tokenizer");
+    prompt = tokenizer_->encode(request.prompt);
+    if (prompt.empty()) return invalid("prompt: the text encodes to no tokens");
+  }
+  for (const int32_t id : prompt) {
+    if (id < 0 || id >= model_config_.vocab_size) {
+      return invalid(fmt::format("prompt: token id {} is outside the vocabulary [0, {})", id,
+                                 model_config_.vocab_size));
+    }
+  }
+  const int64_t context = model_config_.max_position_embeddings;
+  if (int64_t(prompt.size()) >= context) {
+    return invalid(fmt::format("prompt: {} tokens do not fit the context length {}",
+                               prompt.size(), context));
+  }
+  const int32_t max_new = int32_t(std::min<int64_t>(p.max_tokens, context - int64_t(prompt.size())));
+  const int64_t pool = int64_t(config_.scheduler.num_pages()) * config_.scheduler.page_size;
+  if (int64_t(prompt.size()) + max_new > pool) {
+    return {StatusCode::kResourceExhausted,
+            fmt::format("prompt ({} tokens) + max_tokens ({}) exceeds the KV pool of {} tokens "
+                        "(max_total_tokens)", prompt.size(), max_new, pool)};
+  }
+
+  const RequestId rid = next_id_.fetch_add(1);
+  auto out = std::make_shared<RequestStream>(rid, p.n);
+  const uint64_t base_seed = p.seed.has_value() ? *p.seed : std::random_device{}();
+  std::vector<std::unique_ptr<Sequence>> seqs;
+  for (int32_t i = 0; i < p.n; ++i) {
+    auto seq = std::make_unique<Sequence>();
+    seq->request_id = rid;
+    seq->seq_id = (rid << kIndexBits) | RequestId(i);
+    seq->index = i;
+    seq->stream = out;
+    seq->params = p;
+    seq->params.seed = base_seed + uint64_t(i);  // parallel samples differ, reproducibly
+    seq->prompt = prompt;
+    seq->max_new_tokens = max_new;
+    seq->sampler = std::make_unique<Sampler>(seq->params, prompt, *seq->params.seed);
+    if (tokenizer_ != nullptr) {
+      seq->detok = std::make_unique<tokenizer::IncrementalDetokenizer>(*tokenizer_, true);
+    }
+    seq->stop = std::make_unique<StopChecker>(p.stop);
+    seqs.push_back(std::move(seq));
+  }
+  {
+    std::lock_guard lk(inbox_mu_);
+    for (auto& s : seqs) inbox_.push_back(std::move(s));
+  }
+  inbox_cv_.notify_all();
+  *stream = std::move(out);
+  return {};
+}
+
+void Engine::abort(RequestId id) {
+  {
+    std::lock_guard lk(inbox_mu_);
+    abort_inbox_.push_back(id);
+  }
+  inbox_cv_.notify_all();
+}
+
+void Engine::drain_inbox() {
+  std::vector<std::unique_ptr<Sequence>> added;
+  std::vector<RequestId> aborted;
+  {
+    std::lock_guard lk(inbox_mu_);
+    added.swap(inbox_);
+    aborted.swap(abort_inbox_);
+  }
+  for (auto& seq : added) {
+    const Status s = scheduler_.add(seq->seq_id, seq->prompt, seq->max_new_tokens);
+    if (!s.ok()) {  // submit checked the same limits; kept as a guard
+      StreamEvent ev;
+      ev.error = s.message();
+      finish(*seq, FinishReason::kError, std::move(ev), false);
+      continue;
+    }
+    prompt_tokens_ += int64_t(seq->prompt.size());
+    const RequestId id = seq->seq_id;
+    seqs_.emplace(id, std::move(seq));
+  }
+  for (const RequestId rid : aborted) {
+    for (RequestId i = 0; i < (RequestId(1) << kIndexBits); ++i) {
+      auto it = seqs_.find((rid << kIndexBits) | i);
+      if (it == seqs_.end()) continue;
+      scheduler_.abort(it->first);
+      finish(*it->second, FinishReason::kAbort, {}, false);
+    }
+  }
+}
+
+bool Engine::step() {
+  try {
+    drain_inbox();
+    const Decision d = scheduler_.schedule();
+    for (const RequestId id : d.preempted) seqs_.at(id)->state = RequestState::kWaiting;
+    if (d.empty()) {
+      update_stats();
+      return false;
+    }
+    const Tensor logits = runner_->run(d, scheduler_);
+    process(d, logits);
+  } catch (const std::exception& e) {
+    TANDEM_LOG_ERROR("engine step failed: {}", e.what());
+    fail_all(e.what());
+  }
+  ++steps_;
+  update_stats();
+  return true;
+}
+
+void Engine::process(const Decision& d, const Tensor& logits) {
+  TANDEM_CHECK(logits.dim() == 2 && logits.size(0) == int64_t(d.seqs.size()),
+               "runner returned logits {} for {} sequences", shape_str(logits.shape()),
+               d.seqs.size());
+  const int64_t vocab = logits.size(1);
+  const float* rows = logits.data<float>();
+  std::vector<int32_t> next(d.seqs.size(), -1);
+  std::vector<SampleResult> sampled(d.seqs.size());
+  for (size_t i = 0; i < d.seqs.size(); ++i) {
+    Sequence& seq = *seqs_.at(d.seqs[i].id);
+    seq.state = RequestState::kPrefilling;
+    if (!d.seqs[i].sample) continue;
+    sampled[i] = seq.sampler->sample(std::span<const float>(rows + int64_t(i) * vocab, size_t(vocab)));
+    next[i] = sampled[i].token;
+  }
+  scheduler_.complete(d, next);
+  for (size_t i = 0; i < d.seqs.size(); ++i) {
+    if (!d.seqs[i].sample) continue;
+    Sequence& seq = *seqs_.at(d.seqs[i].id);
+    seq.state = RequestState::kDecoding;
+    ++seq.num_output;
+    ++generated_tokens_;
+    StreamEvent ev;
+    ev.index = seq.index;
+    ev.token_ids.push_back(next[i]);
+    if (seq.params.logprobs || seq.params.top_logprobs > 0) ev.logprobs.push_back(sampled[i]);
+    if (check_stop(seq, next[i], ev)) continue;
+    seq.stream->push(std::move(ev));
+  }
+}
+
+// Appends the token's text to `ev`; finishes the sequence (and returns true) when it stops.
+bool Engine::check_stop(Sequence& seq, int32_t token, StreamEvent& ev) {
+  const SamplingParams& p = seq.params;
+  const auto& eos = model_config_.eos_token_ids;
+  const bool stop_token =
+      std::find(p.stop_token_ids.begin(), p.stop_token_ids.end(), token) != p.stop_token_ids.end() ||
+      (!p.ignore_eos && std::find(eos.begin(), eos.end(), int64_t(token)) != eos.end());
+  if (stop_token) {  // its text is not part of the output
+    finish(seq, FinishReason::kStop, std::move(ev), true);
+    return true;
+  }
+  if (seq.detok) {
+    StopChecker::Result r = seq.stop->push(seq.detok->push(token));
+    ev.text = std::move(r.text);
+    if (r.stopped) {
+      finish(seq, FinishReason::kStop, std::move(ev), true);
+      return true;
+    }
+  }
+  if (seq.num_output >= seq.max_new_tokens) {
+    finish(seq, FinishReason::kLength, std::move(ev), true);
+    return true;
+  }
+  return false;
+}
+
+void Engine::finish(Sequence& seq, FinishReason reason, StreamEvent ev, bool in_scheduler) {
+  if (in_scheduler) scheduler_.finish(seq.seq_id);
+  // Text held back by the detokenizer or the stop checker belongs to a normal ending.
+  if (seq.detok && (reason == FinishReason::kLength || reason == FinishReason::kStop)) {
+    StopChecker::Result r = seq.stop->push(seq.detok->finish());
+    ev.text += r.text;
+    if (!r.stopped) ev.text += seq.stop->flush();
+  }
+  ev.index = seq.index;
+  ev.finished = true;
+  ev.finish_reason = reason;
+  seq.state = reason == FinishReason::kAbort ? RequestState::kAborted : RequestState::kFinished;
+  seq.stream->push(std::move(ev));
+  seqs_.erase(seq.seq_id);  // `seq` is gone after this line
+}
+
+void Engine::fail_all(const std::string& message) {
+  std::vector<RequestId> ids;
+  for (const auto& [id, seq] : seqs_) ids.push_back(id);
+  for (const RequestId id : ids) {
+    try {
+      scheduler_.abort(id);
+    } catch (const std::exception&) {
+      // The scheduler may be what failed; the request ends either way.
+    }
+    StreamEvent ev;
+    ev.error = message;
+    finish(*seqs_.at(id), FinishReason::kError, std::move(ev), false);
+  }
+}
+
+void Engine::update_stats() {
+  const SchedulerStats s = scheduler_.stats();
+  std::lock_guard lk(inbox_mu_);
+  stats_.running = s.running;
+  stats_.waiting = s.waiting + int32_t(inbox_.size());
+  stats_.kv_pages_total = scheduler_.config().num_pages();
+  stats_.kv_pages_used = s.used_pages + (s.cached_pages - s.evictable_pages);
+  stats_.kv_pages_cached = s.cached_pages;
+  stats_.kv_usage = double(stats_.kv_pages_used) / double(stats_.kv_pages_total);
+  stats_.prompt_tokens = prompt_tokens_;
+  stats_.generated_tokens = generated_tokens_;
+  stats_.preemptions = s.preemptions;
+  stats_.prefix_hit_tokens = s.prefix_hit_tokens;
+  stats_.steps = steps_;
+}
+
+EngineStats Engine::stats() const {
+  std::lock_guard lk(inbox_mu_);
+  return stats_;
+}
+
+void Engine::start() {
+  TANDEM_CHECK(!thread_.joinable(), "Engine::start: the loop is already running");
+  {
+    std::lock_guard lk(inbox_mu_);
+    stopping_ = false;
+  }
+  thread_ = std::thread([this] { loop(); });
+}
+
+void Engine::stop() {
+  {
+    std::lock_guard lk(inbox_mu_);
+    stopping_ = true;
+  }
+  inbox_cv_.notify_all();
+  if (thread_.joinable()) thread_.join();
+}
+
+void Engine::loop() {
+  bool busy = false;
+  for (;;) {
+    {
+      std::unique_lock lk(inbox_mu_);
+      if (!busy) {
+        inbox_cv_.wait(lk, [&] { return stopping_ || !inbox_.empty() || !abort_inbox_.empty(); });
+      }
+      if (stopping_) return;
+    }
+    busy = step();
+  }
+}
+
+}  // namespace tandem::runtime
