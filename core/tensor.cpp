@@ -8,10 +8,15 @@ namespace tandem {
 
 namespace {
 
-DeviceAllocator g_allocators[2];
+// A function-local table, so a backend may register from its own static initializer: a
+// namespace-scope array would be (re)initialized in core's turn, after or before the backend's.
+DeviceAllocator* allocators() {
+  static DeviceAllocator table[2];
+  return table;
+}
 
 const DeviceAllocator& allocator_for(Device device) {
-  const DeviceAllocator& a = g_allocators[int(device.type)];
+  const DeviceAllocator& a = allocators()[int(device.type)];
   TANDEM_CHECK(a.alloc, "no allocator for device {}: this build has no {} backend",
                device.name(), device.name());
   return a;
@@ -40,7 +45,7 @@ std::string Device::name() const {
 }
 
 void register_device_allocator(DeviceType type, DeviceAllocator allocator) {
-  g_allocators[int(type)] = std::move(allocator);
+  allocators()[int(type)] = std::move(allocator);
 }
 
 std::string shape_str(const Shape& shape) {

@@ -45,7 +45,8 @@ Tensor rope_inv_freq(const ModelConfig& c) {
 
 DeepseekV3Model::DeepseekV3Model(ModelConfig config, ModelWeights weights)
     : config_(std::move(config)), weights_(std::move(weights)) {
-  inv_freq_ = rope_inv_freq(config_);
+  // On the weights' device, like every other tensor the ops read.
+  inv_freq_ = rope_inv_freq(config_).to(weights_.embed_tokens.device());
   rope_factor_ = float(config_.rope_attention_factor());
   softmax_scale_ = float(config_.softmax_scale());
   route_.top_k = config_.num_experts_per_tok;

@@ -1,0 +1,156 @@
+// Kernel parameter structs and launchers: the boundary between the host launchers
+// (smxx_*.cpp, which validate Tensors and fill these structs) and the kernels (smxx_*.cu,
+// compiled by nvcc without core's tensor/fmt headers, which keeps CUDA compile time down).
+// Strides are in elements. Pointers are device pointers. All launches go on `stream`.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+
+#include "core/dtype.h"
+
+namespace tandem::ops::cuda {
+
+// A kernel that finds a bad index (token id, row index, cache slot, sequence length) records
+// the first one here and skips the element; the host throws at its next synchronization.
+enum KernelErrorCode : int32_t {
+  kErrNone = 0,
+  kErrEmbeddingId,
+  kErrGatherIndex,
+  kErrScatterIndex,
+  kErrKvSlot,
+  kErrDecodeSeqLen,
+  kErrDecodeSlot,
+  kErrPrefillLengths,
+};
+struct KernelErrorWord {
+  int32_t code;      // KernelErrorCode of the first error, 0 when none
+  int32_t unused;
+  int64_t value;     // the bad value
+  int64_t bound;     // the valid range was [0, bound) (or [1, bound] for lengths)
+  int64_t position;  // where in the index tensor
+};
+const char* kernel_error_name(int32_t code);
+
+// out[i, :] = f32(src[index[i], :]) (embedding and gather_rows).
+struct GatherRowsParams {
+  const void* src; DType src_dtype;  // [src_rows, width], contiguous rows of src_stride
+  int64_t src_rows, src_stride;
+  const int32_t* index;              // [n]
+  int64_t n, width;
+  float* out; int64_t out_stride;    // [n, width]
+  int32_t error_code;                // kErrEmbeddingId or kErrGatherIndex
+  KernelErrorWord* error;
+};
+void launch_gather_rows(const GatherRowsParams& p, cudaStream_t stream);
+
+// out[index[i], :] += weight[i] * src[i, :].
+struct ScatterAddRowsParams {
+  const float* src; int64_t src_stride;  // [n, width]
+  const int32_t* index;                  // [n]
+  const float* weight;                   // [n]
+  int64_t n, width;
+  float* out; int64_t out_stride, out_rows;  // [out_rows, width]
+  KernelErrorWord* error;
+};
+void launch_scatter_add_rows(const ScatterAddRowsParams& p, cudaStream_t stream);
+
+// cache[slot[t], :] = concat(latent[t, :], k_pe[t, :]) converted to the cache dtype.
+struct KvStoreParams {
+  const float* latent; int64_t latent_stride;  // [T, lora]
+  const float* k_pe; int64_t k_pe_stride;      // [T, rope]
+  const int32_t* slots;                        // [T]
+  int64_t tokens, lora, rope;
+  void* cache; DType cache_dtype; int64_t num_slots;  // [num_slots, lora + rope], contiguous
+  KernelErrorWord* error;
+};
+void launch_kv_store(const KvStoreParams& p, cudaStream_t stream);
+
+// out = x / rms(x) * weight; with residual: residual += x first and normalize the sum.
+struct RmsNormParams {
+  const float* x; int64_t x_stride;      // [rows, n]
+  float* residual; int64_t residual_stride;  // [rows, n] or nullptr
+  const void* weight; DType weight_dtype;  // [n]
+  float* out; int64_t out_stride;        // [rows, n]; may alias x
+  int64_t rows, n;
+  float eps;
+};
+void launch_rms_norm(const RmsNormParams& p, cudaStream_t stream);
+
+// Rotary embedding in place.
+struct RopeParams {
+  float* x; int64_t stride_t, stride_h;  // [T, heads, dim], last dim contiguous
+  const int32_t* positions;              // [T]
+  const float* inv_freq;                 // [dim / 2]
+  int64_t tokens, heads, dim;
+  float attention_factor;
+  bool interleave;
+};
+void launch_rope(const RopeParams& p, cudaStream_t stream);
+
+// out = silu(gate) * up; gate_up rows are [gate | up].
+struct SiluAndMulParams {
+  const float* gate_up; int64_t in_stride;  // [rows, 2n]
+  float* out; int64_t out_stride;           // [rows, n]
+  int64_t rows, n;
+};
+void launch_silu_and_mul(const SiluAndMulParams& p, cudaStream_t stream);
+
+// MoE gate, one block per token.
+struct MoeRouteParams {
+  const float* logits; int64_t logits_stride;  // [T, E]
+  const float* bias;                           // [E] or nullptr
+  int32_t* topk_ids; int64_t ids_stride;       // [T, k]
+  float* topk_weights; int64_t weights_stride; // [T, k]
+  int64_t tokens, experts, top_k, n_group, topk_group;
+  bool sigmoid, group_by_top2, grouped, norm_topk_prob;
+  float routed_scaling_factor;
+};
+void launch_moe_route(const MoeRouteParams& p, cudaStream_t stream);
+
+// Batched out[z] = x[z] @ W[z]^T with f32 activations and accumulation. W is f32, bf16 or
+// fp8 e4m3 with one f32 scale per 128x128 block (scale_inv[n / 128][k / 128]).
+struct GemmParams {
+  const float* x; int64_t x_stride, x_batch_stride;  // [batch][M, K], rows strided
+  const void* w; DType w_dtype;                      // [batch][N, K], contiguous rows
+  int64_t w_stride, w_batch_stride;
+  const float* scale_inv; int64_t scale_stride;      // fp8 only: [ceil(N/128), ceil(K/128)]
+  float* out; int64_t out_stride, out_batch_stride;  // [batch][M, N]
+  int64_t m, n, k, batch;
+};
+void launch_gemm_f32(const GemmParams& p, cudaStream_t stream);
+
+// Causal variable-length attention over per-head expanded keys (MLA prefill).
+struct MlaPrefillParams {
+  const float* q;     // [T, H, nope + rope], contiguous
+  const float* kv;    // [L, H, nope + v], contiguous
+  const float* k_pe; int64_t k_pe_stride;  // [L, rope]
+  const int32_t* cu_q; const int32_t* cu_kv;  // [B + 1]
+  float* out;         // [T, H, v], contiguous
+  int64_t tokens, kv_rows, batch, heads, nope, rope, v;
+  float scale;
+  KernelErrorWord* error;
+};
+void launch_mla_prefill(const MlaPrefillParams& p, cudaStream_t stream);
+
+// Absorbed MLA decode over the paged latent cache, split over the KV length; partial results
+// go to `workspace` and a second kernel combines them.
+struct MlaDecodeParams {
+  const float* q_latent; int64_t ql_stride_b, ql_stride_h;  // [B, H, lora]
+  const float* q_pe; int64_t qp_stride_b, qp_stride_h;      // [B, H, rope]
+  const void* cache; DType cache_dtype; int64_t num_slots;  // [num_slots, lora + rope]
+  const int32_t* page_table; int64_t max_pages;             // [B, max_pages], contiguous rows
+  const int32_t* seq_lens;                                  // [B]
+  float* out; int64_t out_stride_b, out_stride_h;           // [B, H, lora]
+  int64_t batch, heads, lora, rope, page_size;
+  float scale;
+  int num_splits;         // key ranges per (b, h)
+  float* workspace;       // [B, H, num_splits, lora + 2] (partial out, max, sum)
+  KernelErrorWord* error;
+};
+// Splits for a batch whose longest possible sequence is `max_len` keys.
+int mla_decode_num_splits(int64_t max_len);
+void launch_mla_decode(const MlaDecodeParams& p, cudaStream_t stream);
+
+}  // namespace tandem::ops::cuda

@@ -1,0 +1,53 @@
+// Host launcher of smxx_mla_decode.cu: sizes the split workspace from the page table's
+// capacity (the sequence lengths stay on the device; no synchronization).
+#include "ops/cuda/cuda_ops.h"
+#include "ops/cuda/host_common.h"
+
+namespace tandem::ops::cuda {
+
+namespace {
+constexpr int64_t kMaxLatentDim = 1024;  // 8 values per thread of 128 (smxx_attention.cuh)
+}
+
+void mla_decode_attention(const Tensor& q_latent, const Tensor& q_pe, const Tensor& cache,
+                          const Tensor& page_table, const Tensor& seq_lens, int64_t page_size,
+                          float scale, Tensor& out_latent) {
+  const char* op = "mla_decode_attention";
+  TANDEM_CHECK(q_latent.size(2) <= kMaxLatentDim, "{}: kv_lora_rank {} > {}", op,
+               q_latent.size(2), kMaxLatentDim);
+  TANDEM_CHECK(cache.is_contiguous(), "{}: cache must be contiguous", op);
+  TANDEM_CHECK(page_table.is_contiguous(), "{}: page_table must be contiguous", op);
+  OpContext ctx(out_latent);
+  MlaDecodeParams p{};
+  p.q_latent = cptr<float>(q_latent);
+  p.ql_stride_b = q_latent.stride(0);
+  p.ql_stride_h = q_latent.stride(1);
+  p.q_pe = cptr<float>(q_pe);
+  p.qp_stride_b = q_pe.stride(0);
+  p.qp_stride_h = q_pe.stride(1);
+  p.cache = cache.raw_data();
+  p.cache_dtype = cache.dtype();
+  p.num_slots = cache.size(0);
+  p.page_table = cptr<int32_t>(page_table);
+  p.max_pages = page_table.size(1);
+  p.seq_lens = cptr<int32_t>(seq_lens);
+  p.out = mptr<float>(out_latent);
+  p.out_stride_b = out_latent.stride(0);
+  p.out_stride_h = out_latent.stride(1);
+  p.batch = q_latent.size(0);
+  p.heads = q_latent.size(1);
+  p.lora = q_latent.size(2);
+  p.rope = q_pe.size(2);
+  p.page_size = page_size;
+  p.scale = scale;
+  p.num_splits = mla_decode_num_splits(page_table.size(1) * page_size);
+  TANDEM_CHECK(p.batch * p.heads < (int64_t(1) << 31), "{}: batch * heads too large", op);
+  Tensor workspace = Tensor::empty({p.batch * p.heads * p.num_splits * (p.lora + 2)}, DType::kF32,
+                                   out_latent.device());
+  p.workspace = mptr<float>(workspace);
+  p.error = ctx.error;
+  launch_mla_decode(p, ctx.stream);
+  TANDEM_CUDA_LAUNCH_CHECK(op);
+}
+
+}  // namespace tandem::ops::cuda

@@ -1,0 +1,82 @@
+// Row movement kernels: gather (embedding, gather_rows), weighted scatter-add (the MoE
+// un-permute), and the latent KV cache store. Memory-bound; one block per row, threads along
+// the row, so every access is coalesced.
+#include "ops/cuda/common.cuh"
+
+namespace tandem::ops::cuda {
+
+namespace {
+
+constexpr int kRowThreads = 256;
+
+__global__ void gather_rows_kernel(GatherRowsParams p) {
+  const int64_t i = blockIdx.x;
+  const int32_t row = p.index[i];
+  float* out = p.out + i * p.out_stride;
+  if (row < 0 || row >= p.src_rows) {
+    if (threadIdx.x == 0) report_error(p.error, p.error_code, row, p.src_rows, i);
+    for (int64_t d = threadIdx.x; d < p.width; d += blockDim.x) out[d] = __int_as_float(0x7fc00000);
+    return;
+  }
+  const int64_t base = int64_t(row) * p.src_stride;
+  if (p.src_dtype == DType::kBF16) {
+    const __nv_bfloat16* s = static_cast<const __nv_bfloat16*>(p.src) + base;
+    for (int64_t d = threadIdx.x; d < p.width; d += blockDim.x) out[d] = __bfloat162float(s[d]);
+  } else {
+    const float* s = static_cast<const float*>(p.src) + base;
+    for (int64_t d = threadIdx.x; d < p.width; d += blockDim.x) out[d] = s[d];
+  }
+}
+
+// Rows with the same target add with atomics: the sum is the CPU's up to the order of
+// additions (exactly the CPU's when targets are distinct, as in one expert's tokens).
+__global__ void scatter_add_rows_kernel(ScatterAddRowsParams p) {
+  const int64_t i = blockIdx.x;
+  const int32_t row = p.index[i];
+  if (row < 0 || row >= p.out_rows) {
+    if (threadIdx.x == 0) report_error(p.error, kErrScatterIndex, row, p.out_rows, i);
+    return;
+  }
+  const float w = p.weight[i];
+  const float* s = p.src + i * p.src_stride;
+  float* o = p.out + int64_t(row) * p.out_stride;
+  for (int64_t d = threadIdx.x; d < p.width; d += blockDim.x) atomicAdd(o + d, __fmul_rn(w, s[d]));
+}
+
+__global__ void kv_store_kernel(KvStoreParams p) {
+  const int64_t t = blockIdx.x;
+  const int32_t slot = p.slots[t];
+  if (slot < 0 || slot >= p.num_slots) {
+    if (threadIdx.x == 0) report_error(p.error, kErrKvSlot, slot, p.num_slots, t);
+    return;
+  }
+  const int64_t width = p.lora + p.rope;
+  const int64_t base = int64_t(slot) * width;
+  for (int64_t d = threadIdx.x; d < width; d += blockDim.x) {
+    const float v = d < p.lora ? p.latent[t * p.latent_stride + d] : p.k_pe[t * p.k_pe_stride + d - p.lora];
+    if (p.cache_dtype == DType::kBF16) {
+      static_cast<__nv_bfloat16*>(p.cache)[base + d] = __float2bfloat16_rn(v);
+    } else {
+      static_cast<float*>(p.cache)[base + d] = v;
+    }
+  }
+}
+
+}  // namespace
+
+void launch_gather_rows(const GatherRowsParams& p, cudaStream_t stream) {
+  if (p.n == 0) return;
+  gather_rows_kernel<<<unsigned(p.n), kRowThreads, 0, stream>>>(p);
+}
+
+void launch_scatter_add_rows(const ScatterAddRowsParams& p, cudaStream_t stream) {
+  if (p.n == 0) return;
+  scatter_add_rows_kernel<<<unsigned(p.n), kRowThreads, 0, stream>>>(p);
+}
+
+void launch_kv_store(const KvStoreParams& p, cudaStream_t stream) {
+  if (p.tokens == 0) return;
+  kv_store_kernel<<<unsigned(p.tokens), kRowThreads, 0, stream>>>(p);
+}
+
+}  // namespace tandem::ops::cuda

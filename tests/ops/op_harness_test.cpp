@@ -1,0 +1,521 @@
+// The op harness (STYLE.md 13): every CUDA op against the CPU reference op on fresh random
+// inputs. Per op: a normalized error (relative L2, ||gpu - cpu|| / ||cpu||) under a tolerance,
+// the max absolute error reported, NaN/Inf agreeing position by position, guard rows and pad
+// columns around every output untouched, and bitwise equality where the op only moves data
+// (gathers, the cache store, top-k ids). Outputs are poisoned (all bits set: NaN) before the
+// kernel runs, so an unwritten element fails the NaN check.
+//
+// Each comparison prints a line "OPERR <op> <case> max_abs=... rel_l2=... tol=..." that
+// tools/device/cuda_cycle.sh collects into its table. Skips where no GPU is present.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <numeric>
+#include <random>
+#include <string>
+#include <vector>
+
+#include <cuda_runtime_api.h>
+
+#include "ops/cuda/cuda_ops.h"
+#include "ops/cuda/device.h"
+#include "ops/ops.h"
+
+namespace tandem {
+namespace {
+
+constexpr int64_t kGuardRows = 2;
+const Device kGpu = Device::cuda(0);
+
+std::mt19937& rng() {
+  static std::mt19937 gen([] {
+    const unsigned seed = std::random_device{}();
+    std::printf("op_harness seed %u\n", seed);
+    return seed;
+  }());
+  return gen;
+}
+
+Tensor randn(const Shape& shape, float stddev = 1.0f, DType dtype = DType::kF32) {
+  Tensor t = Tensor::empty(shape, DType::kF32);
+  std::normal_distribution<float> dist(0.0f, stddev);
+  for (int64_t i = 0; i < t.numel(); ++i) t.data<float>()[i] = dist(rng());
+  return dtype == DType::kF32 ? t : cast(t, dtype);
+}
+
+Tensor randint(const Shape& shape, int32_t lo, int32_t hi) {  // [lo, hi)
+  Tensor t = Tensor::empty(shape, DType::kI32);
+  std::uniform_int_distribution<int32_t> dist(lo, hi - 1);
+  for (int64_t i = 0; i < t.numel(); ++i) t.data<int32_t>()[i] = dist(rng());
+  return t;
+}
+
+Tensor permutation_prefix(int64_t n, int32_t range) {  // n distinct values of [0, range)
+  std::vector<int32_t> v(range);
+  std::iota(v.begin(), v.end(), 0);
+  std::shuffle(v.begin(), v.end(), rng());
+  v.resize(n);
+  return Tensor::from_vector(v, {n});
+}
+
+// An output on the GPU inside a poisoned canvas: kGuardRows extra rows before and after along
+// dim 0 and `pad` extra elements at the end of the last dim. `init` (CPU, the view's shape)
+// fills the view for in-place ops; otherwise the view is poisoned too.
+struct Guarded {
+  Tensor canvas_init;  // CPU
+  Tensor canvas;       // GPU
+  Tensor view;         // GPU, the op's output
+  Shape shape;
+  int64_t pad = 0;
+
+  Guarded(const Shape& s, DType dtype, int64_t pad_last, const Tensor* init = nullptr)
+      : shape(s), pad(pad_last) {
+    Shape cs = s;
+    cs[0] += 2 * kGuardRows;
+    cs.back() += pad_last;
+    canvas_init = Tensor::empty(cs, dtype);
+    std::memset(canvas_init.raw_data(), 0xff, canvas_init.nbytes());
+    if (init) region(canvas_init).copy_from(*init);
+    canvas = canvas_init.to(kGpu);
+    view = region(canvas);
+  }
+  Tensor region(const Tensor& c) const {
+    return c.slice(0, kGuardRows, kGuardRows + shape[0]).slice(-1, 0, shape.back());
+  }
+  // The view's contents (CPU, contiguous); fails the test if any byte outside it changed.
+  Tensor result(const std::string& what) const {
+    Tensor back = canvas.to(Device::cpu());
+    const size_t es = dtype_size_bytes(back.dtype());
+    const int64_t last = back.size(-1), rows = back.numel() / last;
+    const int64_t inner = back.numel() / back.size(0) / last;  // rows per dim-0 index
+    int64_t touched = 0;
+    for (int64_t r = 0; r < rows; ++r) {
+      const int64_t i0 = r / inner;
+      const bool in_rows = i0 >= kGuardRows && i0 < kGuardRows + shape[0];
+      const int64_t from = in_rows ? shape.back() : 0;
+      const size_t off = size_t(r * last + from) * es, n = size_t(last - from) * es;
+      if (std::memcmp(static_cast<char*>(back.raw_data()) + off,
+                      static_cast<char*>(canvas_init.raw_data()) + off, n) != 0)
+        ++touched;
+    }
+    EXPECT_EQ(touched, 0) << what << ": " << touched << " guard rows/pads were written";
+    return region(back).contiguous().clone();
+  }
+};
+
+struct Row {
+  std::string op, label;
+  double max_abs, rel_l2, tol;
+};
+std::vector<Row>& table() {
+  static std::vector<Row> t;
+  return t;
+}
+
+// got vs ref (CPU, same shape, float dtypes): NaN/Inf positions agree, relative L2 <= tol.
+void expect_close(const std::string& op, const std::string& label, const Tensor& got_t,
+                  const Tensor& ref_t, double tol) {
+  ASSERT_EQ(got_t.shape(), ref_t.shape()) << op << " " << label;
+  const Tensor got = to_f32(got_t), ref = to_f32(ref_t);
+  const float* g = got.data<float>();
+  const float* r = ref.data<float>();
+  double num = 0, den = 0, max_abs = 0;
+  int64_t special_mismatch = 0, first_bad = -1;
+  for (int64_t i = 0; i < got.numel(); ++i) {
+    const bool gs = !std::isfinite(g[i]), rs = !std::isfinite(r[i]);
+    if (gs || rs) {
+      const bool same = (std::isnan(g[i]) && std::isnan(r[i])) || g[i] == r[i];
+      if (!same) {
+        ++special_mismatch;
+        if (first_bad < 0) first_bad = i;
+      }
+      continue;
+    }
+    const double d = double(g[i]) - double(r[i]);
+    num += d * d;
+    den += double(r[i]) * double(r[i]);
+    max_abs = std::max(max_abs, std::fabs(d));
+  }
+  const double rel = den > 0 ? std::sqrt(num / den) : std::sqrt(num);
+  std::printf("OPERR %-22s %-34s max_abs=%.3e rel_l2=%.3e tol=%.1e\n", op.c_str(), label.c_str(),
+              max_abs, rel, tol);
+  table().push_back({op, label, max_abs, rel, tol});
+  EXPECT_EQ(special_mismatch, 0) << op << " " << label << ": NaN/Inf disagree, first at flat index "
+                                 << first_bad << " (gpu " << g[std::max<int64_t>(first_bad, 0)]
+                                 << ", cpu " << r[std::max<int64_t>(first_bad, 0)] << ")";
+  EXPECT_LE(rel, tol) << op << " " << label;
+}
+
+void expect_bitwise(const std::string& op, const std::string& label, const Tensor& got,
+                    const Tensor& ref) {
+  ASSERT_EQ(got.shape(), ref.shape()) << op << " " << label;
+  ASSERT_EQ(got.dtype(), ref.dtype()) << op << " " << label;
+  const Tensor a = got.contiguous(), b = ref.contiguous();
+  int64_t diff = 0;
+  const size_t es = dtype_size_bytes(a.dtype());
+  for (int64_t i = 0; i < a.numel(); ++i) {
+    diff += std::memcmp(static_cast<char*>(a.raw_data()) + i * es,
+                        static_cast<char*>(b.raw_data()) + i * es, es) != 0;
+  }
+  std::printf("OPERR %-22s %-34s bitwise mismatches=%lld\n", op.c_str(), label.c_str(),
+              (long long)diff);
+  table().push_back({op, label + " (bitwise)", double(diff), 0.0, 0.0});
+  EXPECT_EQ(diff, 0) << op << " " << label << ": " << diff << " elements differ";
+}
+
+class OpHarness : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!ops::cuda::available()) GTEST_SKIP() << "no CUDA device: the op harness needs a GPU";
+  }
+};
+
+TEST_F(OpHarness, Embedding) {
+  for (DType dt : {DType::kBF16, DType::kF32}) {
+    const Tensor table = randn({3001, 1024}, 1.0f, dt);
+    const Tensor ids = randint({37}, 0, 3001);
+    Tensor ref = Tensor::empty({37, 1024}, DType::kF32);
+    ops::embedding(ids, table, ref);
+    Guarded out({37, 1024}, DType::kF32, 5);
+    ops::embedding(ids.to(kGpu), table.to(kGpu), out.view);
+    expect_bitwise("embedding", std::string(dtype_name(dt)) + " [3001,1024] T=37", out.result("embedding"), ref);
+  }
+}
+
+TEST_F(OpHarness, EmbeddingBadIdThrowsAtSync) {
+  const Tensor table = randn({10, 64}).to(kGpu);
+  const Tensor ids = Tensor::from_vector<int32_t>({1, 10, 2}, {3}).to(kGpu);
+  Tensor out = Tensor::empty({3, 64}, DType::kF32, kGpu);
+  EXPECT_THROW({
+    ops::embedding(ids, table, out);
+    ops::cuda::synchronize(0);
+  }, Error);
+  ops::cuda::synchronize(0);  // reported once: clean afterwards
+}
+
+TEST_F(OpHarness, RmsNorm) {
+  for (DType wdt : {DType::kBF16, DType::kF32}) {
+    for (int64_t n : {7168, 512, 1536}) {
+      const std::string label = std::string("w=") + std::string(dtype_name(wdt)) + " n=" + std::to_string(n);
+      const Tensor wide = randn({33, n + 64});
+      const Tensor x = wide.slice(1, 0, n);  // strided rows, as kv_a's latent slice
+      const Tensor w = randn({n}, 0.5f, wdt);
+      Tensor ref = Tensor::empty({33, n}, DType::kF32);
+      ops::rms_norm(x, w, 1e-6, ref);
+      const Tensor xg = wide.to(kGpu).slice(1, 0, n);
+      Guarded out({33, n}, DType::kF32, 3);
+      ops::rms_norm(xg, w.to(kGpu), 1e-6, out.view);
+      expect_close("rms_norm", label, out.result("rms_norm"), ref, 1e-6);
+    }
+  }
+  // In place (q_a_layernorm).
+  Tensor x = randn({9, 1536});
+  const Tensor w = randn({1536}, 0.5f, DType::kBF16);
+  Tensor ref = Tensor::empty({9, 1536}, DType::kF32);
+  ops::rms_norm(x, w, 1e-6, ref);
+  Tensor xg = x.to(kGpu);
+  ops::rms_norm(xg, w.to(kGpu), 1e-6, xg);
+  expect_close("rms_norm", "in place n=1536", xg.to(Device::cpu()), ref, 1e-6);
+}
+
+TEST_F(OpHarness, AddRmsNorm) {
+  const int64_t rows = 41, n = 7168;
+  const Tensor res0 = randn({rows, n}), x = randn({rows, n}), w = randn({n}, 0.5f, DType::kBF16);
+  Tensor res_ref = res0.clone(), ref = Tensor::empty({rows, n}, DType::kF32);
+  ops::add_rms_norm(res_ref, x, w, 1e-6, ref);
+  Guarded res({rows, n}, DType::kF32, 2, &res0), out({rows, n}, DType::kF32, 2);
+  ops::add_rms_norm(res.view, x.to(kGpu), w.to(kGpu), 1e-6, out.view);
+  expect_close("add_rms_norm", "out n=7168", out.result("out"), ref, 1e-6);
+  expect_close("add_rms_norm", "residual n=7168", res.result("residual"), res_ref, 1e-7);
+}
+
+void check_linear(const std::string& label, int64_t m, int64_t n, int64_t k, DType wdt,
+                  bool strided) {
+  LinearWeight w;
+  const Tensor w32 = randn({n, k}, 1.0f / std::sqrt(float(k)));
+  if (wdt == DType::kF8E4M3) {
+    // Quantized values within e4m3's range, scales around 1 / 448 like a real checkpoint.
+    w.weight = cast(randn({n, k}, 100.0f), DType::kF8E4M3);
+    const int64_t b = LinearWeight::kBlock;
+    Tensor s = randn({(n + b - 1) / b, (k + b - 1) / b}, 1.0f);
+    for (int64_t i = 0; i < s.numel(); ++i) s.data<float>()[i] = (1.0f + 0.2f * s.data<float>()[i]) / 448.0f / std::sqrt(float(k));
+    w.scale_inv = s;
+  } else {
+    w.weight = wdt == DType::kF32 ? w32 : cast(w32, wdt);
+  }
+  const int64_t xpad = strided ? 40 : 0;
+  const Tensor xwide = randn({m, k + xpad});
+  const Tensor x = xwide.slice(1, 0, k);
+  Tensor ref = Tensor::empty({m, n}, DType::kF32);
+  ops::linear(x, w, ref);
+  LinearWeight wg{w.weight.to(kGpu), w.scale_inv.defined() ? w.scale_inv.to(kGpu) : Tensor()};
+  Guarded out({m, n}, DType::kF32, strided ? 17 : 0);
+  ops::linear(xwide.to(kGpu).slice(1, 0, k), wg, out.view);
+  expect_close("linear", label, out.result("linear"), ref, 2e-6);
+}
+
+TEST_F(OpHarness, LinearBf16) {
+  check_linear("bf16 M=37 N=1000 K=704", 37, 1000, 704, DType::kBF16, false);
+  check_linear("bf16 M=3 N=2112 K=7168 strided", 3, 2112, 7168, DType::kBF16, true);
+  check_linear("bf16 M=130 N=576 K=1536 strided", 130, 576, 1536, DType::kBF16, true);
+  check_linear("bf16 M=5 N=333 K=700 (scalar path)", 5, 333, 700, DType::kBF16, false);
+}
+
+TEST_F(OpHarness, LinearF32) {
+  check_linear("f32 M=65 N=129 K=100", 65, 129, 100, DType::kF32, true);
+  check_linear("f32 M=1 N=300 K=77", 1, 300, 77, DType::kF32, false);
+}
+
+TEST_F(OpHarness, LinearFp8BlockScaled) {
+  check_linear("fp8 M=37 N=300 K=520", 37, 300, 520, DType::kF8E4M3, false);
+  check_linear("fp8 M=2 N=1024 K=7168 strided", 2, 1024, 7168, DType::kF8E4M3, true);
+}
+
+TEST_F(OpHarness, HeadMatmul) {
+  for (int64_t t : {5, 40}) {
+    const int64_t heads = 16, nope = 128, lora = 512, qk = 192;
+    const Tensor q = randn({t, heads, qk});
+    const Tensor x = q.slice(2, 0, nope);  // strided, as q_nope in the model
+    const Tensor w = randn({heads, lora, nope}, 1.0f / std::sqrt(float(nope)));
+    Tensor ref = Tensor::empty({t, heads, lora}, DType::kF32);
+    ops::head_matmul(x, w, ref);
+    Guarded out({t, heads, lora}, DType::kF32, 0);
+    ops::head_matmul(q.to(kGpu).slice(2, 0, nope), w.to(kGpu), out.view);
+    expect_close("head_matmul", "T=" + std::to_string(t) + " H=16 N=512 K=128", out.result("head_matmul"), ref, 2e-6);
+  }
+}
+
+TEST_F(OpHarness, Rope) {
+  for (bool interleave : {true, false}) {
+    const int64_t t = 29, heads = 16, qk = 192, nope = 128, rope = 64;
+    const Tensor q = randn({t, heads, qk});
+    const Tensor pos = randint({t}, 0, 4096);
+    Tensor freq = Tensor::empty({rope / 2}, DType::kF32);
+    for (int64_t i = 0; i < rope / 2; ++i) freq.data<float>()[i] = std::pow(10000.0f, -float(2 * i) / float(rope)) * (0.5f + float(rng()() % 1000) / 1000.0f);
+    Tensor ref_q = q.clone();
+    Tensor ref_view = ref_q.slice(2, nope, qk);
+    ops::rope(ref_view, pos, freq, 1.1f, interleave);
+    Guarded g({t, heads, qk}, DType::kF32, 0, &q);
+    Tensor view = g.view.slice(2, nope, qk);
+    ops::rope(view, pos.to(kGpu), freq.to(kGpu), 1.1f, interleave);
+    expect_close("rope", std::string(interleave ? "interleaved" : "halves") + " T=29 H=16 d=64 strided",
+                 g.result("rope"), ref_q, 1e-6);
+  }
+}
+
+TEST_F(OpHarness, SiluAndMul) {
+  const Tensor gu = randn({37, 2 * 1408}, 2.0f);
+  Tensor ref = Tensor::empty({37, 1408}, DType::kF32);
+  ops::silu_and_mul(gu, ref);
+  Guarded out({37, 1408}, DType::kF32, 7);
+  ops::silu_and_mul(gu.to(kGpu), out.view);
+  expect_close("silu_and_mul", "[37, 2x1408]", out.result("silu_and_mul"), ref, 1e-6);
+}
+
+void check_route(const std::string& label, int64_t tokens, int64_t experts, const RouteParams& p,
+                 bool bias) {
+  const Tensor logits = randn({tokens, experts}, 2.0f);
+  const Tensor b = bias ? randn({experts}, 0.1f) : Tensor();
+  Tensor ids_ref = Tensor::empty({tokens, p.top_k}, DType::kI32);
+  Tensor w_ref = Tensor::empty({tokens, p.top_k}, DType::kF32);
+  ops::moe_route(logits, b, p, ids_ref, w_ref);
+  Guarded ids({tokens, p.top_k}, DType::kI32, 0), w({tokens, p.top_k}, DType::kF32, 1);
+  ops::moe_route(logits.to(kGpu), bias ? b.to(kGpu) : Tensor(), p, ids.view, w.view);
+  expect_bitwise("moe_route ids", label, ids.result("ids"), ids_ref);
+  expect_close("moe_route weights", label, w.result("weights"), w_ref, 1e-6);
+}
+
+TEST_F(OpHarness, MoeRoute) {
+  RouteParams v3;
+  v3.top_k = 8; v3.n_group = 8; v3.topk_group = 4; v3.sigmoid = true; v3.group_by_top2 = true;
+  v3.grouped = true; v3.norm_topk_prob = true; v3.routed_scaling_factor = 2.5;
+  check_route("V3 E=256 k=8 groups 4/8", 67, 256, v3, true);
+  RouteParams v2;
+  v2.top_k = 6; v2.sigmoid = false; v2.grouped = false; v2.norm_topk_prob = false;
+  v2.routed_scaling_factor = 1.0;
+  check_route("V2-Lite E=64 k=6 greedy", 67, 64, v2, false);
+  RouteParams v2g = v2;
+  v2g.grouped = true; v2g.group_by_top2 = false; v2g.n_group = 8; v2g.topk_group = 3;
+  v2g.norm_topk_prob = true;
+  check_route("V2 E=160 k=6 groups 3/8 max", 67, 160, v2g, false);
+}
+
+TEST_F(OpHarness, KvStore) {
+  for (DType cdt : {DType::kF32, DType::kBF16}) {
+    const int64_t t = 23, lora = 512, rope = 64, slots = 200;
+    const Tensor latent = randn({t, lora});
+    const Tensor kv_a = randn({t, lora + rope});
+    const Tensor k_pe = kv_a.slice(1, lora, lora + rope);  // strided, as in the model
+    const Tensor slot = permutation_prefix(t, int32_t(slots));
+    const Tensor cache0 = randn({slots, lora + rope}, 1.0f, cdt);
+    Tensor ref = cache0.clone();
+    ops::kv_store(latent, k_pe, slot, ref);
+    Guarded cache({slots, lora + rope}, cdt, 0, &cache0);  // guard rows only: contiguous
+    ops::kv_store(latent.to(kGpu), kv_a.to(kGpu).slice(1, lora, lora + rope), slot.to(kGpu),
+                  cache.view);
+    expect_bitwise("kv_store", std::string("cache ") + std::string(dtype_name(cdt)) + " T=23",
+                   cache.result("kv_store"), ref);
+  }
+}
+
+TEST_F(OpHarness, GatherRows) {
+  for (DType sdt : {DType::kF32, DType::kBF16}) {
+    const Tensor src = randn({300, 576}, 1.0f, sdt);
+    const Tensor index = randint({50}, 0, 300);  // repeats allowed
+    Tensor ref = Tensor::empty({50, 576}, DType::kF32);
+    ops::gather_rows(src, index, ref);
+    Guarded out({50, 576}, DType::kF32, 4);
+    ops::gather_rows(src.to(kGpu), index.to(kGpu), out.view);
+    expect_bitwise("gather_rows", std::string("src ") + std::string(dtype_name(sdt)) + " N=50",
+                   out.result("gather_rows"), ref);
+  }
+}
+
+TEST_F(OpHarness, ScatterAddRows) {
+  for (bool repeats : {false, true}) {
+    const int64_t n = 40, width = 256, rows = 64;
+    const Tensor src = randn({n, width}), weight = randn({n}, 0.5f);
+    const Tensor index = repeats ? randint({n}, 0, 8) : permutation_prefix(n, int32_t(rows));
+    const Tensor out0 = randn({rows, width});
+    Tensor ref = out0.clone();
+    ops::scatter_add_rows(src, index, weight, ref);
+    Guarded out({rows, width}, DType::kF32, 3, &out0);
+    ops::scatter_add_rows(src.to(kGpu), index.to(kGpu), weight.to(kGpu), out.view);
+    expect_close("scatter_add_rows", repeats ? "N=40 repeated targets" : "N=40 distinct targets",
+                 out.result("scatter_add_rows"), ref, 1e-6);
+  }
+}
+
+TEST_F(OpHarness, MlaPrefillAttention) {
+  const int64_t heads = 16, nope = 128, rope = 64, v = 128, lora = 512;
+  const std::vector<int32_t> q_lens = {5, 1, 70}, kv_lens = {5, 9, 130};
+  std::vector<int32_t> cu_q{0}, cu_kv{0};
+  for (size_t b = 0; b < q_lens.size(); ++b) {
+    cu_q.push_back(cu_q.back() + q_lens[b]);
+    cu_kv.push_back(cu_kv.back() + kv_lens[b]);
+  }
+  const int64_t t = cu_q.back(), l = cu_kv.back();
+  const Tensor q = randn({t, heads, nope + rope});
+  const Tensor kv = randn({l, heads, nope + v});
+  const Tensor cached = randn({l, lora + rope});
+  const Tensor k_pe = cached.slice(1, lora, lora + rope);
+  const Tensor cq = Tensor::from_vector(cu_q, {4}), ckv = Tensor::from_vector(cu_kv, {4});
+  Tensor ref = Tensor::empty({t, heads, v}, DType::kF32);
+  ops::mla_prefill_attention(q, kv, k_pe, cq, ckv, 0.08f, ref);
+  Guarded out({t, heads, v}, DType::kF32, 0);
+  ops::mla_prefill_attention(q.to(kGpu), kv.to(kGpu), cached.to(kGpu).slice(1, lora, lora + rope),
+                             cq.to(kGpu), ckv.to(kGpu), 0.08f, out.view);
+  expect_close("mla_prefill_attention", "B=3 q(5,1,70) kv(5,9,130) H=16", out.result("prefill"),
+               ref, 2e-6);
+}
+
+TEST_F(OpHarness, MlaDecodeAttention) {
+  for (DType cdt : {DType::kF32, DType::kBF16}) {
+    for (int64_t page_size : {16, 1}) {
+      const int64_t heads = 16, lora = 512, rope = 64, batch = 4;
+      const std::vector<int32_t> lens = {1, 17, 300, 1000};
+      const int64_t max_pages = (1000 + page_size - 1) / page_size;
+      const int64_t num_pages = batch * max_pages + 3;
+      const Tensor cache = randn({num_pages * page_size, lora + rope}, 1.0f, cdt);
+      // Every sequence gets distinct random pages; unused table entries stay 0.
+      const Tensor perm = permutation_prefix(batch * max_pages, int32_t(num_pages));
+      Tensor table = Tensor::zeros({batch, max_pages}, DType::kI32);
+      for (int64_t b = 0; b < batch; ++b) {
+        const int64_t used = (lens[b] + page_size - 1) / page_size;
+        for (int64_t i = 0; i < used; ++i) table.data<int32_t>()[b * max_pages + i] = perm.data<int32_t>()[b * max_pages + i];
+      }
+      const Tensor seq_lens = Tensor::from_vector(lens, {batch});
+      const Tensor ql = randn({batch, heads, lora}, 0.3f);
+      const Tensor q = randn({batch, heads, 192});
+      const Tensor qp = q.slice(2, 128, 192);
+      Tensor ref = Tensor::empty({batch, heads, lora}, DType::kF32);
+      ops::mla_decode_attention(ql, qp, cache, table, seq_lens, page_size, 0.07f, ref);
+      Guarded out({batch, heads, lora}, DType::kF32, 0);
+      ops::mla_decode_attention(ql.to(kGpu), q.to(kGpu).slice(2, 128, 192), cache.to(kGpu), table.to(kGpu),
+                                seq_lens.to(kGpu), page_size, 0.07f, out.view);
+      expect_close("mla_decode_attention",
+                   std::string("cache ") + std::string(dtype_name(cdt)) + " page " + std::to_string(page_size) + " lens 1..1000",
+                   out.result("mla_decode"), ref, 2e-6);
+    }
+  }
+}
+
+// Perf mode (TANDEM_OP_PERF=1): median time of a few memory-bound ops at model sizes, as
+// "OPPERF <op> <case> <us> <GB/s>"; bytes count each input read once and each output written
+// once. tools/device/cuda_cycle.sh sets it and puts the numbers beside the torch peer's and the
+// copy-bandwidth ceiling.
+template <class F>
+double median_us(F&& run) {
+  cudaStream_t stream = ops::cuda::current_stream(0);
+  for (int i = 0; i < 3; ++i) run();
+  std::vector<double> times;
+  cudaEvent_t a, b;
+  cudaEventCreate(&a);
+  cudaEventCreate(&b);
+  for (int i = 0; i < 25; ++i) {
+    cudaEventRecord(a, stream);
+    run();
+    cudaEventRecord(b, stream);
+    cudaEventSynchronize(b);
+    float ms = 0;
+    cudaEventElapsedTime(&ms, a, b);
+    times.push_back(ms * 1e3);
+  }
+  cudaEventDestroy(a);
+  cudaEventDestroy(b);
+  ops::cuda::synchronize(0);
+  std::sort(times.begin(), times.end());
+  return times[times.size() / 2];
+}
+
+void report_perf(const char* op, const char* label, double us, double bytes) {
+  std::printf("OPPERF %s %s %.1f us %.0f GB/s\n", op, label, us, bytes / us / 1e3);
+}
+
+TEST_F(OpHarness, Perf) {
+  const char* on = std::getenv("TANDEM_OP_PERF");
+  if (!on || on[0] != '1') GTEST_SKIP() << "set TANDEM_OP_PERF=1 for timings";
+  {
+    const int64_t rows = 4096, n = 7168;
+    Tensor x = randn({rows, n}).to(kGpu), w = randn({n}, 1.0f, DType::kBF16).to(kGpu);
+    Tensor out = Tensor::empty({rows, n}, DType::kF32, kGpu);
+    const double us = median_us([&] { ops::rms_norm(x, w, 1e-6, out); });
+    report_perf("rms_norm", "f32[4096,7168]", us, 2.0 * rows * n * 4);
+  }
+  {
+    const int64_t n = 18432, k = 7168;
+    LinearWeight w{randn({n, k}, 0.01f, DType::kBF16).to(kGpu), Tensor()};
+    Tensor x = randn({1, k}).to(kGpu), out = Tensor::empty({1, n}, DType::kF32, kGpu);
+    const double us = median_us([&] { ops::linear(x, w, out); });
+    report_perf("linear", "M=1,N=18432,K=7168,bf16w", us, double(n) * k * 2);
+  }
+  {
+    const int64_t m = 512, n = 7168, k = 2048;
+    LinearWeight w{randn({n, k}, 0.01f, DType::kBF16).to(kGpu), Tensor()};
+    Tensor x = randn({m, k}).to(kGpu), out = Tensor::empty({m, n}, DType::kF32, kGpu);
+    const double us = median_us([&] { ops::linear(x, w, out); });
+    std::printf("OPPERF linear M=512,N=7168,K=2048,bf16w %.1f us %.1f TFLOP/s\n", us,
+                2.0 * m * n * k / us / 1e6);
+  }
+  {
+    const int64_t batch = 32, heads = 128, lora = 512, rope = 64, len = 4096, page = 64;
+    const int64_t pages = len / page;
+    Tensor cache = randn({batch * pages * page, lora + rope}, 1.0f, DType::kBF16).to(kGpu);
+    std::vector<int32_t> table(batch * pages);
+    std::iota(table.begin(), table.end(), 0);
+    Tensor pt = Tensor::from_vector(table, {batch, pages}).to(kGpu);
+    Tensor lens = Tensor::from_vector(std::vector<int32_t>(batch, int32_t(len)), {batch}).to(kGpu);
+    Tensor ql = randn({batch, heads, lora}, 0.1f).to(kGpu), qp = randn({batch, heads, rope}).to(kGpu);
+    Tensor out = Tensor::empty({batch, heads, lora}, DType::kF32, kGpu);
+    const double us = median_us([&] {
+      ops::mla_decode_attention(ql, qp, cache, pt, lens, page, 0.07f, out);
+    });
+    report_perf("mla_decode", "B=32,H=128,len=4096,bf16cache", us, double(batch) * len * (lora + rope) * 2);
+  }
+}
+
+}  // namespace
+}  // namespace tandem

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Copies the CUDA test binaries built on the dev box and the Debian shared libraries they need
+# (fmt, spdlog) into .devbin/ (git-ignored through .git/info/exclude), for the device `run`
+# tool's carry list. cudart is linked statically; cuBLASLt comes from the GPU machine's CUDA.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+build=${1:-build/cuda}
+rm -rf .devbin && mkdir -p .devbin/bin .devbin/lib
+cp "$build/tests/ops/op_harness_test" "$build/tests/model/golden_cuda_test" .devbin/bin/
+for lib in libfmt.so.9 libspdlog.so.1.10; do cp -L "/usr/lib/x86_64-linux-gnu/$lib" .devbin/lib/; done
+grep -qx '/.devbin/' .git/info/exclude 2>/dev/null || echo '/.devbin/' >> .git/info/exclude
+du -sh .devbin

@@ -1,0 +1,51 @@
+"""Peer timings for the op harness's perf mode (tests/ops/op_harness_test.cpp, OPPERF lines):
+the same shapes through PyTorch on the same GPU in the same run, plus the copy-bandwidth
+ceiling. Prints "PEER <op> <case> <us>" lines; median of 25 event-timed runs after warm-up."""
+import torch
+
+
+def median_us(fn, reps=25):
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        b.synchronize()
+        times.append(a.elapsed_time(b) * 1e3)
+    times.sort()
+    return times[len(times) // 2]
+
+
+def main():
+    dev = "cuda"
+    torch.backends.cuda.matmul.allow_tf32 = False  # f32 peer GEMM in true f32, as ours
+    # Ceiling: a large device-to-device copy (bytes read + written).
+    src = torch.randn(1 << 30, device=dev, dtype=torch.float32)  # 4 GiB
+    dst = torch.empty_like(src)
+    us = median_us(lambda: dst.copy_(src))
+    print(f"CEILING copy {2 * src.numel() * 4 / us / 1e3:.0f} GB/s")
+    del src, dst
+
+    x = torch.randn(4096, 7168, device=dev)
+    w = torch.randn(7168, device=dev).bfloat16()
+    wf = w.float()
+    us = median_us(lambda: torch.nn.functional.rms_norm(x, (7168,), wf, 1e-6))
+    print(f"PEER rms_norm f32[4096,7168] {us:.1f}")
+
+    wl = (torch.randn(18432, 7168, device=dev) * 0.01).bfloat16()
+    xl = torch.randn(1, 7168, device=dev)
+    us = median_us(lambda: torch.nn.functional.linear(xl.bfloat16(), wl))
+    print(f"PEER linear M=1,N=18432,K=7168,bf16w {us:.1f}")
+
+    wm = (torch.randn(7168, 2048, device=dev) * 0.01).bfloat16()
+    xm = torch.randn(512, 2048, device=dev)
+    us = median_us(lambda: torch.nn.functional.linear(xm, wm.float()))
+    print(f"PEER linear M=512,N=7168,K=2048,f32(dequantized) {us:.1f}")
+
+
+if __name__ == "__main__":
+    main()
