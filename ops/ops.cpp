@@ -94,11 +94,11 @@ void add_rms_norm(Tensor& residual, const Tensor& x, const Tensor& weight, doubl
 }
 
 void linear(const Tensor& x, const LinearWeight& w, Tensor& out) {
-  expect(x, "linear", "x", 2, {DType::kF32});
+  expect(x, "linear", "x", 2, {DType::kF32, DType::kBF16});
   expect(w.weight, "linear", "weight", 2, {DType::kF32, DType::kBF16, DType::kF8E4M3});
   TANDEM_CHECK(w.weight.is_contiguous(), "linear: weight must be contiguous, got {}",
                w.weight.describe());
-  expect(out, "linear", "out", 2, {DType::kF32});
+  expect(out, "linear", "out", 2, {DType::kF32, DType::kBF16});
   TANDEM_CHECK(x.size(1) == w.in_features(), "linear: x {} does not match weight {}",
                x.describe(), w.weight.describe());
   expect_shape(out, "linear", "out", {x.size(0), w.out_features()});

@@ -47,7 +47,9 @@ void rms_norm(const Tensor& x, const Tensor& weight, double eps, Tensor& out);
 void add_rms_norm(Tensor& residual, const Tensor& x, const Tensor& weight, double eps,
                   Tensor& out);
 
-// out = x @ W^T. x: f32 [T, K] (rows may be strided); out: f32 [T, N].
+// out = x @ W^T. x: f32 | bf16 [T, K] (rows may be strided); out: f32 | bf16 [T, N].
+// Accumulation is f32 in every case; a bf16 out is the f32 result rounded once. On CUDA, bf16 x
+// with bf16 weights runs on cuBLASLt's tensor-core GEMM.
 void linear(const Tensor& x, const LinearWeight& w, Tensor& out);
 
 // Per-head matmul: out[t, h, n] = sum_k x[t, h, k] * w[h, n, k].

@@ -23,9 +23,12 @@ void weight_row_f32(const LinearWeight& w, int64_t n, float* out) {
 
 void linear(const Tensor& x, const LinearWeight& w, Tensor& out) {
   const int64_t tokens = x.size(0), n_out = w.out_features(), k = w.in_features();
-  const float* xd = x.data<float>();
-  float* od = out.data<float>();
-  const int64_t xs = x.stride(0), os = out.stride(0);
+  // f32 activations are read in place; bf16 ones are widened once (exact).
+  const Tensor xf = x.dtype() == DType::kF32 ? x : to_f32(x);
+  const float* xd = xf.data<float>();
+  const int64_t xs = xf.stride(0);
+  const bool out_f32 = out.dtype() == DType::kF32;
+  const int64_t os = out.stride(0);
   const int64_t tasks = (n_out + kRowsPerTask - 1) / kRowsPerTask;
   parallel_for(tasks, 1, [&](int64_t tb, int64_t te) {
     std::vector<float> rows(kRowsPerTask * k);
@@ -34,7 +37,14 @@ void linear(const Tensor& x, const LinearWeight& w, Tensor& out) {
       for (int64_t n = n0; n < n1; ++n) weight_row_f32(w, n, rows.data() + (n - n0) * k);
       for (int64_t t = 0; t < tokens; ++t) {
         const float* xr = xd + t * xs;
-        for (int64_t n = n0; n < n1; ++n) od[t * os + n] = dot_f32(xr, rows.data() + (n - n0) * k, k);
+        for (int64_t n = n0; n < n1; ++n) {
+          const float v = dot_f32(xr, rows.data() + (n - n0) * k, k);
+          if (out_f32) {
+            out.data<float>()[t * os + n] = v;
+          } else {
+            out.data<bf16>()[t * os + n] = f32_to_bf16(v);
+          }
+        }
       }
     }
   });

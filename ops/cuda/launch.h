@@ -109,6 +109,14 @@ struct MoeRouteParams {
 };
 void launch_moe_route(const MoeRouteParams& p, cudaStream_t stream);
 
+// dst[r, c] = src[r, c] converted between f32 and bf16 (round to nearest even).
+struct CastRowsParams {
+  const void* src; DType src_dtype; int64_t src_stride;  // [rows, cols]
+  void* dst; DType dst_dtype; int64_t dst_stride;        // [rows, cols]
+  int64_t rows, cols;
+};
+void launch_cast_rows(const CastRowsParams& p, cudaStream_t stream);
+
 // Batched out[z] = x[z] @ W[z]^T with f32 activations and accumulation. W is f32, bf16 or
 // fp8 e4m3 with one f32 scale per 128x128 block (scale_inv[n / 128][k / 128]).
 struct GemmParams {

@@ -62,7 +62,24 @@ __global__ void kv_store_kernel(KvStoreParams p) {
   }
 }
 
+__global__ void cast_rows_kernel(CastRowsParams p) {
+  const int64_t r = blockIdx.x;
+  for (int64_t c = threadIdx.x; c < p.cols; c += blockDim.x) {
+    const float v = load_f32(p.src, p.src_dtype, r * p.src_stride + c);
+    if (p.dst_dtype == DType::kBF16) {
+      static_cast<__nv_bfloat16*>(p.dst)[r * p.dst_stride + c] = __float2bfloat16_rn(v);
+    } else {
+      static_cast<float*>(p.dst)[r * p.dst_stride + c] = v;
+    }
+  }
+}
+
 }  // namespace
+
+void launch_cast_rows(const CastRowsParams& p, cudaStream_t stream) {
+  if (p.rows == 0 || p.cols == 0) return;
+  cast_rows_kernel<<<unsigned(p.rows), kRowThreads, 0, stream>>>(p);
+}
 
 void launch_gather_rows(const GatherRowsParams& p, cudaStream_t stream) {
   if (p.n == 0) return;

@@ -233,7 +233,8 @@ TEST_F(OpHarness, AddRmsNorm) {
 }
 
 void check_linear(const std::string& label, int64_t m, int64_t n, int64_t k, DType wdt,
-                  bool strided) {
+                  bool strided, DType xdt = DType::kF32, DType odt = DType::kF32,
+                  double tol = 2e-6) {
   LinearWeight w;
   const Tensor w32 = randn({n, k}, 1.0f / std::sqrt(float(k)));
   if (wdt == DType::kF8E4M3) {
@@ -247,14 +248,14 @@ void check_linear(const std::string& label, int64_t m, int64_t n, int64_t k, DTy
     w.weight = wdt == DType::kF32 ? w32 : cast(w32, wdt);
   }
   const int64_t xpad = strided ? 40 : 0;
-  const Tensor xwide = randn({m, k + xpad});
+  const Tensor xwide = randn({m, k + xpad}, 1.0f, xdt);
   const Tensor x = xwide.slice(1, 0, k);
-  Tensor ref = Tensor::empty({m, n}, DType::kF32);
+  Tensor ref = Tensor::empty({m, n}, odt);
   ops::linear(x, w, ref);
   LinearWeight wg{w.weight.to(kGpu), w.scale_inv.defined() ? w.scale_inv.to(kGpu) : Tensor()};
-  Guarded out({m, n}, DType::kF32, strided ? 17 : 0);
+  Guarded out({m, n}, odt, strided ? 16 : 0);
   ops::linear(xwide.to(kGpu).slice(1, 0, k), wg, out.view);
-  expect_close("linear", label, out.result("linear"), ref, 2e-6);
+  expect_close("linear", label, out.result("linear"), ref, tol);
 }
 
 TEST_F(OpHarness, LinearBf16) {
@@ -262,6 +263,17 @@ TEST_F(OpHarness, LinearBf16) {
   check_linear("bf16 M=3 N=2112 K=7168 strided", 3, 2112, 7168, DType::kBF16, true);
   check_linear("bf16 M=130 N=576 K=1536 strided", 130, 576, 1536, DType::kBF16, true);
   check_linear("bf16 M=5 N=333 K=700 (scalar path)", 5, 333, 700, DType::kBF16, false);
+}
+
+// bf16 activations: cuBLASLt for bf16 weights (f32 accumulation; a bf16 out differs from the
+// CPU's by at most one rounding flip per element), the f32 kernels with casts otherwise.
+TEST_F(OpHarness, LinearBf16Activations) {
+  const DType b = DType::kBF16, f = DType::kF32;
+  check_linear("x bf16 w bf16 out f32 M=37 N=1000 K=704", 37, 1000, 704, b, false, b, f, 1e-5);
+  check_linear("x bf16 w bf16 out bf16 M=300 N=576 K=2048 str", 300, 576, 2048, b, true, b, b, 4e-3);
+  check_linear("x bf16 w bf16 out bf16 M=1 N=2112 K=7168", 1, 2112, 7168, b, false, b, b, 4e-3);
+  check_linear("x bf16 w fp8 out bf16 M=9 N=300 K=520", 9, 300, 520, DType::kF8E4M3, false, b, b, 4e-3);
+  check_linear("x f32 w bf16 out bf16 M=70 N=130 K=256", 70, 130, 256, b, true, f, b, 4e-3);
 }
 
 TEST_F(OpHarness, LinearF32) {
@@ -499,6 +511,15 @@ TEST_F(OpHarness, Perf) {
     const double us = median_us([&] { ops::linear(x, w, out); });
     std::printf("OPPERF linear M=512,N=7168,K=2048,bf16w %.1f us %.1f TFLOP/s\n", us,
                 2.0 * m * n * k / us / 1e6);
+  }
+  {
+    const int64_t m = 4096, n = 7168, k = 2048;
+    LinearWeight w{randn({n, k}, 0.01f, DType::kBF16).to(kGpu), Tensor()};
+    Tensor x = randn({m, k}, 1.0f, DType::kBF16).to(kGpu);
+    Tensor out = Tensor::empty({m, n}, DType::kBF16, kGpu);
+    const double us = median_us([&] { ops::linear(x, w, out); });
+    std::printf("OPPERF linear M=4096,N=7168,K=2048,bf16x,bf16w,bf16out %.1f us %.1f TFLOP/s\n",
+                us, 2.0 * m * n * k / us / 1e6);
   }
   {
     const int64_t batch = 32, heads = 128, lora = 512, rope = 64, len = 4096, page = 64;

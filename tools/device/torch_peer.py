@@ -30,6 +30,17 @@ def main():
     print(f"CEILING copy {2 * src.numel() * 4 / us / 1e3:.0f} GB/s")
     del src, dst
 
+    a = torch.randn(8192, 8192, device=dev).bfloat16()
+    b = torch.randn(8192, 8192, device=dev).bfloat16()
+    us = median_us(lambda: a @ b, reps=10)
+    print(f"CEILING bf16_matmul_8192 {2 * 8192 ** 3 / us / 1e6:.0f} TFLOP/s")
+    del a, b
+
+    xb = torch.randn(4096, 2048, device=dev).bfloat16()
+    wb = (torch.randn(7168, 2048, device=dev) * 0.01).bfloat16()
+    us = median_us(lambda: torch.nn.functional.linear(xb, wb))
+    print(f"PEER linear M=4096,N=7168,K=2048,bf16x,bf16w,bf16out {us:.1f}")
+
     x = torch.randn(4096, 7168, device=dev)
     w = torch.randn(7168, device=dev).bfloat16()
     wf = w.float()
