@@ -1,6 +1,7 @@
 // tandem make-model: writes a deterministic random checkpoint of a preset's shape (tiny,
 // v2-lite, v3), optionally with fewer layers or FP8 weights, in the official layout.
 #include <chrono>
+#include <filesystem>
 
 #include "app/commands.h"
 #include "core/log.h"
@@ -18,6 +19,7 @@ struct MakeModelArgs {
   std::string out;
   uint64_t seed = 0;
   double shard_gb = 4.0;
+  std::string tokenizer;  // copy tokenizer.json (+ tokenizer_config.json) from here
 };
 
 int run_make_model(const MakeModelArgs& a) {
@@ -39,6 +41,17 @@ int run_make_model(const MakeModelArgs& a) {
   const auto start = std::chrono::steady_clock::now();
   MakeModelOptions options{a.out, a.seed, uint64_t(a.shard_gb * 1e9)};
   const uint64_t bytes = make_random_checkpoint(config, options);
+  if (!a.tokenizer.empty()) {
+    const std::filesystem::path from = a.tokenizer;
+    TANDEM_CHECK(std::filesystem::exists(from / "tokenizer.json"), "--tokenizer: no tokenizer.json in {}",
+                 from.string());
+    for (const char* name : {"tokenizer.json", "tokenizer_config.json"}) {
+      if (std::filesystem::exists(from / name)) {
+        std::filesystem::copy_file(from / name, std::filesystem::path(a.out) / name,
+                                   std::filesystem::copy_options::overwrite_existing);
+      }
+    }
+  }
   const double secs =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   TANDEM_LOG_INFO("wrote {:.2f} GB to {} in {:.1f} s", double(bytes) / 1e9, a.out, secs);
@@ -65,6 +78,9 @@ void add_make_model_command(CLI::App& app, int& exit_code) {
   cmd->add_option("--shard-gb", a->shard_gb, "Maximum shard size in GB")
       ->capture_default_str()
       ->check(CLI::Range(0.001, 1000.0));
+  cmd->add_option("--tokenizer", a->tokenizer,
+                  "Copy tokenizer.json and tokenizer_config.json from this directory (the tiny "
+                  "preset has DeepSeek-V3's vocabulary, so its tokenizer fits)");
   cmd->callback([a, &exit_code] { exit_code = run_make_model(*a); });
 }
 

@@ -1,6 +1,5 @@
 #include "runtime/radix_cache.h"
 
-#include <queue>
 
 #include "core/error.h"
 
@@ -13,6 +12,24 @@ RadixCache::RadixCache(int32_t page_size, PageAllocator& allocator)
 }
 
 RadixCache::~RadixCache() = default;
+
+void RadixCache::refresh(Node* n) {
+  const bool want = n != root_.get() && n->children.empty() && n->lock_ref == 0;
+  if (n->in_lru && (!want || n->lru_key != n->last_access)) {
+    lru_.erase({n->lru_key, n});
+    n->in_lru = false;
+  }
+  if (want && !n->in_lru) {
+    lru_.emplace(n->last_access, n);
+    n->lru_key = n->last_access;
+    n->in_lru = true;
+  }
+}
+
+void RadixCache::touch(Node* n, uint64_t now) {
+  n->last_access = now;
+  refresh(n);
+}
 
 RadixCache::Node* RadixCache::find_child(Node* node, std::span<const int32_t> tokens) const {
   if (tokens.size() < size_t(page_size_)) return nullptr;
@@ -58,7 +75,7 @@ RadixCache::Match RadixCache::match(std::span<const int32_t> tokens) {
     }
     if (k < child_pages) child = split(child, k);
     m.pages.insert(m.pages.end(), child->pages.begin(), child->pages.end());
-    child->last_access = now;
+    touch(child, now);
     m.node = child;
     pos += k * size_t(page_size_);
     if (k < child_pages) break;
@@ -88,6 +105,8 @@ RadixCache::Node* RadixCache::insert(Node* from, std::span<const int32_t> tokens
       std::vector<int32_t> key(rest.begin(), rest.begin() + page_size_);
       Node* raw = leaf.get();
       node->children.emplace(std::move(key), std::move(leaf));
+      refresh(node);  // no longer a leaf
+      refresh(raw);
       return raw;
     }
     size_t k = 1;
@@ -105,41 +124,65 @@ RadixCache::Node* RadixCache::insert(Node* from, std::span<const int32_t> tokens
         pages[page + i] = child->pages[i];
       }
     }
-    child->last_access = now;
+    touch(child, now);
     node = child;
     page += k;
   }
   return node;
 }
 
+bool RadixCache::extendable(const Node* node) const {
+  return node != root_.get() && node->children.empty() && node->lock_ref == 1;
+}
+
+void RadixCache::extend(Node* leaf, std::span<const int32_t> tokens,
+                        std::span<const int32_t> pages) {
+  TANDEM_CHECK(extendable(leaf), "RadixCache::extend: not a leaf held by one request");
+  TANDEM_CHECK(tokens.size() == pages.size() * size_t(page_size_) && !pages.empty(),
+               "RadixCache::extend: {} tokens for {} pages of {}", tokens.size(), pages.size(),
+               page_size_);
+  leaf->tokens.insert(leaf->tokens.end(), tokens.begin(), tokens.end());
+  leaf->pages.insert(leaf->pages.end(), pages.begin(), pages.end());
+  leaf->last_access = ++clock_;  // locked, so not in lru_
+  total_pages_ += int32_t(pages.size());
+}
+
 void RadixCache::lock(Node* node) {
   for (Node* n = node; n != root_.get(); n = n->parent) {
-    if (n->lock_ref++ == 0) evictable_pages_ -= int32_t(n->pages.size());
+    if (n->lock_ref++ == 0) {
+      evictable_pages_ -= int32_t(n->pages.size());
+      refresh(n);
+    }
   }
 }
 
 void RadixCache::unlock(Node* node) {
   for (Node* n = node; n != root_.get(); n = n->parent) {
     TANDEM_CHECK(n->lock_ref > 0, "RadixCache::unlock: node is not locked");
-    if (--n->lock_ref == 0) evictable_pages_ += int32_t(n->pages.size());
+    if (--n->lock_ref == 0) {
+      evictable_pages_ += int32_t(n->pages.size());
+      refresh(n);
+    }
+  }
+}
+
+void RadixCache::move_lock(Node* ancestor, Node* descendant) {
+  // Nodes at and above `ancestor` keep their counts: one lock leaves, one arrives.
+  for (Node* n = descendant; n != ancestor; n = n->parent) {
+    TANDEM_CHECK(n != root_.get(), "RadixCache::move_lock: not a descendant");
+    if (n->lock_ref++ == 0) {
+      evictable_pages_ -= int32_t(n->pages.size());
+      refresh(n);
+    }
   }
 }
 
 int32_t RadixCache::evict(int32_t num_pages) {
-  if (num_pages <= 0 || evictable_pages_ == 0) return 0;
-  using Entry = std::pair<uint64_t, Node*>;
-  std::priority_queue<Entry, std::vector<Entry>, std::greater<>> leaves;  // oldest first
-  std::vector<Node*> stack{root_.get()};
-  while (!stack.empty()) {
-    Node* n = stack.back();
-    stack.pop_back();
-    if (n->children.empty() && n->lock_ref == 0) leaves.emplace(n->last_access, n);
-    for (auto& [key, child] : n->children) stack.push_back(child.get());
-  }
   int32_t freed = 0;
-  while (freed < num_pages && !leaves.empty()) {
-    Node* leaf = leaves.top().second;
-    leaves.pop();
+  while (freed < num_pages && !lru_.empty()) {
+    Node* leaf = lru_.begin()->second;  // least recently used unlocked leaf
+    lru_.erase(lru_.begin());
+    leaf->in_lru = false;
     for (const int32_t p : leaf->pages) allocator_.free(p);
     const int32_t n = int32_t(leaf->pages.size());
     freed += n;
@@ -149,15 +192,14 @@ int32_t RadixCache::evict(int32_t num_pages) {
     // Heterogeneous erase is C++23; find with the span, erase by iterator.
     parent->children.erase(
         parent->children.find(std::span<const int32_t>(leaf->tokens).first(size_t(page_size_))));
-    if (parent != root_.get() && parent->children.empty() && parent->lock_ref == 0) {
-      leaves.emplace(parent->last_access, parent);
-    }
+    refresh(parent);  // may have become an unlocked leaf
   }
   return freed;
 }
 
 void RadixCache::check_invariants() const {
   int32_t total = 0, evictable = 0;
+  size_t unlocked_leaves = 0;
   // A node's lock_ref counts the requests holding it or a node below it, so it is at least the
   // sum of its children's.
   std::vector<const Node*> stack;
@@ -179,7 +221,13 @@ void RadixCache::check_invariants() const {
                  n->lock_ref, child_locks);
     total += int32_t(n->pages.size());
     if (n->lock_ref == 0) evictable += int32_t(n->pages.size());
+    const bool leaf = n->children.empty() && n->lock_ref == 0;
+    TANDEM_CHECK(n->in_lru == leaf && (!leaf || lru_.count({n->lru_key, const_cast<Node*>(n)}) == 1),
+                 "RadixCache: LRU membership of a node is wrong");
+    unlocked_leaves += leaf ? 1 : 0;
   }
+  TANDEM_CHECK(lru_.size() == unlocked_leaves, "RadixCache: LRU holds {} nodes, the tree {}",
+               lru_.size(), unlocked_leaves);
   TANDEM_CHECK(total == total_pages_ && evictable == evictable_pages_,
                "RadixCache: counted {} pages ({} evictable), counters say {} ({})", total,
                evictable, total_pages_, evictable_pages_);

@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <set>
 #include <span>
 #include <vector>
 
@@ -41,9 +42,18 @@ class RadixCache {
   // replaced by the tree's. Every page ends up owned by the tree. Returns the deepest node.
   Node* insert(Node* from, std::span<const int32_t> tokens, std::span<int32_t> pages);
 
+  // Appends whole pages to `leaf`, a leaf locked by the caller alone (lock_ref 1, so no one
+  // else can have cached what follows). Keeps a decoding request's path one node long instead
+  // of growing a chain of one-page nodes; the node keeps its identity and lock.
+  void extend(Node* leaf, std::span<const int32_t> tokens, std::span<const int32_t> pages);
+  // Whether extend() may be used on `node` by its single holder.
+  bool extendable(const Node* node) const;
+
   // A lock on `node` keeps it and its ancestors from eviction.
   void lock(Node* node);
   void unlock(Node* node);
+  // lock(descendant) + unlock(ancestor) in one walk over the nodes between them.
+  void move_lock(Node* ancestor, Node* descendant);
 
   // Evicts unlocked leaves, least recently used first, until `num_pages` pages went back to the
   // allocator or nothing is evictable. Returns the pages freed.
@@ -59,6 +69,8 @@ class RadixCache {
  private:
   Node* find_child(Node* node, std::span<const int32_t> tokens) const;
   Node* split(Node* child, size_t keep_pages);
+  void touch(Node* node, uint64_t now);  // sets last_access, keeps lru_ in order
+  void refresh(Node* node);             // puts `node` in lru_ iff it is an unlocked leaf
 
   int32_t page_size_;
   PageAllocator& allocator_;
@@ -66,6 +78,8 @@ class RadixCache {
   int32_t total_pages_ = 0;
   int32_t evictable_pages_ = 0;
   uint64_t clock_ = 0;  // LRU time: bumped on every match and insert
+  // Unlocked leaves by last access: eviction takes from the front without walking the tree.
+  std::set<std::pair<uint64_t, Node*>> lru_;
 };
 
 // Compares the first page of two token sequences (the key of a node among its siblings);
@@ -84,6 +98,8 @@ struct RadixCache::Node {
   std::map<std::vector<int32_t>, std::unique_ptr<Node>, PageKeyLess> children;  // by first page
   int32_t lock_ref = 0;
   uint64_t last_access = 0;
+  bool in_lru = false;  // in lru_ under key (lru_key, this)
+  uint64_t lru_key = 0;
 };
 
 }  // namespace tandem::runtime

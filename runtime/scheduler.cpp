@@ -95,6 +95,7 @@ bool Scheduler::ensure_free_pages(int32_t n) {
 Decision Scheduler::schedule() {
   Decision d;
   d.seqs.reserve(running_.size() + 1);
+  planned_.clear();
   int32_t budget = config_.max_batch_tokens;
   bool decode_only = true;
   const int32_t ps = config_.page_size;
@@ -106,6 +107,7 @@ Decision Scheduler::schedule() {
     if (s.state == RequestState::kPrefilling) {
       const int32_t chunk = std::min(pending, budget);
       d.seqs.push_back({s.id, s.num_computed, chunk, chunk == pending});
+      planned_.push_back(&s);
       budget -= chunk;
       decode_only = false;
       ++i;
@@ -135,6 +137,7 @@ Decision Scheduler::schedule() {
       used_pages_ += need;
     }
     d.seqs.push_back({s.id, s.num_computed, 1, true});
+    planned_.push_back(&s);
     budget -= 1;
     ++i;
   }
@@ -182,6 +185,7 @@ bool Scheduler::try_admit(Seq& s, int32_t budget, Decision& d) {
   const int32_t pending = len - s.num_computed;
   const int32_t chunk = std::min(pending, budget);
   d.seqs.push_back({s.id, s.num_computed, chunk, chunk == pending});
+  planned_.push_back(&s);
   d.prefix_hit_tokens += s.num_computed;
   prefix_hit_tokens_ += s.num_computed;
   prefix_query_tokens_ += len;
@@ -194,9 +198,15 @@ void Scheduler::complete(const Decision& decision, std::span<const int32_t> next
                decision.seqs.size());
   for (size_t i = 0; i < decision.seqs.size(); ++i) {
     const ScheduledSeq& sched = decision.seqs[i];
-    auto it = seqs_.find(sched.id);
-    if (it == seqs_.end()) continue;  // aborted after the step was planned
-    Seq& s = *it->second;
+    Seq* seq = nullptr;
+    if (planned_.size() == decision.seqs.size() && planned_[i]->id == sched.id) {
+      seq = planned_[i];
+    } else if (auto it = seqs_.find(sched.id); it != seqs_.end()) {
+      seq = it->second.get();
+    } else {
+      continue;  // aborted after the step was planned
+    }
+    Seq& s = *seq;
     TANDEM_CHECK(s.num_computed == sched.cached_len && !is_terminal(s.state) &&
                      s.state != RequestState::kWaiting,
                  "Scheduler::complete: request {} is not in the state this step planned", s.id);
@@ -218,12 +228,15 @@ void Scheduler::cache_computed_pages(Seq& s) {
   const int32_t full = s.num_computed / ps;
   if (!config_.enable_prefix_cache || full <= s.tree_pages) return;
   const int32_t n = full - s.tree_pages;
-  RadixCache::Node* node = cache_.insert(
-      s.node, std::span<const int32_t>(s.tokens).subspan(size_t(s.tree_pages) * ps, size_t(n) * ps),
-      std::span<int32_t>(s.pages).subspan(size_t(s.tree_pages), size_t(n)));
-  cache_.lock(node);
-  cache_.unlock(s.node);
-  s.node = node;
+  const auto tokens = std::span<const int32_t>(s.tokens).subspan(size_t(s.tree_pages) * ps, size_t(n) * ps);
+  const auto pages = std::span<int32_t>(s.pages).subspan(size_t(s.tree_pages), size_t(n));
+  if (cache_.extendable(s.node)) {
+    cache_.extend(s.node, tokens, pages);  // the usual decode case: no one shares the tail
+  } else {
+    RadixCache::Node* node = cache_.insert(s.node, tokens, pages);
+    cache_.move_lock(s.node, node);
+    s.node = node;
+  }
   s.tree_pages = full;
   used_pages_ -= n;
 }
@@ -263,6 +276,7 @@ void Scheduler::finish(RequestId id) {
                "Scheduler::finish: request {} is {}, not running", id, state_name(s.state));
   release(s);
   remove_running(s);
+  planned_.clear();
   seqs_.erase(id);
 }
 
@@ -276,6 +290,7 @@ bool Scheduler::abort(RequestId id) {
     release(s);
     remove_running(s);
   }
+  planned_.clear();
   seqs_.erase(it);
   return true;
 }

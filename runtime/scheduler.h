@@ -122,6 +122,9 @@ class Scheduler {
   std::unordered_map<RequestId, std::unique_ptr<Seq>> seqs_;
   std::vector<Seq*> running_;  // admission order
   std::deque<Seq*> waiting_;
+  // The requests of the last decision, in its order, so complete() needs no id lookups;
+  // cleared when a request leaves between schedule() and complete().
+  std::vector<Seq*> planned_;
   int32_t used_pages_ = 0;
   int64_t preemptions_ = 0;
   int64_t prefix_hit_tokens_ = 0;
