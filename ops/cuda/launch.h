@@ -160,5 +160,11 @@ struct MlaDecodeParams {
 // Splits for a batch whose longest possible sequence is `max_len` keys.
 int mla_decode_num_splits(int64_t max_len);
 void launch_mla_decode(const MlaDecodeParams& p, cudaStream_t stream);
+// The tensor-core path (sm90_mla_decode.cu): bf16 cache, lora 512, rope 64, aligned pointers.
+// One CTA per (group of mla_decode_mma_heads_per_cta heads, split, sequence); the workspace is
+// needed only when num_splits > 1.
+bool mla_decode_mma_supported(const MlaDecodeParams& p);
+int mla_decode_mma_heads_per_cta(int64_t heads);
+void launch_mla_decode_mma(const MlaDecodeParams& p, cudaStream_t stream);
 
 }  // namespace tandem::ops::cuda

@@ -3,11 +3,32 @@
 #include "ops/cuda/cuda_ops.h"
 #include "ops/cuda/host_common.h"
 
+#include <algorithm>
+
 namespace tandem::ops::cuda {
 
 namespace {
 constexpr int64_t kMaxLatentDim = 1024;  // 8 values per thread of 128 (smxx_attention.cuh)
+constexpr int64_t kMinKeysPerSplit = 256;
+constexpr int64_t kMaxMmaSplits = 32;
+
+int sm_count(int device) {
+  int n = 0;
+  TANDEM_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device));
+  return n;
 }
+
+// Splits for the tensor-core kernel: enough CTAs to cover the multiprocessors once (one CTA
+// per SM fits: about 170-200 KB of shared memory each), never under 256 keys per split. Sized
+// from the page table's capacity, so no synchronization on the lengths.
+int mma_num_splits(const MlaDecodeParams& p, int device) {
+  const int64_t ctas = p.batch * ((p.heads + mla_decode_mma_heads_per_cta(p.heads) - 1) /
+                                  mla_decode_mma_heads_per_cta(p.heads));
+  const int64_t by_len = (p.max_pages * p.page_size + kMinKeysPerSplit - 1) / kMinKeysPerSplit;
+  const int64_t want = sm_count(device) / std::max<int64_t>(1, ctas);
+  return int(std::clamp<int64_t>(want, 1, std::max<int64_t>(1, std::min(by_len, kMaxMmaSplits))));
+}
+}  // namespace
 
 void mla_decode_attention(const Tensor& q_latent, const Tensor& q_pe, const Tensor& cache,
                           const Tensor& page_table, const Tensor& seq_lens, int64_t page_size,
@@ -40,12 +61,25 @@ void mla_decode_attention(const Tensor& q_latent, const Tensor& q_pe, const Tens
   p.rope = q_pe.size(2);
   p.page_size = page_size;
   p.scale = scale;
-  p.num_splits = mla_decode_num_splits(page_table.size(1) * page_size);
   TANDEM_CHECK(p.batch * p.heads < (int64_t(1) << 31), "{}: batch * heads too large", op);
+  p.error = ctx.error;
+  if (mla_decode_mma_supported(p)) {
+    TANDEM_CHECK(p.batch < 65536, "{}: batch {} > 65535", op, p.batch);
+    p.num_splits = mma_num_splits(p, ctx.device);
+    Tensor workspace;
+    if (p.num_splits > 1) {
+      workspace = Tensor::empty({p.batch * p.heads * p.num_splits * (p.lora + 2)}, DType::kF32,
+                                out_latent.device());
+      p.workspace = mptr<float>(workspace);
+    }
+    launch_mla_decode_mma(p, ctx.stream);
+    TANDEM_CUDA_LAUNCH_CHECK(op);
+    return;
+  }
+  p.num_splits = mla_decode_num_splits(page_table.size(1) * page_size);
   Tensor workspace = Tensor::empty({p.batch * p.heads * p.num_splits * (p.lora + 2)}, DType::kF32,
                                    out_latent.device());
   p.workspace = mptr<float>(workspace);
-  p.error = ctx.error;
   launch_mla_decode(p, ctx.stream);
   TANDEM_CUDA_LAUNCH_CHECK(op);
 }

@@ -50,8 +50,14 @@ fi
 status=0
 TANDEM_OP_PERF=1 "$bin/op_harness_test" > "$OUT/op_harness.log" 2>&1 || status=1
 "$bin/golden_cuda_test" > "$OUT/golden_cuda.log" 2>&1 || status=1
-PYTHONUNBUFFERED=1 timeout 120 python3 tools/device/torch_peer.py > "$OUT/torch_peer.log" 2>&1 || echo "torch peer failed" >> "$OUT/torch_peer.log"
+if [[ -n "${TANDEM_SANITIZE_FILTER:-}" ]]; then  # e.g. '*MlaDecode*': racecheck on those tests
+  timeout 150 compute-sanitizer --tool racecheck --racecheck-report hazard "$bin/op_harness_test" \
+    --gtest_filter="$TANDEM_SANITIZE_FILTER" > "$OUT/racecheck.log" 2>&1 || echo "racecheck rc=$?" >> "$OUT/racecheck.log"
+fi
+PYTHONUNBUFFERED=1 timeout 180 python3 tools/device/torch_peer.py > "$OUT/torch_peer.log" 2>&1 || echo "torch peer failed" >> "$OUT/torch_peer.log"
 
+echo "== racecheck"
+[[ -f "$OUT/racecheck.log" ]] && grep -E "RACECHECK SUMMARY|hazard|PASSED|FAILED|rc=" "$OUT/racecheck.log" | head -8
 echo "== failures"
 grep -E "^\[  FAILED|Failure|error:|what\(\)" "$OUT/op_harness.log" "$OUT/golden_cuda.log" | head -40
 echo "== gtest summary"

@@ -57,6 +57,41 @@ def main():
     us = median_us(lambda: torch.nn.functional.linear(xm, wm.float()))
     print(f"PEER linear M=512,N=7168,K=2048,f32(dequantized) {us:.1f}")
 
+    mla_decode_peer(dev)
+
+
+def mla_decode_peer(dev):
+    """Absorbed MLA decode, B=128, 4096 keys, bf16: the same math as the op over the latent
+    already gathered per sequence ([B, L, 576] contiguous, so torch skips the paged gather; the
+    gather is timed separately). Two forms: bmm + f32 softmax + bmm, and SDPA with the heads as
+    the query length (k = latent, v = its first 512 dims)."""
+    import torch.nn.functional as F
+    b, L, lora, rope = 128, 4096, 512, 64
+    cache = torch.randn(b * L, lora + rope, device=dev).bfloat16()
+    slots = torch.randperm(b * L, device=dev).view(b, L)
+    lat = cache[slots]
+    us = median_us(lambda: cache[slots])
+    print(f"PEER mla_gather B=128,len=4096 {us:.1f}")
+    for h in (128, 16):
+        q = (torch.randn(b, h, lora + rope, device=dev) * 0.1).bfloat16()
+        scale = 0.07
+
+        def bmm_form():
+            s = torch.bmm(q, lat.transpose(1, 2)).float() * scale
+            p = torch.softmax(s, dim=-1).bfloat16()
+            return torch.bmm(p, lat[:, :, :lora])
+
+        best = median_us(bmm_form)
+        print(f"PEER mla_decode_bmm B=128,H={h},len=4096 {best:.1f}")
+        try:
+            qs, ks, vs = q.unsqueeze(1), lat.unsqueeze(1), lat[:, :, :lora].unsqueeze(1)
+            us = median_us(lambda: F.scaled_dot_product_attention(qs, ks, vs, scale=scale))
+            print(f"PEER mla_decode_sdpa B=128,H={h},len=4096 {us:.1f}")
+            best = min(best, us)
+        except Exception as e:  # noqa: BLE001 - a backend may refuse dim 576
+            print(f"PEER mla_decode_sdpa B=128,H={h} failed: {type(e).__name__}: {str(e)[:120]}")
+        print(f"PEER mla_decode B=128,H={h},len=4096,best {best:.1f}")
+
 
 if __name__ == "__main__":
     main()
