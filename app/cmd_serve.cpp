@@ -1,0 +1,37 @@
+// tandem serve: the OpenAI-compatible HTTP server (server/, docs/server.md). The flag table
+// below is the only place a serve flag is declared: name (SGLang's where the meaning is the
+// same), field, help and default.
+#include "app/commands.h"
+#include "server/serve.h"
+
+namespace tandem::app {
+
+void add_serve_command(CLI::App& app, int& exit_code) {
+  auto c = std::make_shared<server::ServerConfig>();
+  runtime::SchedulerConfig& sc = c->engine.scheduler;
+  CLI::App* cmd = app.add_subcommand(
+      "serve", "Serve a model over HTTP: OpenAI completions/chat, /generate, /metrics");
+  // clang-format off
+  cmd->add_option("--model-path", c->model_path, "Model directory (config.json + safetensors), e.g. from `tandem make-model`")->required()->check(CLI::ExistingDirectory);
+  cmd->add_option("--tokenizer-path", c->tokenizer_path, "Directory with tokenizer.json and tokenizer_config.json (default: the model directory)");
+  cmd->add_flag("--skip-tokenizer-init", c->skip_tokenizer_init, "Run without a tokenizer: only /generate with input_ids");
+  cmd->add_option("--served-model-name", c->served_model_name, "Model name in the API (default: --model-path)");
+  cmd->add_option("--host", c->host, "Address to bind; 0.0.0.0 for every interface")->capture_default_str();
+  cmd->add_option("--port", c->port, "Port to listen on (0: any free port, printed at start)")->capture_default_str();
+  cmd->add_option("--api-key", c->api_key, "Require `Authorization: Bearer KEY` on every endpoint but /health and /metrics")->envname("TANDEM_API_KEY");
+  cmd->add_option("--device", c->device, "cpu, cuda or cuda:N")->capture_default_str();
+  cmd->add_option("--context-length", c->context_length, "Longest prompt + completion in tokens (default: the model's max_position_embeddings)");
+  cmd->add_option("--max-running-requests", sc.max_running_requests, "Sequences decoded together at most")->capture_default_str();
+  cmd->add_option("--max-queued-requests", c->max_queued_requests, "Sequences that may wait beyond the running ones; more get 503 with Retry-After")->capture_default_str();
+  cmd->add_option("--max-total-tokens", sc.max_total_tokens, "KV cache pool size in tokens")->capture_default_str();
+  cmd->add_option("--page-size", sc.page_size, "Tokens per KV cache page (1-64)")->capture_default_str();
+  cmd->add_option("--chunked-prefill-size", sc.max_batch_tokens, "Tokens computed per step at most; longer prompts are prefilled in chunks")->capture_default_str();
+  cmd->add_flag("!--disable-radix-cache", sc.enable_prefix_cache, "Do not reuse KV pages of shared prompt prefixes");
+  cmd->add_option("--kv-cache-dtype", c->kv_cache_dtype, "KV cache element type: auto (bf16), bf16 or f32")->capture_default_str();
+  cmd->add_option("--max-body-bytes", c->max_body_bytes, "Largest request body accepted; larger ones get 413")->capture_default_str();
+  cmd->add_option("--shutdown-timeout", c->shutdown_timeout_s, "Seconds in-flight requests get to finish after SIGTERM/SIGINT before they are aborted")->capture_default_str();
+  // clang-format on
+  cmd->callback([c, &exit_code] { exit_code = server::run_serve(*c); });
+}
+
+}  // namespace tandem::app

@@ -1,0 +1,35 @@
+// SleepyRunner: wraps the real ModelRunner and sleeps before every forward step for as long as
+// POST /slow_down last asked (0: no sleep). The reference deployment saturated its decode
+// batches this way: with every step slowed, requests pile up in the running batch.
+// Thread-safe: set_sleep may be called from any thread; run belongs to the engine thread.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <memory>
+#include <thread>
+
+#include "runtime/model_runner.h"
+
+namespace tandem::server {
+
+class SleepyRunner : public runtime::ModelRunner {
+ public:
+  explicit SleepyRunner(std::unique_ptr<runtime::ModelRunner> inner) : inner_(std::move(inner)) {}
+
+  void set_sleep(double seconds) { sleep_s_.store(seconds > 0.0 ? seconds : 0.0); }
+  double sleep_seconds() const { return sleep_s_.load(); }
+
+  Tensor run(const runtime::Decision& decision, const runtime::Scheduler& scheduler) override {
+    if (const double s = sleep_s_.load(); s > 0.0) {
+      std::this_thread::sleep_for(std::chrono::duration<double>(s));
+    }
+    return inner_->run(decision, scheduler);
+  }
+
+ private:
+  std::unique_ptr<runtime::ModelRunner> inner_;
+  std::atomic<double> sleep_s_{0.0};
+};
+
+}  // namespace tandem::server

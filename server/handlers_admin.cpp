@@ -1,0 +1,125 @@
+// The endpoints around generation: models, health, metrics, abort, slow_down, and the API key
+// check.
+#include <cmath>
+
+#include "core/log.h"
+#include "server/handlers.h"
+
+namespace tandem::server {
+
+using nlohmann::json;
+
+namespace {
+
+void send_json(httplib::Response& res, const json& j) {
+  res.set_content(j.dump(-1, ' ', false, json::error_handler_t::replace), "application/json");
+}
+
+std::optional<json> parse_object(ServerState& state, const httplib::Request& req,
+                                 httplib::Response& res) {
+  json body = json::parse(req.body, nullptr, false);
+  if (body.is_discarded() || !body.is_object()) {
+    send_error(state, res, bad_request("the request body must be a JSON object"));
+    return std::nullopt;
+  }
+  return body;
+}
+
+}  // namespace
+
+bool constant_time_equal(const std::string& a, const std::string& b) {
+  // Every byte of the longer string is looked at whatever the contents, so the time taken says
+  // nothing about how much of a guess was right.
+  const size_t n = std::max(a.size(), b.size());
+  unsigned diff = a.size() == b.size() ? 0u : 1u;
+  for (size_t i = 0; i < n; ++i) {
+    const unsigned char x = i < a.size() ? static_cast<unsigned char>(a[i]) : 0;
+    const unsigned char y = i < b.size() ? static_cast<unsigned char>(b[i]) : 0;
+    diff |= unsigned(x ^ y);
+  }
+  return diff == 0;
+}
+
+bool check_api_key(ServerState& state, const httplib::Request& req, httplib::Response& res) {
+  const std::string& key = state.config.api_key;
+  if (key.empty()) return true;
+  const std::string header = req.get_header_value("Authorization");
+  const std::string prefix = "Bearer ";
+  const std::string given = header.rfind(prefix, 0) == 0 ? header.substr(prefix.size()) : "";
+  if (constant_time_equal(given, key)) return true;
+  ApiError e;
+  e.http_status = 401;
+  e.message = header.empty() ? "Missing API key: send Authorization: Bearer <key>"
+                             : "Incorrect API key provided";
+  e.code = "invalid_api_key";
+  send_error(state, res, e);
+  res.set_header("WWW-Authenticate", "Bearer");
+  return false;
+}
+
+void handle_abort(ServerState& state, const httplib::Request& req, httplib::Response& res) {
+  auto body = parse_object(state, req, res);
+  if (!body) return;
+  if (!body->contains("rid") || !(*body)["rid"].is_string()) {
+    return send_error(state, res, bad_request("rid: expected a string", "rid"));
+  }
+  const std::string rid = (*body)["rid"].get<std::string>();
+  const std::optional<runtime::RequestId> id = state.tracker.find(rid);
+  if (!id) {
+    ApiError e;
+    e.http_status = 404;
+    e.message = fmt::format("no request '{}' is in flight", rid);
+    e.param = "rid";
+    e.code = "not_found";
+    return send_error(state, res, e);
+  }
+  state.engine.abort(*id);
+  TANDEM_LOG_INFO("aborted request {} on request", rid);
+  send_json(res, json{{"rid", rid}, {"aborted", true}});
+}
+
+void handle_slow_down(ServerState& state, const httplib::Request& req, httplib::Response& res) {
+  auto body = parse_object(state, req, res);
+  if (!body) return;
+  const json v = body->value("forward_sleep_time", json(nullptr));
+  double seconds = 0.0;
+  if (!v.is_null()) {
+    if (!v.is_number() || !std::isfinite(v.get<double>()) || v.get<double>() < 0.0 ||
+        v.get<double>() > 3600.0) {
+      return send_error(state, res, bad_request("forward_sleep_time must be null or a number of "
+                                                "seconds in [0, 3600]", "forward_sleep_time"));
+    }
+    seconds = v.get<double>();
+  }
+  state.runner.set_sleep(seconds);
+  TANDEM_LOG_INFO("forward steps now sleep {} s", seconds);
+  send_json(res, json{{"forward_sleep_time", seconds > 0.0 ? json(seconds) : json(nullptr)}});
+}
+
+void handle_models(ServerState& state, const httplib::Request&, httplib::Response& res) {
+  send_json(res, json{{"object", "list"},
+                      {"data", json::array({json{{"id", state.parse_context.model_name},
+                                                 {"object", "model"},
+                                                 {"created", state.created_unix_s},
+                                                 {"owned_by", "tandem"},
+                                                 {"root", state.config.model_path},
+                                                 {"max_model_len", state.parse_context.context_length}}})}});
+}
+
+void handle_health(ServerState& state, const httplib::Request&, httplib::Response& res) {
+  if (state.tracker.draining()) {
+    ApiError e;
+    e.http_status = 503;
+    e.type = "server_error";
+    e.message = "The server is shutting down";
+    return send_error(state, res, e);
+  }
+  send_json(res, json{{"status", "ok"}});
+}
+
+void handle_metrics(ServerState& state, const httplib::Request&, httplib::Response& res) {
+  res.set_content(state.metrics.render(state.parse_context.model_name, state.engine.stats()),
+                  "text/plain; version=0.0.4; charset=utf-8");
+}
+
+}  // namespace tandem::server

@@ -1,0 +1,153 @@
+#include "server/serve.h"
+
+#include <fcntl.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <thread>
+
+#include "core/log.h"
+#include "model/loader.h"
+#include "server/http_server.h"
+
+namespace tandem::server {
+
+namespace {
+
+// SIGTERM/SIGINT reach a pipe (the self-pipe trick: write() is async-signal-safe), read by a
+// thread that runs the graceful shutdown. Any thread may take the signal.
+int g_signal_pipe[2] = {-1, -1};
+
+void on_signal(int signo) {
+  const char c = signo == SIGINT ? 'i' : 't';
+  [[maybe_unused]] ssize_t n = ::write(g_signal_pipe[1], &c, 1);
+}
+
+class SignalScope {
+ public:
+  SignalScope() {
+    TANDEM_CHECK(::pipe2(g_signal_pipe, O_CLOEXEC) == 0, "pipe2 failed");
+    struct sigaction sa {};
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = SA_RESTART;
+    ::sigaction(SIGTERM, &sa, &old_term_);
+    ::sigaction(SIGINT, &sa, &old_int_);
+    // A client that vanishes mid-write must fail the write, not kill the server.
+    struct sigaction ign {};
+    ign.sa_handler = SIG_IGN;
+    ::sigaction(SIGPIPE, &ign, &old_pipe_);
+  }
+  ~SignalScope() {
+    ::sigaction(SIGTERM, &old_term_, nullptr);
+    ::sigaction(SIGINT, &old_int_, nullptr);
+    ::sigaction(SIGPIPE, &old_pipe_, nullptr);
+    ::close(g_signal_pipe[0]);
+    ::close(g_signal_pipe[1]);
+    g_signal_pipe[0] = g_signal_pipe[1] = -1;
+  }
+  // Blocks until a signal or wake(); returns the byte ('t', 'i' or 'q').
+  char wait() {
+    char c = 'q';
+    while (::read(g_signal_pipe[0], &c, 1) < 0 && errno == EINTR) {}
+    return c;
+  }
+  void wake() {
+    const char c = 'q';
+    [[maybe_unused]] ssize_t n = ::write(g_signal_pipe[1], &c, 1);
+  }
+
+ private:
+  struct sigaction old_term_ {}, old_int_ {}, old_pipe_ {};
+};
+
+std::unique_ptr<tokenizer::Tokenizer> load_tokenizer(const ServerConfig& c) {
+  if (c.skip_tokenizer_init) return nullptr;
+  const std::filesystem::path dir = c.tokenizer_dir();
+  TANDEM_CHECK(std::filesystem::exists(dir / "tokenizer.json"),
+               "no tokenizer.json in {} (--tokenizer-path defaults to the model directory): "
+               "pass --tokenizer-path DIR, e.g. the DeepSeek-V3 tokenizer files, or "
+               "--skip-tokenizer-init to serve token ids only", dir.string());
+  return std::make_unique<tokenizer::Tokenizer>(tokenizer::Tokenizer::load(dir));
+}
+
+DType kv_dtype_of(const std::string& name) { return name == "f32" ? DType::kF32 : DType::kBF16; }
+
+}  // namespace
+
+ServerState::ServerState(const ServerConfig& c, const ModelConfig& m, runtime::Engine& e,
+                         const tokenizer::Tokenizer* tok, SleepyRunner& r)
+    : config(c),
+      model(m),
+      engine(e),
+      tokenizer(tok),
+      runner(r),
+      parse_context{c.model_name(), tok, m.vocab_size, m.max_position_embeddings,
+                    int64_t(c.engine.scheduler.num_pages()) * c.engine.scheduler.page_size},
+      created_unix_s(int64_t(std::time(nullptr))),
+      tracker(c.max_in_flight()),
+      watcher([&e](runtime::RequestId id) { e.abort(id); }) {}
+
+int run_serve(const ServerConfig& config_in) {
+  ServerConfig config = config_in;
+  if (config.kv_cache_dtype != "auto") config.engine.kv_dtype = kv_dtype_of(config.kv_cache_dtype);
+  if (Status s = config.validate(); !s.ok()) {
+    std::fprintf(stderr, "error: %s\n", s.message().c_str());
+    return 2;
+  }
+  SignalScope signals;
+  Device device;
+  (void)parse_device(config.device, &device);
+
+  std::unique_ptr<tokenizer::Tokenizer> tok = load_tokenizer(config);
+  LoadedModel m = load_model(config.model_path, device);
+  ModelConfig served = m.config;
+  if (config.context_length > 0) {
+    TANDEM_CHECK(config.context_length <= m.config.max_position_embeddings,
+                 "--context-length {} exceeds the model's max_position_embeddings {}",
+                 config.context_length, m.config.max_position_embeddings);
+    served.max_position_embeddings = config.context_length;
+  }
+  if (tok && tok->vocab_size() > m.config.vocab_size) {
+    TANDEM_LOG_WARN("the tokenizer has {} tokens, the model only {}: prompts with ids past the "
+                    "model's vocabulary will be refused", tok->vocab_size(), m.config.vocab_size);
+  }
+
+  const runtime::SchedulerConfig& sc = config.engine.scheduler;
+  auto sleepy = std::make_unique<SleepyRunner>(std::make_unique<runtime::DeepseekRunner>(
+      *m.model, sc.num_pages(), sc.page_size, config.engine.kv_dtype, device));
+  SleepyRunner& runner = *sleepy;
+  runtime::Engine engine(served, std::move(sleepy), tok.get(), config.engine);
+  engine.start();
+
+  ServerState state(config, served, engine, tok.get(), runner);
+  HttpServer http(state);
+  if (Status s = http.bind(); !s.ok()) {
+    std::fprintf(stderr, "error: %s\n", s.message().c_str());
+    engine.stop();
+    return 1;
+  }
+  TANDEM_LOG_INFO("serving '{}' ({} layers, context {}, KV pool {} tokens in pages of {}) on {}",
+                  config.model_name(), served.num_hidden_layers, served.max_position_embeddings,
+                  int64_t(sc.num_pages()) * sc.page_size, sc.page_size, device.name());
+  std::printf("tandem serve: listening on http://%s:%d\n", config.host.c_str(), http.port());
+  std::fflush(stdout);
+
+  std::thread stopper([&] {
+    const char c = signals.wait();
+    if (c == 'q') return;
+    TANDEM_LOG_INFO("{} received: shutting down (in-flight requests get {} s, --shutdown-timeout)",
+                    c == 'i' ? "SIGINT" : "SIGTERM", config.shutdown_timeout_s);
+    http.shutdown(config.shutdown_timeout_s);
+  });
+  http.run();
+  signals.wake();
+  stopper.join();
+  engine.stop();
+  TANDEM_LOG_INFO("stopped");
+  return 0;
+}
+
+}  // namespace tandem::server

@@ -1,0 +1,76 @@
+#include "server/server_config.h"
+
+#include <charconv>
+
+namespace tandem::server {
+
+namespace {
+Status invalid(std::string message) { return {StatusCode::kInvalidArgument, std::move(message)}; }
+}  // namespace
+
+Status parse_device(const std::string& name, Device* device) {
+  if (name == "cpu") {
+    *device = Device::cpu();
+    return {};
+  }
+  if (name == "cuda") {
+    *device = Device::cuda(0);
+    return {};
+  }
+  if (name.rfind("cuda:", 0) == 0) {
+    int index = -1;
+    const char* first = name.data() + 5;
+    const char* last = name.data() + name.size();
+    auto [ptr, ec] = std::from_chars(first, last, index);
+    if (ec == std::errc() && ptr == last && first != last && index >= 0) {
+      *device = Device::cuda(index);
+      return {};
+    }
+  }
+  return invalid(fmt::format("--device: '{}' is not cpu, cuda or cuda:N", name));
+}
+
+Status ServerConfig::validate() const {
+  if (model_path.empty()) return invalid("--model-path is required");
+  if (port < 0 || port > 65535) return invalid(fmt::format("--port {} is not in [0, 65535]", port));
+  if (host.empty()) return invalid("--host must not be empty");
+  if (context_length < 0) {
+    return invalid(fmt::format("--context-length must be >= 1 (0: the model's), got {}",
+                               context_length));
+  }
+  if (kv_cache_dtype != "auto" && kv_cache_dtype != "bf16" && kv_cache_dtype != "f32") {
+    return invalid(fmt::format("--kv-cache-dtype must be auto, bf16 or f32, got '{}'",
+                               kv_cache_dtype));
+  }
+  if (max_queued_requests < 0) {
+    return invalid(fmt::format("--max-queued-requests must be >= 0, got {}", max_queued_requests));
+  }
+  if (max_body_bytes < 1024) {
+    return invalid(fmt::format("--max-body-bytes must be >= 1024, got {}", max_body_bytes));
+  }
+  if (!(shutdown_timeout_s >= 0.0)) {
+    return invalid(fmt::format("--shutdown-timeout must be >= 0, got {}", shutdown_timeout_s));
+  }
+  Device d;
+  if (Status s = parse_device(device, &d); !s.ok()) return s;
+  const runtime::SchedulerConfig& sc = engine.scheduler;
+  // The scheduler names its own fields; say which flag sets each.
+  if (sc.page_size < 1 || sc.page_size > 64) {
+    return invalid(fmt::format("--page-size must be in [1, 64], got {}", sc.page_size));
+  }
+  if (sc.max_running_requests < 1) {
+    return invalid(fmt::format("--max-running-requests must be >= 1, got {}",
+                               sc.max_running_requests));
+  }
+  if (sc.max_total_tokens < 2 * int64_t(sc.page_size)) {
+    return invalid(fmt::format("--max-total-tokens ({}) must hold at least two pages of "
+                               "--page-size ({}) tokens", sc.max_total_tokens, sc.page_size));
+  }
+  if (sc.max_batch_tokens < 1) {
+    return invalid(fmt::format("--chunked-prefill-size must be >= 1, got {}", sc.max_batch_tokens));
+  }
+  if (Status s = engine.validate(); !s.ok()) return invalid("engine settings: " + s.message());
+  return {};
+}
+
+}  // namespace tandem::server

@@ -1,0 +1,46 @@
+// ServerConfig: everything `tandem serve` is told on its command line. It extends the
+// runtime's EngineConfig (STYLE.md 5); validate() checks the invariants once and names the
+// flag at fault. app/cmd_serve.cpp holds the one flag table that fills it.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "core/error.h"
+#include "runtime/engine.h"
+
+namespace tandem::server {
+
+struct ServerConfig {
+  std::string model_path;
+  std::string tokenizer_path;      // empty: the model directory
+  std::string served_model_name;   // empty: model_path, as SGLang and vLLM do
+  bool skip_tokenizer_init = false;  // no tokenizer: only /generate with input_ids
+  std::string host = "127.0.0.1";
+  int port = 30000;
+  std::string api_key;             // empty: no authentication
+  std::string device = "cpu";      // cpu, cuda, cuda:N
+  int64_t context_length = 0;      // 0: the model's max_position_embeddings
+  std::string kv_cache_dtype = "auto";  // auto (bf16), bf16, f32
+  // Admission: requests beyond max_running_requests + max_queued_requests sequences in flight
+  // are refused with 503 and Retry-After instead of queueing without bound.
+  int32_t max_queued_requests = 256;
+  int64_t max_body_bytes = 8 << 20;  // larger request bodies get 413
+  double shutdown_timeout_s = 30.0;  // SIGTERM: in-flight requests get this long to finish
+  runtime::EngineConfig engine;
+
+  // InvalidArgument naming the flag at fault.
+  Status validate() const;
+  // The name clients pass as "model" and /v1/models lists.
+  std::string model_name() const { return served_model_name.empty() ? model_path : served_model_name; }
+  std::string tokenizer_dir() const { return tokenizer_path.empty() ? model_path : tokenizer_path; }
+  // Sequences allowed in flight (running or queued) before 503.
+  int64_t max_in_flight() const {
+    return int64_t(engine.scheduler.max_running_requests) + max_queued_requests;
+  }
+};
+
+// "cpu", "cuda", "cuda:N"; InvalidArgument for anything else.
+Status parse_device(const std::string& name, Device* device);
+
+}  // namespace tandem::server

@@ -1,0 +1,147 @@
+// End-to-end tests of the server's limits: API key, body size, admission control (503 with
+// Retry-After when the running and queued sequences are at their limit), and graceful
+// shutdown on SIGTERM (in-flight requests finish, or are aborted at --shutdown-timeout).
+#include <gtest/gtest.h>
+
+#include <signal.h>
+
+#include <chrono>
+#include <thread>
+
+#include "tests/server/server_process.h"
+#include "tests/server/test_client.h"
+
+namespace tandem::server::test {
+namespace {
+
+using nlohmann::json;
+using Clock = std::chrono::steady_clock;
+
+#define REQUIRE_TOKENIZER()                                                              \
+  if (!tokenizer_dir()) {                                                                \
+    GTEST_SKIP() << "DeepSeek-V3 tokenizer files not found: set TANDEM_TOKENIZER_DIR to a " \
+                    "folder with tokenizer.json and tokenizer_config.json";              \
+  }
+
+// Waits until /metrics shows `running` running and `waiting` waiting sequences.
+bool wait_for_load(TestClient& c, double running, double waiting) {
+  for (int i = 0; i < 1000; ++i) {
+    const std::string m = c.get("/metrics").body;
+    if (metric_value(m, "tandem:num_requests_running{") == running &&
+        metric_value(m, "tandem:num_requests_waiting{") == waiting) {
+      return true;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return false;
+}
+
+json long_generate(const std::string& rid) {
+  return json{{"text", "Count to a thousand:"},
+              {"rid", rid},
+              {"sampling_params", {{"max_new_tokens", 200}, {"ignore_eos", true}}}};
+}
+
+TEST(ServerLimits, ApiKeyBodySizeAndOverload) {
+  REQUIRE_TOKENIZER();
+  ServerProcess server({"--api-key", "sekrit", "--max-body-bytes", "4096",
+                        "--max-running-requests", "1", "--max-queued-requests", "1",
+                        "--context-length", "512", "--max-total-tokens", "4096"});
+  TestClient anonymous(server.port());
+  TestClient wrong(server.port(), "sekrit2");
+  TestClient c(server.port(), "sekrit");
+  const json small{{"prompt", "Hi"}, {"max_tokens", 2}};
+
+  // Auth: Bearer key on everything but /health and /metrics.
+  Reply r = anonymous.post("/v1/completions", small);
+  EXPECT_EQ(r.status, 401);
+  EXPECT_EQ(r.json()["error"]["code"], "invalid_api_key");
+  EXPECT_EQ(wrong.post("/v1/completions", small).status, 401);
+  EXPECT_EQ(anonymous.get("/v1/models").status, 401);
+  EXPECT_EQ(anonymous.post("/slow_down", json{{"forward_sleep_time", 1}}).status, 401);
+  EXPECT_EQ(anonymous.get("/health").status, 200);
+  EXPECT_EQ(anonymous.get("/metrics").status, 200);
+  EXPECT_EQ(c.post("/v1/completions", small).status, 200);
+
+  // A body over --max-body-bytes: 413 with a JSON error, and the server goes on.
+  json big = small;
+  big["prompt"] = std::string(8000, 'a');
+  r = c.post("/v1/completions", big);
+  EXPECT_EQ(r.status, 413) << r.body;
+  EXPECT_TRUE(r.json().contains("error")) << r.body;
+  EXPECT_EQ(c.post("/v1/completions", small).status, 200);
+
+  // Overload: one running and one queued sequence fill the server; the next request gets 503.
+  ASSERT_EQ(c.post("/slow_down", json{{"forward_sleep_time", 0.05}}).status, 200);
+  Reply a, b;
+  std::thread ta([&] { a = TestClient(server.port(), "sekrit").post("/generate", long_generate("o1")); });
+  ASSERT_TRUE(wait_for_load(c, 1, 0));
+  std::thread tb([&] { b = TestClient(server.port(), "sekrit").post("/generate", long_generate("o2")); });
+  ASSERT_TRUE(wait_for_load(c, 1, 1));
+  r = c.post("/v1/completions", small);
+  EXPECT_EQ(r.status, 503) << r.body;
+  EXPECT_EQ(r.json()["error"]["code"], "server_overloaded");
+  EXPECT_FALSE(r.headers.find("Retry-After") == r.headers.end());
+  EXPECT_EQ(c.get("/health").status, 200);  // overloaded is not unhealthy
+  const std::string m = c.get("/metrics").body;
+  EXPECT_GE(metric_value(m, "tandem:num_requests_rejected_total{").value_or(0), 1);
+  EXPECT_EQ(c.post("/abort", json{{"rid", "o1"}}).status, 200);
+  EXPECT_EQ(c.post("/abort", json{{"rid", "o2"}}).status, 200);
+  ta.join();
+  tb.join();
+  EXPECT_EQ(a.json()["meta_info"]["finish_reason"]["type"], "abort");
+  EXPECT_EQ(b.json()["meta_info"]["finish_reason"]["type"], "abort");
+  ASSERT_EQ(c.post("/slow_down", json{{"forward_sleep_time", nullptr}}).status, 200);
+  EXPECT_EQ(c.post("/v1/completions", small).status, 200);  // room again
+}
+
+// SIGTERM: new requests are refused, /health turns 503, a request that can finish within
+// --shutdown-timeout does, a longer one is aborted at the timeout, and the process exits 0.
+TEST(ServerLimits, GracefulShutdownOnSigterm) {
+  REQUIRE_TOKENIZER();
+  ServerProcess server({"--shutdown-timeout", "2", "--context-length", "2048",
+                        "--max-total-tokens", "8192"});
+  TestClient c(server.port());
+  ASSERT_EQ(c.post("/slow_down", json{{"forward_sleep_time", 0.05}}).status, 200);
+  Reply short_reply, long_reply;
+  json short_body{{"prompt", "Hi"}, {"max_tokens", 12}, {"ignore_eos", true}, {"stream", true}};
+  json long_body{{"prompt", "Hello"}, {"max_tokens", 1000}, {"ignore_eos", true}};
+  std::thread ts([&] { short_reply = TestClient(server.port()).post("/v1/completions", short_body); });
+  std::thread tl([&] { long_reply = TestClient(server.port()).post("/v1/completions", long_body); });
+  ASSERT_TRUE(wait_for_load(c, 2, 0));
+
+  const auto t0 = Clock::now();
+  server.signal(SIGTERM);
+  int health = 200;
+  for (int i = 0; i < 200 && health == 200; ++i) {
+    health = c.get("/health").status;
+    if (health == 200) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  EXPECT_EQ(health, 503);
+  Reply refused = c.post("/v1/completions", json{{"prompt", "Hi"}, {"max_tokens", 2}});
+  EXPECT_EQ(refused.status, 503) << refused.body;
+  EXPECT_EQ(refused.json()["error"]["code"], "server_shutting_down");
+
+  ts.join();
+  ASSERT_EQ(short_reply.status, 200);
+  const std::vector<std::string> events = sse_events(short_reply.body);
+  ASSERT_GE(events.size(), 2u);
+  EXPECT_EQ(events.back(), "[DONE]");
+  EXPECT_EQ(json::parse(events[events.size() - 2])["choices"][0]["finish_reason"], "length");
+
+  tl.join();
+  ASSERT_EQ(long_reply.status, 200) << long_reply.body;
+  EXPECT_EQ(long_reply.json()["choices"][0]["finish_reason"], "abort");
+  EXPECT_LT(long_reply.json()["usage"]["completion_tokens"].get<int>(), 1000);
+
+  const std::optional<int> rc = server.wait(15.0);
+  ASSERT_TRUE(rc.has_value()) << "still running after SIGTERM\n" << server.log();
+  EXPECT_EQ(*rc, 0) << server.log();
+  const double took = std::chrono::duration<double>(Clock::now() - t0).count();
+  EXPECT_GE(took, 1.5);  // waited for the timeout before aborting
+  EXPECT_LT(took, 12.0);
+  EXPECT_NE(server.log().find("SIGTERM"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace tandem::server::test
