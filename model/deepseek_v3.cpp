@@ -13,6 +13,14 @@ Tensor empty_f32(const Shape& shape, Device device) {
   return Tensor::empty(shape, DType::kF32, device);
 }
 
+// `t` in dtype `dtype`: itself when it already is, else a converted copy (ops::convert).
+Tensor as_dtype(const Tensor& t, DType dtype) {
+  if (t.dtype() == dtype) return t;
+  Tensor out = Tensor::empty(t.shape(), dtype, t.device());
+  ops::convert(t, out);
+  return out;
+}
+
 }  // namespace
 
 Tensor rope_inv_freq(const ModelConfig& c) {
@@ -57,6 +65,13 @@ DeepseekV3Model::DeepseekV3Model(ModelConfig config, ModelWeights weights)
   route_.group_by_top2 = config_.topk_method == TopkMethod::kNoauxTc;
   route_.norm_topk_prob = config_.norm_topk_prob;
   route_.routed_scaling_factor = config_.routed_scaling_factor;
+  act_dtype_ = weights_.embed_tokens.device().is_cpu() ? DType::kF32 : DType::kBF16;
+}
+
+void DeepseekV3Model::set_activation_dtype(DType dtype) {
+  TANDEM_CHECK(dtype == DType::kF32 || dtype == DType::kBF16,
+               "activation dtype must be f32 or bf16, got {}", dtype_name(dtype));
+  act_dtype_ = dtype;
 }
 
 Tensor DeepseekV3Model::forward(const ForwardBatch& batch, KvCache& cache) {
@@ -68,12 +83,13 @@ Tensor DeepseekV3Model::forward(const ForwardBatch& batch, KvCache& cache) {
   TANDEM_CHECK(cache.page_size == batch.page_size, "KV cache page size {} != batch page size {}",
                cache.page_size, batch.page_size);
 
-  Tensor residual = empty_f32({tokens, hidden}, dev);  // [T, H]
+  const DType act = act_dtype_;
+  Tensor residual = empty_f32({tokens, hidden}, dev);  // [T, H], f32 throughout
   ops::embedding(batch.input_ids, weights_.embed_tokens, residual);
   name("embed", residual);
 
-  Tensor x = empty_f32({tokens, hidden}, dev);  // normed input of each sub-block
-  Tensor delta;                                 // output of the previous sub-block
+  Tensor x = Tensor::empty({tokens, hidden}, act, dev);  // normed input of each sub-block
+  Tensor delta;  // output of the previous sub-block (act, or f32 after a MoE)
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
     const LayerWeights& lw = weights_.layers[l];
     const std::string tag = "layer" + std::to_string(l);
@@ -85,7 +101,7 @@ Tensor DeepseekV3Model::forward(const ForwardBatch& batch, KvCache& cache) {
     Tensor attn_out = attention(l, x, batch, cache);  // [T, H]
     name(tag + ".attn_out", attn_out);
     ops::add_rms_norm(residual, attn_out, lw.post_attention_layernorm, c.rms_norm_eps, x);
-    delta = lw.is_moe ? moe(lw.moe, x, tag) : mlp(lw.mlp, x, c.intermediate_size);  // [T, H]
+    delta = lw.is_moe ? moe(lw.moe, x, tag) : mlp(lw.mlp, x, c.intermediate_size, act);  // [T, H]
     name(tag + (lw.is_moe ? ".moe_out" : ".mlp_out"), delta);
     if (on_intermediate) {  // the layer's output hidden state, residual + delta (a copy)
       Tensor hidden = residual.clone(), scratch = x.clone();
@@ -98,7 +114,7 @@ Tensor DeepseekV3Model::forward(const ForwardBatch& batch, KvCache& cache) {
 
   // Logits only for the rows asked for (usually each sequence's last token).
   const int64_t rows = batch.logit_rows.size(0);
-  Tensor selected = empty_f32({rows, hidden}, dev);
+  Tensor selected = Tensor::empty({rows, hidden}, act, dev);
   ops::gather_rows(x, batch.logit_rows, selected);
   Tensor logits = empty_f32({rows, c.vocab_size}, dev);
   ops::linear(selected, weights_.lm_head, logits);
@@ -115,11 +131,13 @@ Tensor DeepseekV3Model::attention(int64_t layer, const Tensor& x, const ForwardB
   const int64_t tokens = x.size(0), heads = c.num_attention_heads;
   const int64_t nope = c.qk_nope_head_dim, rope_dim = c.qk_rope_head_dim;
   const int64_t lora = c.kv_lora_rank, v_dim = c.v_head_dim;
+  const DType act = act_dtype_;
 
-  // Queries: [T, heads, nope + rope], through the low-rank path when q_lora_rank > 0.
+  // Queries: [T, heads, nope + rope], through the low-rank path when q_lora_rank > 0. f32 from
+  // here on: RoPE, the absorbed W_UK and the attention kernels take f32.
   Tensor q = empty_f32({tokens, heads * c.qk_head_dim()}, dev);
   if (c.q_lora_rank > 0) {
-    Tensor q_a = empty_f32({tokens, c.q_lora_rank}, dev);
+    Tensor q_a = Tensor::empty({tokens, c.q_lora_rank}, act, dev);
     ops::linear(x, w.q_a_proj, q_a);
     ops::rms_norm(q_a, w.q_a_layernorm, c.rms_norm_eps, q_a);
     ops::linear(q_a, w.q_b_proj, q);
@@ -147,7 +165,7 @@ Tensor DeepseekV3Model::attention(int64_t layer, const Tensor& x, const ForwardB
     Tensor cached = empty_f32({kv_len, c.kv_cache_dim()}, dev);
     ops::gather_rows(cache.layers[layer], batch.kv_slots, cached);
     Tensor kv = empty_f32({kv_len, heads * (nope + v_dim)}, dev);
-    ops::linear(cached.slice(1, 0, lora), w.kv_b_proj, kv);
+    ops::linear(as_dtype(cached.slice(1, 0, lora), act), w.kv_b_proj, kv);
     ops::mla_prefill_attention(q, kv.view({kv_len, heads, nope + v_dim}),
                                cached.slice(1, lora, lora + rope_dim), batch.cu_q, batch.cu_kv,
                                softmax_scale_, attn);
@@ -160,23 +178,25 @@ Tensor DeepseekV3Model::attention(int64_t layer, const Tensor& x, const ForwardB
                               batch.seq_lens, batch.page_size, softmax_scale_, out_latent);
     ops::head_matmul(out_latent, w.w_uv, attn);
   }
-  Tensor out = empty_f32({tokens, c.hidden_size}, dev);
-  ops::linear(attn.view({tokens, heads * v_dim}), w.o_proj, out);
+  Tensor out = Tensor::empty({tokens, c.hidden_size}, act, dev);
+  ops::linear(as_dtype(attn.view({tokens, heads * v_dim}), act), w.o_proj, out);
   return out;
 }
 
 // SwiGLU MLP: down(silu(gate(x)) * up(x)).
-Tensor DeepseekV3Model::mlp(const MlpWeights& w, const Tensor& x, int64_t intermediate) {
+Tensor DeepseekV3Model::mlp(const MlpWeights& w, const Tensor& x, int64_t intermediate,
+                            DType out_dtype) {
   const Device dev = x.device();
   const int64_t tokens = x.size(0);
-  Tensor gate_up = empty_f32({tokens, 2 * intermediate}, dev);
+  const DType act = act_dtype_;
+  Tensor gate_up = Tensor::empty({tokens, 2 * intermediate}, act, dev);
   Tensor gate = gate_up.slice(1, 0, intermediate), up = gate_up.slice(1, intermediate, 2 * intermediate);
   ops::linear(x, w.gate_proj, gate);
   ops::linear(x, w.up_proj, up);
-  Tensor act = empty_f32({tokens, intermediate}, dev);
-  ops::silu_and_mul(gate_up, act);
-  Tensor out = empty_f32({tokens, config_.hidden_size}, dev);
-  ops::linear(act, w.down_proj, out);
+  Tensor h = Tensor::empty({tokens, intermediate}, act, dev);
+  ops::silu_and_mul(gate_up, h);
+  Tensor out = Tensor::empty({tokens, config_.hidden_size}, out_dtype, dev);
+  ops::linear(h, w.down_proj, out);
   return out;
 }
 
@@ -193,7 +213,8 @@ Tensor DeepseekV3Model::moe(const MoeWeights& w, const Tensor& x, const std::str
   name(tag + ".topk_ids", ids);
   name(tag + ".topk_weights", weights);
 
-  Tensor out = w.has_shared ? mlp(w.shared, x, c.shared_intermediate_size())
+  // The routed experts' weighted sum accumulates in f32.
+  Tensor out = w.has_shared ? mlp(w.shared, x, c.shared_intermediate_size(), DType::kF32)
                             : Tensor::zeros({tokens, c.hidden_size}, DType::kF32, dev);
   // Group the (token, slot) pairs by expert on the host, then run each expert on its tokens.
   const Tensor ids_host = ids.to(Device::cpu()), weights_host = weights.to(Device::cpu());
@@ -209,9 +230,9 @@ Tensor DeepseekV3Model::moe(const MoeWeights& w, const Tensor& x, const std::str
     const auto& [rows, ws] = assignment;
     const int64_t n = int64_t(rows.size());
     Tensor index = Tensor::from_vector(rows, {n}).to(dev);
-    Tensor xe = empty_f32({n, c.hidden_size}, dev);
+    Tensor xe = Tensor::empty({n, c.hidden_size}, act_dtype_, dev);
     ops::gather_rows(x, index, xe);
-    Tensor ye = mlp(w.experts[expert], xe, c.moe_intermediate_size);
+    Tensor ye = mlp(w.experts[expert], xe, c.moe_intermediate_size, DType::kF32);
     ops::scatter_add_rows(ye, index, Tensor::from_vector(ws, {n}).to(dev), out);
   }
   return out;

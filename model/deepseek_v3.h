@@ -28,13 +28,22 @@ class DeepseekV3Model {
 
   const ModelConfig& config() const { return config_; }
 
+  // dtype of the activations between ops (normed hidden states, projections, MLP): f32 on the
+  // CPU (the reference: matches transformers to 1e-5), bf16 on CUDA (tensor-core GEMMs through
+  // cuBLASLt, half the bytes). The residual stream, attention internals (q, latent, scores),
+  // router logits and the final logits stay f32 either way. Settable for tests (f32 on CUDA
+  // reproduces the CPU; bf16 on the CPU is the GPU path's reference).
+  DType activation_dtype() const { return act_dtype_; }
+  void set_activation_dtype(DType dtype);
+
   // Called with a name and a tensor for every named intermediate ("layer3.attn_out", ...) so a
   // dump can be compared with the reference layer by layer (STYLE.md 9). Empty by default.
   std::function<void(const std::string&, const Tensor&)> on_intermediate;
 
  private:
   Tensor attention(int64_t layer, const Tensor& x, const ForwardBatch& batch, KvCache& cache);
-  Tensor mlp(const MlpWeights& w, const Tensor& x, int64_t intermediate);
+  // SwiGLU over x (activation dtype); the output in out_dtype.
+  Tensor mlp(const MlpWeights& w, const Tensor& x, int64_t intermediate, DType out_dtype);
   Tensor moe(const MoeWeights& w, const Tensor& x, const std::string& tag);
   void name(const std::string& label, const Tensor& t) const {
     if (on_intermediate) on_intermediate(label, t);
@@ -46,6 +55,7 @@ class DeepseekV3Model {
   float rope_factor_;
   float softmax_scale_;
   RouteParams route_;
+  DType act_dtype_;
 };
 
 }  // namespace tandem

@@ -71,9 +71,9 @@ void embedding(const Tensor& ids, const Tensor& table, Tensor& out) {
 }
 
 void rms_norm(const Tensor& x, const Tensor& weight, double eps, Tensor& out) {
-  expect(x, "rms_norm", "x", 2, {DType::kF32});
+  expect(x, "rms_norm", "x", 2, {DType::kF32, DType::kBF16});
   expect(weight, "rms_norm", "weight", 1, {DType::kF32, DType::kBF16});
-  expect(out, "rms_norm", "out", 2, {DType::kF32});
+  expect(out, "rms_norm", "out", 2, {DType::kF32, DType::kBF16});
   expect_shape(weight, "rms_norm", "weight", {x.size(1)});
   expect_shape(out, "rms_norm", "out", x.shape());
   const Device d = same_device("rms_norm", {&x, &weight, &out});
@@ -83,9 +83,9 @@ void rms_norm(const Tensor& x, const Tensor& weight, double eps, Tensor& out) {
 void add_rms_norm(Tensor& residual, const Tensor& x, const Tensor& weight, double eps,
                   Tensor& out) {
   expect(residual, "add_rms_norm", "residual", 2, {DType::kF32});
-  expect(x, "add_rms_norm", "x", 2, {DType::kF32});
+  expect(x, "add_rms_norm", "x", 2, {DType::kF32, DType::kBF16});
   expect(weight, "add_rms_norm", "weight", 1, {DType::kF32, DType::kBF16});
-  expect(out, "add_rms_norm", "out", 2, {DType::kF32});
+  expect(out, "add_rms_norm", "out", 2, {DType::kF32, DType::kBF16});
   expect_shape(x, "add_rms_norm", "x", residual.shape());
   expect_shape(weight, "add_rms_norm", "weight", {x.size(1)});
   expect_shape(out, "add_rms_norm", "out", x.shape());
@@ -137,8 +137,8 @@ void rope(Tensor& x, const Tensor& positions, const Tensor& inv_freq, float atte
 }
 
 void silu_and_mul(const Tensor& gate_up, Tensor& out) {
-  expect(gate_up, "silu_and_mul", "gate_up", 2, {DType::kF32});
-  expect(out, "silu_and_mul", "out", 2, {DType::kF32});
+  expect(gate_up, "silu_and_mul", "gate_up", 2, {DType::kF32, DType::kBF16});
+  expect(out, "silu_and_mul", "out", 2, {DType::kF32, DType::kBF16});
   TANDEM_CHECK(gate_up.size(1) % 2 == 0, "silu_and_mul: gate_up width must be even, got {}",
                gate_up.describe());
   expect_shape(out, "silu_and_mul", "out", {gate_up.size(0), gate_up.size(1) / 2});
@@ -189,11 +189,19 @@ void kv_store(const Tensor& latent, const Tensor& k_pe, const Tensor& slots, Ten
 void gather_rows(const Tensor& src, const Tensor& index, Tensor& out) {
   expect(src, "gather_rows", "src", 2, {DType::kF32, DType::kBF16});
   expect(index, "gather_rows", "index", 1, {DType::kI32});
-  expect(out, "gather_rows", "out", 2, {DType::kF32});
+  expect(out, "gather_rows", "out", 2, {DType::kF32, DType::kBF16});
   TANDEM_CHECK(src.is_contiguous(), "gather_rows: src must be contiguous");
   expect_shape(out, "gather_rows", "out", {index.size(0), src.size(1)});
   const Device d = same_device("gather_rows", {&src, &index, &out});
   TANDEM_DISPATCH(gather_rows, d, src, index, out);
+}
+
+void convert(const Tensor& src, Tensor& out) {
+  expect(src, "convert", "src", 2, {DType::kF32, DType::kBF16});
+  expect(out, "convert", "out", 2, {DType::kF32, DType::kBF16});
+  expect_shape(out, "convert", "out", src.shape());
+  const Device d = same_device("convert", {&src, &out});
+  TANDEM_DISPATCH(convert, d, src, out);
 }
 
 void scatter_add_rows(const Tensor& src, const Tensor& index, const Tensor& weight, Tensor& out) {

@@ -40,10 +40,12 @@ namespace ops {
 // ids: i32 [T]; table: [V, H] (f32 | bf16); out: f32 [T, H]. Ids outside [0, V) are an error.
 void embedding(const Tensor& ids, const Tensor& table, Tensor& out);
 
-// out = x / rms(x) * weight over the last dim. x, out: f32 [T, H]; weight: [H] f32 | bf16.
+// out = x / rms(x) * weight over the last dim. x, out: f32 | bf16 [T, H] (any mix; out may
+// alias x); weight: [H] f32 | bf16. Computed in f32; a bf16 out is rounded once.
 void rms_norm(const Tensor& x, const Tensor& weight, double eps, Tensor& out);
 
 // residual += x; out = rms_norm(residual). The pre-norm residual step of every block.
+// residual: f32 [T, H] (the residual stream stays f32); x, out: f32 | bf16 [T, H].
 void add_rms_norm(Tensor& residual, const Tensor& x, const Tensor& weight, double eps,
                   Tensor& out);
 
@@ -64,7 +66,8 @@ void head_matmul(const Tensor& x, const Tensor& w, Tensor& out);
 void rope(Tensor& x, const Tensor& positions, const Tensor& inv_freq, float attention_factor,
           bool interleave);
 
-// out = silu(gate) * up, gate_up: f32 [T, 2I] (gate first); out: f32 [T, I].
+// out = silu(gate) * up, gate_up: f32 | bf16 [T, 2I] (gate first); out: f32 | bf16 [T, I].
+// Computed in f32; a bf16 out is rounded once.
 void silu_and_mul(const Tensor& gate_up, Tensor& out);
 
 // MoE gate. logits: f32 [T, E]; bias: f32 [E] or undefined (selection only, V3);
@@ -77,8 +80,14 @@ void moe_route(const Tensor& logits, const Tensor& bias, const RouteParams& para
 // cache: [num_slots, kv_lora + rope] (f32 | bf16).
 void kv_store(const Tensor& latent, const Tensor& k_pe, const Tensor& slots, Tensor& cache);
 
-// out[i] = src[index[i]] row-wise, converted to out's dtype (f32). src: [S, D]; index: i32 [N].
+// out[i] = src[index[i]] row-wise, converted to out's dtype. src: f32 | bf16 [S, D];
+// index: i32 [N]; out: f32 | bf16 [N, D] (bf16 to bf16 and f32 to f32 copy bits exactly).
 void gather_rows(const Tensor& src, const Tensor& index, Tensor& out);
+
+// out = src converted to out's dtype (round to nearest even into bf16; exact into f32).
+// src: f32 | bf16 [R, C]; out: f32 | bf16 [R, C]; rows of either may be strided. The model's
+// boundary between f32 stages (attention) and bf16 activations.
+void convert(const Tensor& src, Tensor& out);
 
 // out[index[i]] += weight[i] * src[i], row-wise (the weighted un-permute after the experts).
 // src: f32 [N, H]; index: i32 [N]; weight: f32 [N]; out: f32 [T, H].

@@ -36,4 +36,19 @@ void load_row_f32(const void* base, DType dtype, int64_t index, int64_t n, float
   }
 }
 
+void store_row_f32(const float* src, int64_t n, void* base, DType dtype, int64_t index) {
+  switch (dtype) {
+    case DType::kF32:
+      std::copy(src, src + n, static_cast<float*>(base) + index);
+      return;
+    case DType::kBF16: {
+      bf16* p = static_cast<bf16*>(base) + index;
+      for (int64_t i = 0; i < n; ++i) p[i] = f32_to_bf16(src[i]);
+      return;
+    }
+    default:
+      TANDEM_FAIL("store_row_f32: {} is not f32 or bf16", dtype_name(dtype));
+  }
+}
+
 }  // namespace tandem::ops::cpu

@@ -19,6 +19,7 @@ void moe_route(const Tensor& logits, const Tensor& bias, const RouteParams& para
                Tensor& topk_ids, Tensor& topk_weights);
 void kv_store(const Tensor& latent, const Tensor& k_pe, const Tensor& slots, Tensor& cache);
 void gather_rows(const Tensor& src, const Tensor& index, Tensor& out);
+void convert(const Tensor& src, Tensor& out);
 void scatter_add_rows(const Tensor& src, const Tensor& index, const Tensor& weight, Tensor& out);
 void mla_prefill_attention(const Tensor& q, const Tensor& kv, const Tensor& k_pe,
                            const Tensor& cu_q, const Tensor& cu_kv, float scale, Tensor& out);
@@ -30,5 +31,8 @@ void mla_decode_attention(const Tensor& q_latent, const Tensor& q_pe, const Tens
 float dot_f32(const float* a, const float* b, int64_t n);
 // Converts n elements of a float tensor's storage (f32/bf16/fp8) starting at `index` to f32.
 void load_row_f32(const void* base, DType dtype, int64_t index, int64_t n, float* out);
+// Writes n f32 values into a f32 or bf16 tensor's storage at `index` (bf16: round to nearest
+// even).
+void store_row_f32(const float* src, int64_t n, void* base, DType dtype, int64_t index);
 
 }  // namespace tandem::ops::cpu

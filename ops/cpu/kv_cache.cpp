@@ -1,3 +1,6 @@
+#include <cstring>
+#include <vector>
+
 #include "core/thread_pool.h"
 #include "ops/cpu/cpu_ops.h"
 
@@ -28,10 +31,33 @@ void gather_rows(const Tensor& src, const Tensor& index, Tensor& out) {
     TANDEM_CHECK(idx[i] >= 0 && idx[i] < rows, "gather_rows: index {} outside [0, {})", idx[i],
                  rows);
   }
+  if (src.dtype() == out.dtype()) {  // a copy of the bits
+    const size_t es = dtype_size_bytes(src.dtype());
+    parallel_for(n, 64, [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) {
+        std::memcpy(static_cast<char*>(out.raw_data()) + i * out.stride(0) * es,
+                    static_cast<const char*>(src.raw_data()) + int64_t(idx[i]) * width * es,
+                    width * es);
+      }
+    });
+    return;
+  }
   parallel_for(n, 64, [&](int64_t b, int64_t e) {
+    std::vector<float> row(width);
     for (int64_t i = b; i < e; ++i) {
-      load_row_f32(src.raw_data(), src.dtype(), int64_t(idx[i]) * width, width,
-                   out.data<float>() + i * out.stride(0));
+      load_row_f32(src.raw_data(), src.dtype(), int64_t(idx[i]) * width, width, row.data());
+      store_row_f32(row.data(), width, out.raw_data(), out.dtype(), i * out.stride(0));
+    }
+  });
+}
+
+void convert(const Tensor& src, Tensor& out) {
+  const int64_t rows = src.size(0), cols = src.size(1);
+  parallel_for(rows, 16, [&](int64_t b, int64_t e) {
+    std::vector<float> row(cols);
+    for (int64_t r = b; r < e; ++r) {
+      load_row_f32(src.raw_data(), src.dtype(), r * src.stride(0), cols, row.data());
+      store_row_f32(row.data(), cols, out.raw_data(), out.dtype(), r * out.stride(0));
     }
   });
 }

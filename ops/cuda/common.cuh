@@ -38,6 +38,10 @@ __device__ __forceinline__ float warp_max(float v) {
   return v;
 }
 
+// Stores an f32 value as T (bf16: round to nearest even).
+__device__ __forceinline__ void store_as(float* p, float v) { *p = v; }
+__device__ __forceinline__ void store_as(__nv_bfloat16* p, float v) { *p = __float2bfloat16_rn(v); }
+
 // Sum over the block (blockDim.x a multiple of 32, at most 1024); every thread gets the result.
 // `scratch` holds 32 floats; the call ends with a barrier so scratch can be reused.
 __device__ __forceinline__ float block_sum(float v, float* scratch) {

@@ -28,6 +28,7 @@ void moe_route(const Tensor& logits, const Tensor& bias, const RouteParams& para
                Tensor& topk_ids, Tensor& topk_weights);
 void kv_store(const Tensor& latent, const Tensor& k_pe, const Tensor& slots, Tensor& cache);
 void gather_rows(const Tensor& src, const Tensor& index, Tensor& out);
+void convert(const Tensor& src, Tensor& out);
 void scatter_add_rows(const Tensor& src, const Tensor& index, const Tensor& weight, Tensor& out);
 void mla_prefill_attention(const Tensor& q, const Tensor& kv, const Tensor& k_pe,
                            const Tensor& cu_q, const Tensor& cu_kv, float scale, Tensor& out);

@@ -39,7 +39,7 @@ struct GatherRowsParams {
   int64_t src_rows, src_stride;
   const int32_t* index;              // [n]
   int64_t n, width;
-  float* out; int64_t out_stride;    // [n, width]
+  void* out; DType out_dtype; int64_t out_stride;  // [n, width], f32 | bf16
   int32_t error_code;                // kErrEmbeddingId or kErrGatherIndex
   KernelErrorWord* error;
 };
@@ -69,10 +69,10 @@ void launch_kv_store(const KvStoreParams& p, cudaStream_t stream);
 
 // out = x / rms(x) * weight; with residual: residual += x first and normalize the sum.
 struct RmsNormParams {
-  const float* x; int64_t x_stride;      // [rows, n]
+  const void* x; DType x_dtype; int64_t x_stride;  // [rows, n], f32 | bf16
   float* residual; int64_t residual_stride;  // [rows, n] or nullptr
   const void* weight; DType weight_dtype;  // [n]
-  float* out; int64_t out_stride;        // [rows, n]; may alias x
+  void* out; DType out_dtype; int64_t out_stride;  // [rows, n], f32 | bf16; may alias x
   int64_t rows, n;
   float eps;
 };
@@ -91,8 +91,8 @@ void launch_rope(const RopeParams& p, cudaStream_t stream);
 
 // out = silu(gate) * up; gate_up rows are [gate | up].
 struct SiluAndMulParams {
-  const float* gate_up; int64_t in_stride;  // [rows, 2n]
-  float* out; int64_t out_stride;           // [rows, n]
+  const void* gate_up; DType in_dtype; int64_t in_stride;  // [rows, 2n], f32 | bf16
+  void* out; DType out_dtype; int64_t out_stride;          // [rows, n], f32 | bf16
   int64_t rows, n;
 };
 void launch_silu_and_mul(const SiluAndMulParams& p, cudaStream_t stream);

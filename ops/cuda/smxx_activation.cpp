@@ -7,9 +7,11 @@ namespace tandem::ops::cuda {
 void silu_and_mul(const Tensor& gate_up, Tensor& out) {
   OpContext ctx(out);
   SiluAndMulParams p{};
-  p.gate_up = cptr<float>(gate_up);
+  p.gate_up = gate_up.raw_data();
+  p.in_dtype = gate_up.dtype();
   p.in_stride = gate_up.stride(0);
-  p.out = mptr<float>(out);
+  p.out = out.raw_data();
+  p.out_dtype = out.dtype();
   p.out_stride = out.stride(0);
   p.rows = out.size(0);
   p.n = out.size(1);

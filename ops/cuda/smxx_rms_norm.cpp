@@ -11,13 +11,15 @@ void norm(Tensor* residual, const Tensor& x, const Tensor& weight, double eps, T
   TANDEM_CHECK(weight.is_contiguous(), "{}: weight must be contiguous", op);
   OpContext ctx(out);
   RmsNormParams p{};
-  p.x = cptr<float>(x);
+  p.x = x.raw_data();
+  p.x_dtype = x.dtype();
   p.x_stride = x.stride(0);
   p.residual = residual ? mptr<float>(*residual) : nullptr;
   p.residual_stride = residual ? residual->stride(0) : 0;
   p.weight = weight.raw_data();
   p.weight_dtype = weight.dtype();
-  p.out = mptr<float>(out);
+  p.out = out.raw_data();
+  p.out_dtype = out.dtype();
   p.out_stride = out.stride(0);
   p.rows = x.size(0);
   p.n = x.size(1);

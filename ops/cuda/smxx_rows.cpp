@@ -18,7 +18,8 @@ void gather(const Tensor& src, const Tensor& index, Tensor& out, int32_t error_c
   p.index = cptr<int32_t>(index);
   p.n = index.size(0);
   p.width = src.size(1);
-  p.out = mptr<float>(out);
+  p.out = out.raw_data();
+  p.out_dtype = out.dtype();
   p.out_stride = out.stride(0);
   p.error_code = error_code;
   p.error = ctx.error;
@@ -34,6 +35,22 @@ void embedding(const Tensor& ids, const Tensor& table, Tensor& out) {
 
 void gather_rows(const Tensor& src, const Tensor& index, Tensor& out) {
   gather(src, index, out, kErrGatherIndex, "gather_rows");
+}
+
+void convert(const Tensor& src, Tensor& out) {
+  TANDEM_CHECK(src.stride(1) == 1 && out.stride(1) == 1, "convert: rows must be contiguous");
+  OpContext ctx(out);
+  CastRowsParams p{};
+  p.src = src.raw_data();
+  p.src_dtype = src.dtype();
+  p.src_stride = src.stride(0);
+  p.dst = out.raw_data();
+  p.dst_dtype = out.dtype();
+  p.dst_stride = out.stride(0);
+  p.rows = src.size(0);
+  p.cols = src.size(1);
+  launch_cast_rows(p, ctx.stream);
+  TANDEM_CUDA_LAUNCH_CHECK("convert");
 }
 
 void scatter_add_rows(const Tensor& src, const Tensor& index, const Tensor& weight, Tensor& out) {

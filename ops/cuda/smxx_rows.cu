@@ -3,28 +3,31 @@
 // the row, so every access is coalesced.
 #include "ops/cuda/common.cuh"
 
+#include <type_traits>
+
 namespace tandem::ops::cuda {
 
 namespace {
 
 constexpr int kRowThreads = 256;
 
+template <class ST, class OT>
 __global__ void gather_rows_kernel(GatherRowsParams p) {
   const int64_t i = blockIdx.x;
   const int32_t row = p.index[i];
-  float* out = p.out + i * p.out_stride;
+  OT* out = static_cast<OT*>(p.out) + i * p.out_stride;
   if (row < 0 || row >= p.src_rows) {
     if (threadIdx.x == 0) report_error(p.error, p.error_code, row, p.src_rows, i);
-    for (int64_t d = threadIdx.x; d < p.width; d += blockDim.x) out[d] = __int_as_float(0x7fc00000);
+    for (int64_t d = threadIdx.x; d < p.width; d += blockDim.x) store_as(out + d, __int_as_float(0x7fc00000));
     return;
   }
-  const int64_t base = int64_t(row) * p.src_stride;
-  if (p.src_dtype == DType::kBF16) {
-    const __nv_bfloat16* s = static_cast<const __nv_bfloat16*>(p.src) + base;
-    for (int64_t d = threadIdx.x; d < p.width; d += blockDim.x) out[d] = __bfloat162float(s[d]);
-  } else {
-    const float* s = static_cast<const float*>(p.src) + base;
-    for (int64_t d = threadIdx.x; d < p.width; d += blockDim.x) out[d] = s[d];
+  const ST* s = static_cast<const ST*>(p.src) + int64_t(row) * p.src_stride;
+  for (int64_t d = threadIdx.x; d < p.width; d += blockDim.x) {
+    if constexpr (std::is_same_v<ST, OT>) {
+      out[d] = s[d];  // the bits, unchanged
+    } else {
+      store_as(out + d, to_f32(s[d]));
+    }
   }
 }
 
@@ -83,7 +86,17 @@ void launch_cast_rows(const CastRowsParams& p, cudaStream_t stream) {
 
 void launch_gather_rows(const GatherRowsParams& p, cudaStream_t stream) {
   if (p.n == 0) return;
-  gather_rows_kernel<<<unsigned(p.n), kRowThreads, 0, stream>>>(p);
+  const unsigned grid = unsigned(p.n);
+  const bool src_bf16 = p.src_dtype == DType::kBF16, out_bf16 = p.out_dtype == DType::kBF16;
+  if (src_bf16 && out_bf16) {
+    gather_rows_kernel<__nv_bfloat16, __nv_bfloat16><<<grid, kRowThreads, 0, stream>>>(p);
+  } else if (src_bf16) {
+    gather_rows_kernel<__nv_bfloat16, float><<<grid, kRowThreads, 0, stream>>>(p);
+  } else if (out_bf16) {
+    gather_rows_kernel<float, __nv_bfloat16><<<grid, kRowThreads, 0, stream>>>(p);
+  } else {
+    gather_rows_kernel<float, float><<<grid, kRowThreads, 0, stream>>>(p);
+  }
 }
 
 void launch_scatter_add_rows(const ScatterAddRowsParams& p, cudaStream_t stream) {

@@ -219,6 +219,29 @@ TEST_F(OpHarness, RmsNorm) {
   Tensor xg = x.to(kGpu);
   ops::rms_norm(xg, w.to(kGpu), 1e-6, xg);
   expect_close("rms_norm", "in place n=1536", xg.to(Device::cpu()), ref, 1e-6);
+  // bf16 activations: x and/or out bf16 (f32 arithmetic; a bf16 out is one rounding, where the
+  // GPU's and the CPU's f32 sums may differ in the last bit and so flip a rounding: 2e-3).
+  for (DType xdt : {DType::kF32, DType::kBF16}) {
+    for (DType odt : {DType::kF32, DType::kBF16}) {
+      if (xdt == DType::kF32 && odt == DType::kF32) continue;
+      const int64_t n = 7168;
+      const Tensor wide = randn({17, n + 64}, 1.0f, xdt);
+      const Tensor w = randn({n}, 0.5f, DType::kBF16);
+      Tensor ref = Tensor::empty({17, n}, odt);
+      ops::rms_norm(wide.slice(1, 0, n), w, 1e-6, ref);
+      Guarded out({17, n}, odt, 3);
+      ops::rms_norm(wide.to(kGpu).slice(1, 0, n), w.to(kGpu), 1e-6, out.view);
+      expect_close("rms_norm", std::string("x ") + std::string(dtype_name(xdt)) + " out " +
+                   std::string(dtype_name(odt)) + " n=7168", out.result("rms_norm"), ref,
+                   odt == DType::kBF16 ? 2e-3 : 1e-6);
+    }
+  }
+  Tensor xb = randn({9, 1536}, 1.0f, DType::kBF16);
+  Tensor refb = Tensor::empty({9, 1536}, DType::kBF16);
+  ops::rms_norm(xb, w, 1e-6, refb);
+  Tensor xbg = xb.to(kGpu);
+  ops::rms_norm(xbg, w.to(kGpu), 1e-6, xbg);
+  expect_close("rms_norm", "in place bf16 n=1536", xbg.to(Device::cpu()), refb, 2e-3);
 }
 
 TEST_F(OpHarness, AddRmsNorm) {
@@ -230,6 +253,14 @@ TEST_F(OpHarness, AddRmsNorm) {
   ops::add_rms_norm(res.view, x.to(kGpu), w.to(kGpu), 1e-6, out.view);
   expect_close("add_rms_norm", "out n=7168", out.result("out"), ref, 1e-6);
   expect_close("add_rms_norm", "residual n=7168", res.result("residual"), res_ref, 1e-7);
+  // bf16 x and out, f32 residual (the model's bf16 path).
+  const Tensor xb = randn({rows, n}, 1.0f, DType::kBF16);
+  Tensor res_refb = res0.clone(), refb = Tensor::empty({rows, n}, DType::kBF16);
+  ops::add_rms_norm(res_refb, xb, w, 1e-6, refb);
+  Guarded resb({rows, n}, DType::kF32, 2, &res0), outb({rows, n}, DType::kBF16, 2);
+  ops::add_rms_norm(resb.view, xb.to(kGpu), w.to(kGpu), 1e-6, outb.view);
+  expect_close("add_rms_norm", "bf16 x, out n=7168", outb.result("out"), refb, 2e-3);
+  expect_close("add_rms_norm", "residual, bf16 x n=7168", resb.result("residual"), res_refb, 1e-7);
 }
 
 void check_linear(const std::string& label, int64_t m, int64_t n, int64_t k, DType wdt,
@@ -325,6 +356,19 @@ TEST_F(OpHarness, SiluAndMul) {
   Guarded out({37, 1408}, DType::kF32, 7);
   ops::silu_and_mul(gu.to(kGpu), out.view);
   expect_close("silu_and_mul", "[37, 2x1408]", out.result("silu_and_mul"), ref, 1e-6);
+  for (DType idt : {DType::kF32, DType::kBF16}) {
+    for (DType odt : {DType::kF32, DType::kBF16}) {
+      if (idt == DType::kF32 && odt == DType::kF32) continue;
+      const Tensor g = randn({21, 2 * 1408}, 2.0f, idt);
+      Tensor r = Tensor::empty({21, 1408}, odt);
+      ops::silu_and_mul(g, r);
+      Guarded o({21, 1408}, odt, 5);
+      ops::silu_and_mul(g.to(kGpu), o.view);
+      expect_close("silu_and_mul", std::string("in ") + std::string(dtype_name(idt)) + " out " +
+                   std::string(dtype_name(odt)), o.result("silu_and_mul"), r,
+                   odt == DType::kBF16 ? 2e-3 : 1e-6);
+    }
+  }
 }
 
 void check_route(const std::string& label, int64_t tokens, int64_t experts, const RouteParams& p,
@@ -383,6 +427,28 @@ TEST_F(OpHarness, GatherRows) {
     ops::gather_rows(src.to(kGpu), index.to(kGpu), out.view);
     expect_bitwise("gather_rows", std::string("src ") + std::string(dtype_name(sdt)) + " N=50",
                    out.result("gather_rows"), ref);
+    // bf16 out: the bits of a bf16 source, or the f32 source rounded once (RNE both sides).
+    Tensor refb = Tensor::empty({50, 576}, DType::kBF16);
+    ops::gather_rows(src, index, refb);
+    Guarded outb({50, 576}, DType::kBF16, 4);
+    ops::gather_rows(src.to(kGpu), index.to(kGpu), outb.view);
+    expect_bitwise("gather_rows", std::string("src ") + std::string(dtype_name(sdt)) + " out bf16 N=50",
+                   outb.result("gather_rows"), refb);
+  }
+}
+
+TEST_F(OpHarness, Convert) {
+  for (DType sdt : {DType::kF32, DType::kBF16}) {
+    for (DType odt : {DType::kF32, DType::kBF16}) {
+      const Tensor wide = randn({29, 700}, 3.0f, sdt);
+      const Tensor src = wide.slice(1, 0, 640);  // strided rows, as the attention output view
+      Tensor ref = Tensor::empty({29, 640}, odt);
+      ops::convert(src, ref);
+      Guarded out({29, 640}, odt, 6);
+      ops::convert(wide.to(kGpu).slice(1, 0, 640), out.view);
+      expect_bitwise("convert", std::string(dtype_name(sdt)) + " -> " + std::string(dtype_name(odt)),
+                     out.result("convert"), ref);
+    }
   }
 }
 

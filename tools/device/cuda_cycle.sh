@@ -63,7 +63,7 @@ grep -E "^\[  FAILED|Failure|error:|what\(\)" "$OUT/op_harness.log" "$OUT/golden
 echo "== gtest summary"
 grep -hE "^\[  (PASSED|FAILED|SKIPPED) +\] [0-9]+ test" "$OUT/op_harness.log" "$OUT/golden_cuda.log"
 echo "== golden on GPU"
-grep -h "^GOLDEN" "$OUT/golden_cuda.log"
+grep -hE "^(GOLDEN|BF16)" "$OUT/golden_cuda.log"
 echo "== perf (ours) / peer / ceiling"
 grep -h "^OPPERF" "$OUT/op_harness.log"
 grep -hE "^(PEER|CEILING)" "$OUT/torch_peer.log"
