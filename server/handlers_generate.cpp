@@ -35,6 +35,16 @@ class SseWriter {
       : state_(state), g_(std::move(g)), started_(g_->choices().size(), false) {}
 
   bool operator()(httplib::DataSink& sink) {
+    try {
+      return write_next(sink);
+    } catch (const std::exception& e) {
+      TANDEM_LOG_ERROR("streaming response failed: {}", e.what());
+      return false;  // drops the connection; ~Generation aborts the request
+    }
+  }
+
+ private:
+  bool write_next(httplib::DataSink& sink) {
     runtime::StreamEvent ev;
     if (!g_->next(ev)) {
       if (g_->request().include_usage && g_->request().endpoint != Endpoint::kGenerate &&
@@ -74,7 +84,6 @@ class SseWriter {
     return out.empty() || write(sink, out);
   }
 
- private:
   static bool write(httplib::DataSink& sink, const std::string& s) {
     return sink.is_writable() && sink.write(s.data(), s.size());
   }

@@ -138,6 +138,11 @@ HttpServer::HttpServer(ServerState& state) : impl_(std::make_unique<Impl>(state)
     send_error(st, res, e);
   });
 
+  svr.set_logger([](const httplib::Request& req, const httplib::Response& res) {
+    TANDEM_LOG_DEBUG("{} {} {} from {}:{}", req.method, req.path, res.status, req.remote_addr,
+                     req.remote_port);
+  });
+
   using R = const httplib::Request&;
   using W = httplib::Response&;
   svr.Post("/v1/completions", [&st](R q, W r) { handle_generation(st, Endpoint::kCompletions, q, r); });
@@ -169,6 +174,8 @@ Status HttpServer::bind() {
 
 int HttpServer::port() const { return impl_->port; }
 
+void HttpServer::hurry_shutdown() { impl_->state.tracker.interrupt_wait(); }
+
 void HttpServer::run() { impl_->svr.listen_after_bind(); }
 
 void HttpServer::shutdown(double timeout_s) {
@@ -181,10 +188,13 @@ void HttpServer::shutdown(double timeout_s) {
   }
   if (!st.tracker.wait_idle(timeout_s)) {
     const std::vector<runtime::RequestId> ids = st.tracker.all();
-    TANDEM_LOG_WARN("shutdown timeout: aborting {} requests", ids.size());
+    TANDEM_LOG_WARN("shutdown: aborting {} requests still in flight", ids.size());
     st.runner.set_sleep(0.0);  // a slowed-down step would hold the aborts back
     for (const runtime::RequestId id : ids) st.engine.abort(id);
-    st.tracker.wait_idle(30.0);
+    // Aborted streams end at the engine's next step; their handlers then finish writing.
+    for (int i = 0; i < 3000 && st.tracker.in_flight() > 0; ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
   }
   // A signal may arrive between bind() and run(): stop() only acts on a running server.
   for (int i = 0; i < 200 && !impl_->svr.is_running(); ++i) {

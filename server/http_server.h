@@ -25,6 +25,8 @@ class HttpServer {
   // Refuses new requests (503, /health 503), gives in-flight ones `timeout_s` to finish,
   // aborts the rest, then stops the listener. Blocks until the requests are done.
   void shutdown(double timeout_s);
+  // Cuts a shutdown's wait short: in-flight requests are aborted now (a second signal).
+  void hurry_shutdown();
 
  private:
   struct Impl;

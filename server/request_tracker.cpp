@@ -62,8 +62,17 @@ bool RequestTracker::draining() const {
 
 bool RequestTracker::wait_idle(double timeout_s) {
   std::unique_lock lk(mu_);
-  return idle_cv_.wait_for(lk, std::chrono::duration<double>(timeout_s),
-                           [&] { return in_flight_ == 0; });
+  idle_cv_.wait_for(lk, std::chrono::duration<double>(timeout_s),
+                    [&] { return in_flight_ == 0 || interrupted_; });
+  return in_flight_ == 0;
+}
+
+void RequestTracker::interrupt_wait() {
+  {
+    std::lock_guard lk(mu_);
+    interrupted_ = true;
+  }
+  idle_cv_.notify_all();
 }
 
 int64_t RequestTracker::in_flight() const {

@@ -36,8 +36,10 @@ class RequestTracker {
   // From now on admit() answers kDraining.
   void start_draining();
   bool draining() const;
-  // Waits until nothing is in flight; false on timeout.
+  // Waits until nothing is in flight; false on timeout or after interrupt_wait().
   bool wait_idle(double timeout_s);
+  // Makes the current and later wait_idle calls with a timeout give up at once.
+  void interrupt_wait();
   int64_t in_flight() const;
   int64_t rejected() const;
 
@@ -48,6 +50,7 @@ class RequestTracker {
   int64_t in_flight_ = 0;  // sequences
   int64_t rejected_ = 0;
   bool draining_ = false;
+  bool interrupted_ = false;
   std::unordered_map<std::string, runtime::RequestId> by_rid_;
 };
 

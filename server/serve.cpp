@@ -135,16 +135,28 @@ int run_serve(const ServerConfig& config_in) {
   std::printf("tandem serve: listening on http://%s:%d\n", config.host.c_str(), http.port());
   std::fflush(stdout);
 
+  // The first signal starts the graceful shutdown; a second one aborts what is still running.
+  std::thread drainer;
   std::thread stopper([&] {
-    const char c = signals.wait();
-    if (c == 'q') return;
-    TANDEM_LOG_INFO("{} received: shutting down (in-flight requests get {} s, --shutdown-timeout)",
-                    c == 'i' ? "SIGINT" : "SIGTERM", config.shutdown_timeout_s);
-    http.shutdown(config.shutdown_timeout_s);
+    for (int received = 0;; ++received) {
+      const char c = signals.wait();
+      if (c == 'q') return;
+      const char* name = c == 'i' ? "SIGINT" : "SIGTERM";
+      if (received == 0) {
+        TANDEM_LOG_INFO("{} received: shutting down (in-flight requests get {} s, "
+                        "--shutdown-timeout; signal again to abort them now)",
+                        name, config.shutdown_timeout_s);
+        drainer = std::thread([&] { http.shutdown(config.shutdown_timeout_s); });
+      } else {
+        TANDEM_LOG_INFO("{} received again: aborting the requests in flight", name);
+        http.hurry_shutdown();
+      }
+    }
   });
   http.run();
   signals.wake();
   stopper.join();
+  if (drainer.joinable()) drainer.join();
   engine.stop();
   TANDEM_LOG_INFO("stopped");
   return 0;

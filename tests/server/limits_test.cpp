@@ -145,3 +145,35 @@ TEST(ServerLimits, GracefulShutdownOnSigterm) {
 
 }  // namespace
 }  // namespace tandem::server::test
+
+namespace tandem::server::test {
+namespace {
+
+// A second SIGINT does not wait for --shutdown-timeout: in-flight requests are aborted now.
+TEST(ServerLimits, SecondSignalAbortsAtOnce) {
+  REQUIRE_TOKENIZER();
+  ServerProcess server({"--shutdown-timeout", "60", "--context-length", "2048",
+                        "--max-total-tokens", "8192"});
+  TestClient c(server.port());
+  ASSERT_EQ(c.post("/slow_down", json{{"forward_sleep_time", 0.05}}).status, 200);
+  Reply reply;
+  std::thread t([&] {
+    reply = TestClient(server.port())
+                .post("/v1/completions", json{{"prompt", "Hi"}, {"max_tokens", 1000}, {"ignore_eos", true}});
+  });
+  ASSERT_TRUE(wait_for_load(c, 1, 0));
+  const auto t0 = Clock::now();
+  server.signal(SIGINT);
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  server.signal(SIGINT);
+  t.join();
+  ASSERT_EQ(reply.status, 200) << reply.body;
+  EXPECT_EQ(reply.json()["choices"][0]["finish_reason"], "abort");
+  const std::optional<int> rc = server.wait(10.0);
+  ASSERT_TRUE(rc.has_value()) << server.log();
+  EXPECT_EQ(*rc, 0) << server.log();
+  EXPECT_LT(std::chrono::duration<double>(Clock::now() - t0).count(), 8.0);
+}
+
+}  // namespace
+}  // namespace tandem::server::test
