@@ -126,7 +126,7 @@ void head_matmul(const Tensor& x, const Tensor& w, Tensor& out) {
 
 void rope(Tensor& x, const Tensor& positions, const Tensor& inv_freq, float attention_factor,
           bool interleave) {
-  expect(x, "rope", "x", 3, {DType::kF32});
+  expect(x, "rope", "x", 3, {DType::kF32, DType::kBF16});
   expect(positions, "rope", "positions", 1, {DType::kI32});
   expect(inv_freq, "rope", "inv_freq", 1, {DType::kF32});
   expect_shape(positions, "rope", "positions", {x.size(0)});
@@ -172,8 +172,8 @@ void moe_route(const Tensor& logits, const Tensor& bias, const RouteParams& p, T
 }
 
 void kv_store(const Tensor& latent, const Tensor& k_pe, const Tensor& slots, Tensor& cache) {
-  expect(latent, "kv_store", "latent", 2, {DType::kF32});
-  expect(k_pe, "kv_store", "k_pe", 2, {DType::kF32});
+  expect(latent, "kv_store", "latent", 2, {DType::kF32, DType::kBF16});
+  expect(k_pe, "kv_store", "k_pe", 2, {DType::kF32, DType::kBF16});
   expect(slots, "kv_store", "slots", 1, {DType::kI32});
   expect(cache, "kv_store", "cache", 2, {DType::kF32, DType::kBF16});
   TANDEM_CHECK(cache.is_contiguous(), "kv_store: cache must be contiguous");
@@ -205,7 +205,7 @@ void convert(const Tensor& src, Tensor& out) {
 }
 
 void scatter_add_rows(const Tensor& src, const Tensor& index, const Tensor& weight, Tensor& out) {
-  expect(src, "scatter_add_rows", "src", 2, {DType::kF32});
+  expect(src, "scatter_add_rows", "src", 2, {DType::kF32, DType::kBF16});
   expect(index, "scatter_add_rows", "index", 1, {DType::kI32});
   expect(weight, "scatter_add_rows", "weight", 1, {DType::kF32});
   expect(out, "scatter_add_rows", "out", 2, {DType::kF32});

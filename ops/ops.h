@@ -59,7 +59,8 @@ void linear(const Tensor& x, const LinearWeight& w, Tensor& out);
 // MLA's absorbed decode uses it for W_UK (q -> latent) and W_UV (latent -> v).
 void head_matmul(const Tensor& x, const Tensor& w, Tensor& out);
 
-// Rotary embedding in place on x: f32 [T, heads, rope_dim] (last dim contiguous).
+// Rotary embedding in place on x: f32 | bf16 [T, heads, rope_dim] (last dim contiguous; bf16
+// is computed in f32 and rounded once).
 // inv_freq: f32 [rope_dim / 2]; positions: i32 [T]. Interleaved pairs (x0, x1), (x2, x3), ...
 // are rotated by one frequency each (DeepSeek's layout); otherwise halves (x_i, x_{i+d/2}).
 // cos and sin are multiplied by attention_factor (YaRN's mscale ratio).
@@ -75,7 +76,8 @@ void silu_and_mul(const Tensor& gate_up, Tensor& out);
 void moe_route(const Tensor& logits, const Tensor& bias, const RouteParams& params,
                Tensor& topk_ids, Tensor& topk_weights);
 
-// Writes the new tokens' latent KV into the cache. latent: f32 [T, kv_lora]; k_pe: f32 [T, rope]
+// Writes the new tokens' latent KV into the cache. latent: f32 | bf16 [T, kv_lora];
+// k_pe: f32 | bf16 [T, rope]
 // (rows may be strided); slots: i32 [T] (page * page_size + offset);
 // cache: [num_slots, kv_lora + rope] (f32 | bf16).
 void kv_store(const Tensor& latent, const Tensor& k_pe, const Tensor& slots, Tensor& cache);
@@ -90,7 +92,7 @@ void gather_rows(const Tensor& src, const Tensor& index, Tensor& out);
 void convert(const Tensor& src, Tensor& out);
 
 // out[index[i]] += weight[i] * src[i], row-wise (the weighted un-permute after the experts).
-// src: f32 [N, H]; index: i32 [N]; weight: f32 [N]; out: f32 [T, H].
+// src: f32 | bf16 [N, H]; index: i32 [N]; weight: f32 [N]; out: f32 [T, H] (f32 sums).
 void scatter_add_rows(const Tensor& src, const Tensor& index, const Tensor& weight, Tensor& out);
 
 // MLA prefill attention over expanded keys/values, causal, variable length.

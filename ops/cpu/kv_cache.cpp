@@ -14,10 +14,11 @@ void kv_store(const Tensor& latent, const Tensor& k_pe, const Tensor& slots, Ten
     TANDEM_CHECK(slot[t] >= 0 && slot[t] < num_slots, "kv_store: slot {} outside [0, {})",
                  slot[t], num_slots);
   }
+  std::vector<float> l(lora), k(rope_dim);
   for (int64_t t = 0; t < tokens; ++t) {
     const int64_t base = int64_t(slot[t]) * width;
-    const float* l = latent.data<float>() + t * latent.stride(0);
-    const float* k = k_pe.data<float>() + t * k_pe.stride(0);
+    load_row_f32(latent.raw_data(), latent.dtype(), t * latent.stride(0), lora, l.data());
+    load_row_f32(k_pe.raw_data(), k_pe.dtype(), t * k_pe.stride(0), rope_dim, k.data());
     for (int64_t i = 0; i < lora; ++i) store_from_f32(cache.raw_data(), cache.dtype(), base + i, l[i]);
     for (int64_t i = 0; i < rope_dim; ++i)
       store_from_f32(cache.raw_data(), cache.dtype(), base + lora + i, k[i]);
@@ -71,10 +72,17 @@ void scatter_add_rows(const Tensor& src, const Tensor& index, const Tensor& weig
   const int32_t* idx = index.data<int32_t>();
   const float* w = weight.data<float>();
   // Sequential over rows: several source rows may target the same output row.
+  std::vector<float> row(src.dtype() == DType::kF32 ? 0 : width);
   for (int64_t i = 0; i < n; ++i) {
     TANDEM_CHECK(idx[i] >= 0 && idx[i] < rows, "scatter_add_rows: index {} outside [0, {})",
                  idx[i], rows);
-    const float* s = src.data<float>() + i * src.stride(0);
+    const float* s = nullptr;
+    if (src.dtype() == DType::kF32) {
+      s = src.data<float>() + i * src.stride(0);
+    } else {
+      load_row_f32(src.raw_data(), src.dtype(), i * src.stride(0), width, row.data());
+      s = row.data();
+    }
     float* o = out.data<float>() + int64_t(idx[i]) * out.stride(0);
     for (int64_t d = 0; d < width; ++d) o[d] += w[i] * s[d];
   }

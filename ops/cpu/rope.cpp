@@ -1,4 +1,5 @@
 #include <cmath>
+#include <vector>
 
 #include "core/thread_pool.h"
 #include "ops/cpu/cpu_ops.h"
@@ -19,8 +20,16 @@ void rope(Tensor& x, const Tensor& positions, const Tensor& inv_freq, float atte
         cos_t[i] = float(std::cos(double(angle))) * attention_factor;
         sin_t[i] = float(std::sin(double(angle))) * attention_factor;
       }
+      std::vector<float> row(x.dtype() == DType::kF32 ? 0 : dim);
       for (int64_t h = 0; h < heads; ++h) {
-        float* v = x.data<float>() + t * x.stride(0) + h * x.stride(1);
+        const int64_t offset = t * x.stride(0) + h * x.stride(1);
+        float* v = nullptr;
+        if (x.dtype() == DType::kF32) {
+          v = x.data<float>() + offset;
+        } else {
+          load_row_f32(x.raw_data(), x.dtype(), offset, dim, row.data());
+          v = row.data();
+        }
         for (int64_t i = 0; i < half; ++i) {
           // Pair i: (v[2i], v[2i+1]) interleaved, or (v[i], v[i+half]) in halves. The result
           // keeps the input layout; attention only sees dot products, which are unchanged.
@@ -29,7 +38,11 @@ void rope(Tensor& x, const Tensor& positions, const Tensor& inv_freq, float atte
           tmp[a] = x0 * cos_t[i] - x1 * sin_t[i];
           tmp[c] = x1 * cos_t[i] + x0 * sin_t[i];
         }
-        std::copy(tmp.begin(), tmp.end(), v);
+        if (x.dtype() == DType::kF32) {
+          std::copy(tmp.begin(), tmp.end(), v);
+        } else {
+          store_row_f32(tmp.data(), dim, x.raw_data(), x.dtype(), offset);
+        }
       }
     }
   });

@@ -47,7 +47,7 @@ void launch_gather_rows(const GatherRowsParams& p, cudaStream_t stream);
 
 // out[index[i], :] += weight[i] * src[i, :].
 struct ScatterAddRowsParams {
-  const float* src; int64_t src_stride;  // [n, width]
+  const void* src; DType src_dtype; int64_t src_stride;  // [n, width], f32 | bf16
   const int32_t* index;                  // [n]
   const float* weight;                   // [n]
   int64_t n, width;
@@ -58,8 +58,8 @@ void launch_scatter_add_rows(const ScatterAddRowsParams& p, cudaStream_t stream)
 
 // cache[slot[t], :] = concat(latent[t, :], k_pe[t, :]) converted to the cache dtype.
 struct KvStoreParams {
-  const float* latent; int64_t latent_stride;  // [T, lora]
-  const float* k_pe; int64_t k_pe_stride;      // [T, rope]
+  const void* latent; DType latent_dtype; int64_t latent_stride;  // [T, lora], f32 | bf16
+  const void* k_pe; DType k_pe_dtype; int64_t k_pe_stride;        // [T, rope], f32 | bf16
   const int32_t* slots;                        // [T]
   int64_t tokens, lora, rope;
   void* cache; DType cache_dtype; int64_t num_slots;  // [num_slots, lora + rope], contiguous
@@ -80,7 +80,7 @@ void launch_rms_norm(const RmsNormParams& p, cudaStream_t stream);
 
 // Rotary embedding in place.
 struct RopeParams {
-  float* x; int64_t stride_t, stride_h;  // [T, heads, dim], last dim contiguous
+  void* x; DType x_dtype; int64_t stride_t, stride_h;  // [T, heads, dim] f32 | bf16, last dim contiguous
   const int32_t* positions;              // [T]
   const float* inv_freq;                 // [dim / 2]
   int64_t tokens, heads, dim;

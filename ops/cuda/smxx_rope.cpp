@@ -8,7 +8,8 @@ void rope(Tensor& x, const Tensor& positions, const Tensor& inv_freq, float atte
           bool interleave) {
   OpContext ctx(x);
   RopeParams p{};
-  p.x = mptr<float>(x);
+  p.x = x.raw_data();
+  p.x_dtype = x.dtype();
   p.stride_t = x.stride(0);
   p.stride_h = x.stride(1);
   p.positions = cptr<int32_t>(positions);

@@ -6,6 +6,7 @@ namespace tandem::ops::cuda {
 
 namespace {
 
+template <class T>
 __global__ void rope_kernel(RopeParams p) {
   const int64_t half = p.dim / 2;
   const int64_t pairs = p.heads * half;
@@ -16,11 +17,11 @@ __global__ void rope_kernel(RopeParams p) {
     const float angle = float(p.positions[t]) * p.inv_freq[i];
     const float c = float(cos(double(angle))) * p.attention_factor;
     const float s = float(sin(double(angle))) * p.attention_factor;
-    float* v = p.x + t * p.stride_t + h * p.stride_h;
+    T* v = static_cast<T*>(p.x) + t * p.stride_t + h * p.stride_h;
     const int64_t a = p.interleave ? 2 * i : i, b = p.interleave ? 2 * i + 1 : i + half;
-    const float x0 = v[a], x1 = v[b];
-    v[a] = __fsub_rn(__fmul_rn(x0, c), __fmul_rn(x1, s));
-    v[b] = __fadd_rn(__fmul_rn(x1, c), __fmul_rn(x0, s));
+    const float x0 = to_f32(v[a]), x1 = to_f32(v[b]);
+    store_as(v + a, __fsub_rn(__fmul_rn(x0, c), __fmul_rn(x1, s)));
+    store_as(v + b, __fadd_rn(__fmul_rn(x1, c), __fmul_rn(x0, s)));
   }
 }
 
@@ -31,7 +32,12 @@ void launch_rope(const RopeParams& p, cudaStream_t stream) {
   const int64_t pairs = p.heads * (p.dim / 2);
   const unsigned threads = pairs >= 256 ? 256 : unsigned((pairs + 31) / 32 * 32);
   const unsigned blocks = std::min<unsigned>(ceil_div(pairs, threads), 64);
-  rope_kernel<<<dim3(unsigned(p.tokens), blocks), threads, 0, stream>>>(p);
+  const dim3 grid(unsigned(p.tokens), blocks);
+  if (p.x_dtype == DType::kBF16) {
+    rope_kernel<__nv_bfloat16><<<grid, threads, 0, stream>>>(p);
+  } else {
+    rope_kernel<float><<<grid, threads, 0, stream>>>(p);
+  }
 }
 
 }  // namespace tandem::ops::cuda

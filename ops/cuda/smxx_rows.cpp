@@ -56,7 +56,8 @@ void convert(const Tensor& src, Tensor& out) {
 void scatter_add_rows(const Tensor& src, const Tensor& index, const Tensor& weight, Tensor& out) {
   OpContext ctx(out);
   ScatterAddRowsParams p{};
-  p.src = cptr<float>(src);
+  p.src = src.raw_data();
+  p.src_dtype = src.dtype();
   p.src_stride = src.stride(0);
   p.index = cptr<int32_t>(index);
   p.weight = cptr<float>(weight);
@@ -73,9 +74,11 @@ void scatter_add_rows(const Tensor& src, const Tensor& index, const Tensor& weig
 void kv_store(const Tensor& latent, const Tensor& k_pe, const Tensor& slots, Tensor& cache) {
   OpContext ctx(cache);
   KvStoreParams p{};
-  p.latent = cptr<float>(latent);
+  p.latent = latent.raw_data();
+  p.latent_dtype = latent.dtype();
   p.latent_stride = latent.stride(0);
-  p.k_pe = cptr<float>(k_pe);
+  p.k_pe = k_pe.raw_data();
+  p.k_pe_dtype = k_pe.dtype();
   p.k_pe_stride = k_pe.stride(0);
   p.slots = cptr<int32_t>(slots);
   p.tokens = latent.size(0);

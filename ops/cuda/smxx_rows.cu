@@ -33,6 +33,7 @@ __global__ void gather_rows_kernel(GatherRowsParams p) {
 
 // Rows with the same target add with atomics: the sum is the CPU's up to the order of
 // additions (exactly the CPU's when targets are distinct, as in one expert's tokens).
+template <class ST>
 __global__ void scatter_add_rows_kernel(ScatterAddRowsParams p) {
   const int64_t i = blockIdx.x;
   const int32_t row = p.index[i];
@@ -41,9 +42,9 @@ __global__ void scatter_add_rows_kernel(ScatterAddRowsParams p) {
     return;
   }
   const float w = p.weight[i];
-  const float* s = p.src + i * p.src_stride;
+  const ST* s = static_cast<const ST*>(p.src) + i * p.src_stride;
   float* o = p.out + int64_t(row) * p.out_stride;
-  for (int64_t d = threadIdx.x; d < p.width; d += blockDim.x) atomicAdd(o + d, __fmul_rn(w, s[d]));
+  for (int64_t d = threadIdx.x; d < p.width; d += blockDim.x) atomicAdd(o + d, __fmul_rn(w, to_f32(s[d])));
 }
 
 __global__ void kv_store_kernel(KvStoreParams p) {
@@ -56,7 +57,8 @@ __global__ void kv_store_kernel(KvStoreParams p) {
   const int64_t width = p.lora + p.rope;
   const int64_t base = int64_t(slot) * width;
   for (int64_t d = threadIdx.x; d < width; d += blockDim.x) {
-    const float v = d < p.lora ? p.latent[t * p.latent_stride + d] : p.k_pe[t * p.k_pe_stride + d - p.lora];
+    const float v = d < p.lora ? load_f32(p.latent, p.latent_dtype, t * p.latent_stride + d)
+                               : load_f32(p.k_pe, p.k_pe_dtype, t * p.k_pe_stride + d - p.lora);
     if (p.cache_dtype == DType::kBF16) {
       static_cast<__nv_bfloat16*>(p.cache)[base + d] = __float2bfloat16_rn(v);
     } else {
@@ -101,7 +103,11 @@ void launch_gather_rows(const GatherRowsParams& p, cudaStream_t stream) {
 
 void launch_scatter_add_rows(const ScatterAddRowsParams& p, cudaStream_t stream) {
   if (p.n == 0) return;
-  scatter_add_rows_kernel<<<unsigned(p.n), kRowThreads, 0, stream>>>(p);
+  if (p.src_dtype == DType::kBF16) {
+    scatter_add_rows_kernel<__nv_bfloat16><<<unsigned(p.n), kRowThreads, 0, stream>>>(p);
+  } else {
+    scatter_add_rows_kernel<float><<<unsigned(p.n), kRowThreads, 0, stream>>>(p);
+  }
 }
 
 void launch_kv_store(const KvStoreParams& p, cudaStream_t stream) {

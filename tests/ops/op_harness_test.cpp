@@ -332,20 +332,22 @@ TEST_F(OpHarness, HeadMatmul) {
 }
 
 TEST_F(OpHarness, Rope) {
-  for (bool interleave : {true, false}) {
+  for (DType xdt : {DType::kF32, DType::kBF16}) for (bool interleave : {true, false}) {
     const int64_t t = 29, heads = 16, qk = 192, nope = 128, rope = 64;
-    const Tensor q = randn({t, heads, qk});
+    const Tensor q = randn({t, heads, qk}, 1.0f, xdt);
     const Tensor pos = randint({t}, 0, 4096);
     Tensor freq = Tensor::empty({rope / 2}, DType::kF32);
     for (int64_t i = 0; i < rope / 2; ++i) freq.data<float>()[i] = std::pow(10000.0f, -float(2 * i) / float(rope)) * (0.5f + float(rng()() % 1000) / 1000.0f);
     Tensor ref_q = q.clone();
     Tensor ref_view = ref_q.slice(2, nope, qk);
     ops::rope(ref_view, pos, freq, 1.1f, interleave);
-    Guarded g({t, heads, qk}, DType::kF32, 0, &q);
+    Guarded g({t, heads, qk}, xdt, 0, &q);
     Tensor view = g.view.slice(2, nope, qk);
     ops::rope(view, pos.to(kGpu), freq.to(kGpu), 1.1f, interleave);
-    expect_close("rope", std::string(interleave ? "interleaved" : "halves") + " T=29 H=16 d=64 strided",
-                 g.result("rope"), ref_q, 1e-6);
+    // bf16: one rounding of the same f32 value (a last-bit f32 difference may flip it).
+    expect_close("rope", std::string(dtype_name(xdt)) + (interleave ? " interleaved" : " halves") +
+                 " T=29 H=16 d=64 strided", g.result("rope"), ref_q,
+                 xdt == DType::kF32 ? 1e-6 : 2e-3);
   }
 }
 
@@ -414,6 +416,16 @@ TEST_F(OpHarness, KvStore) {
                   cache.view);
     expect_bitwise("kv_store", std::string("cache ") + std::string(dtype_name(cdt)) + " T=23",
                    cache.result("kv_store"), ref);
+    // bf16 latent and k_pe (a bf16 activation path): exact into either cache dtype.
+    const Tensor latent_b = randn({t, lora}, 1.0f, DType::kBF16);
+    const Tensor kv_a_b = randn({t, lora + rope}, 1.0f, DType::kBF16);
+    Tensor ref_b = cache0.clone();
+    ops::kv_store(latent_b, kv_a_b.slice(1, lora, lora + rope), slot, ref_b);
+    Guarded cache_b({slots, lora + rope}, cdt, 0, &cache0);
+    ops::kv_store(latent_b.to(kGpu), kv_a_b.to(kGpu).slice(1, lora, lora + rope), slot.to(kGpu),
+                  cache_b.view);
+    expect_bitwise("kv_store", std::string("bf16 in, cache ") + std::string(dtype_name(cdt)) + " T=23",
+                   cache_b.result("kv_store"), ref_b);
   }
 }
 
@@ -453,16 +465,17 @@ TEST_F(OpHarness, Convert) {
 }
 
 TEST_F(OpHarness, ScatterAddRows) {
-  for (bool repeats : {false, true}) {
+  for (DType sdt : {DType::kF32, DType::kBF16}) for (bool repeats : {false, true}) {
     const int64_t n = 40, width = 256, rows = 64;
-    const Tensor src = randn({n, width}), weight = randn({n}, 0.5f);
+    const Tensor src = randn({n, width}, 1.0f, sdt), weight = randn({n}, 0.5f);
     const Tensor index = repeats ? randint({n}, 0, 8) : permutation_prefix(n, int32_t(rows));
     const Tensor out0 = randn({rows, width});
     Tensor ref = out0.clone();
     ops::scatter_add_rows(src, index, weight, ref);
     Guarded out({rows, width}, DType::kF32, 3, &out0);
     ops::scatter_add_rows(src.to(kGpu), index.to(kGpu), weight.to(kGpu), out.view);
-    expect_close("scatter_add_rows", repeats ? "N=40 repeated targets" : "N=40 distinct targets",
+    expect_close("scatter_add_rows", std::string("src ") + std::string(dtype_name(sdt)) +
+                 (repeats ? " N=40 repeated targets" : " N=40 distinct targets"),
                  out.result("scatter_add_rows"), ref, 1e-6);
   }
 }
