@@ -11,12 +11,19 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <chrono>
+#include <cstdlib>
+#include <filesystem>
+#include <functional>
+#include <random>
 #include <cmath>
 #include <map>
 #include <utility>
 #include <string>
 
 #include "model/loader.h"
+#include "model/presets.h"
+#include "model/random_weights.h"
 #include "ops/cuda/cuda_ops.h"
 
 namespace tandem {
@@ -319,6 +326,87 @@ TEST_P(GoldenBf16CpuTest, Bf16ActivationsWithinBf16Tolerance) { check_bf16(GetPa
 
 INSTANTIATE_TEST_SUITE_P(Variants, GoldenBf16CpuTest,
                          ::testing::Values("v3", "v2lite", "v3_fp8", "v2lite_group"));
+
+// Perf mode (TANDEM_OP_PERF=1): one model step at DeepSeek-V3's width (hidden 7168, 128 heads,
+// MLA 512 + 64, dense MLP 18432, 16 routed experts of 2048 + 1 shared, vocab cut to 16384),
+// 2 layers (one dense, one MoE), bf16 weights, bf16 KV cache, random weights written by
+// make_random_checkpoint: prefill of 4 x 512 tokens and a decode step of 64 sequences at 1024
+// cached tokens each, with f32 and with bf16 activations. Prints
+// "OPPERF model_step <case> f32act <ms> bf16act <ms>" (median of 5 after 2 warm-ups).
+TEST(GoldenCudaPerf, ModelStepF32VsBf16Activations) {
+  const char* on = std::getenv("TANDEM_OP_PERF");
+  if (!on || on[0] != '1') GTEST_SKIP() << "set TANDEM_OP_PERF=1 for timings";
+  if (!ops::cuda::available()) GTEST_SKIP() << "no CUDA device";
+  nlohmann::json cfg = preset_config_json("v3");
+  cfg.erase("quantization_config");
+  cfg["num_hidden_layers"] = 2;
+  cfg["first_k_dense_replace"] = 1;
+  cfg["n_routed_experts"] = 16;
+  cfg["n_group"] = 8;
+  cfg["topk_group"] = 4;
+  cfg["vocab_size"] = 16384;
+  const std::filesystem::path dir = std::filesystem::temp_directory_path() / "tandem_perf_v3_2l";
+  MakeModelOptions options;
+  options.out_dir = dir;
+  options.seed = 7;
+  make_random_checkpoint(cfg, options);
+  LoadedModel m = load_model(dir, kGpu);
+  DeepseekV3Model& model = *m.model;
+  const int64_t page_size = 64;
+
+  auto time_ms = [&](const std::function<void()>& step) {
+    for (int i = 0; i < 2; ++i) step();
+    std::vector<double> t;
+    for (int i = 0; i < 5; ++i) {
+      ops::cuda::synchronize(0);
+      const auto t0 = std::chrono::steady_clock::now();
+      step();
+      ops::cuda::synchronize(0);
+      t.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+    }
+    std::sort(t.begin(), t.end());
+    return t[t.size() / 2];
+  };
+  std::mt19937 gen(3);
+  std::uniform_int_distribution<int32_t> tok(0, 16383);
+
+  // Prefill: 4 sequences of 512 new tokens.
+  std::vector<SequenceStep> prefill(4);
+  for (int i = 0; i < 4; ++i) {
+    for (int j = 0; j < 512; ++j) prefill[i].new_tokens.push_back(tok(gen));
+    for (int p = 0; p < 512 / page_size; ++p) prefill[i].pages.push_back(i * (512 / page_size) + p);
+  }
+  // Decode: 64 sequences with 1024 cached tokens (the cache filled with random values).
+  std::vector<SequenceStep> decode(64);
+  const int64_t ctx = 1024, pages_per = ctx / page_size + 1;
+  for (int i = 0; i < 64; ++i) {
+    decode[i].new_tokens = {tok(gen)};
+    decode[i].cached_len = ctx;
+    for (int p = 0; p < pages_per; ++p) decode[i].pages.push_back(int32_t(i * pages_per + p));
+  }
+  KvCache cache = KvCache::create(m.config, 64 * pages_per, page_size, DType::kBF16, kGpu);
+  {
+    std::normal_distribution<float> nd(0.0f, 1.0f);
+    for (Tensor& layer : cache.layers) {
+      Tensor host = Tensor::empty(layer.shape(), DType::kF32);
+      for (int64_t i = 0; i < host.numel(); ++i) host.data<float>()[i] = nd(gen);
+      layer.copy_from(cast(host, DType::kBF16));
+    }
+  }
+  const ForwardBatch pb = ForwardBatch::build(ForwardMode::kExtend, prefill, page_size, kGpu);
+  const ForwardBatch db = ForwardBatch::build(ForwardMode::kDecode, decode, page_size, kGpu);
+  for (const auto& [label, batch] : {std::pair<const char*, const ForwardBatch*>{"prefill 4x512", &pb},
+                                     {"decode B=64 ctx=1024", &db}}) {
+    double ms[2];
+    for (int a = 0; a < 2; ++a) {
+      model.set_activation_dtype(a == 0 ? DType::kF32 : DType::kBF16);
+      ms[a] = time_ms([&] { model.forward(*batch, cache); });
+    }
+    std::printf("OPPERF model_step V3-width 2 layers bf16 weights, %s: f32act %.2f ms bf16act %.2f ms "
+                "(%.2fx)\n", label, ms[0], ms[1], ms[0] / ms[1]);
+  }
+  std::filesystem::remove_all(dir);
+}
 
 INSTANTIATE_TEST_SUITE_P(Variants, GoldenCudaTest,
                          ::testing::Values("v3", "v2lite", "v3_fp8", "v2lite_group"));

@@ -49,7 +49,7 @@ fi
 
 status=0
 TANDEM_OP_PERF=1 "$bin/op_harness_test" > "$OUT/op_harness.log" 2>&1 || status=1
-"$bin/golden_cuda_test" > "$OUT/golden_cuda.log" 2>&1 || status=1
+TANDEM_OP_PERF=1 "$bin/golden_cuda_test" > "$OUT/golden_cuda.log" 2>&1 || status=1
 if [[ -n "${TANDEM_SANITIZE_FILTER:-}" ]]; then  # e.g. '*MlaDecode*': racecheck on those tests
   timeout 150 compute-sanitizer --tool racecheck --racecheck-report hazard "$bin/op_harness_test" \
     --gtest_filter="$TANDEM_SANITIZE_FILTER" > "$OUT/racecheck.log" 2>&1 || echo "racecheck rc=$?" >> "$OUT/racecheck.log"
@@ -65,7 +65,7 @@ grep -hE "^\[  (PASSED|FAILED|SKIPPED) +\] [0-9]+ test" "$OUT/op_harness.log" "$
 echo "== golden on GPU"
 grep -hE "^(GOLDEN|BF16)" "$OUT/golden_cuda.log"
 echo "== perf (ours) / peer / ceiling"
-grep -h "^OPPERF" "$OUT/op_harness.log"
+grep -h "^OPPERF" "$OUT/op_harness.log" "$OUT/golden_cuda.log"
 grep -hE "^(PEER|CEILING)" "$OUT/torch_peer.log"
 echo "== per-op error (max over cases)"
 grep -h "^OPERR" "$OUT/op_harness.log" | awk '
