@@ -62,6 +62,8 @@ echo "== failures"
 grep -E "^\[  FAILED|Failure|error:|what\(\)" "$OUT/op_harness.log" "$OUT/golden_cuda.log" | head -40
 echo "== gtest summary"
 grep -hE "^\[  (PASSED|FAILED|SKIPPED) +\] [0-9]+ test" "$OUT/op_harness.log" "$OUT/golden_cuda.log"
+echo "== fp8 block GEMM probe"
+grep -h "^FP8PROBE" "$OUT/op_harness.log"
 echo "== golden on GPU"
 grep -hE "^(GOLDEN|BF16)" "$OUT/golden_cuda.log"
 echo "== perf (ours) / peer / ceiling"

@@ -58,6 +58,7 @@ def main():
     print(f"PEER linear M=512,N=7168,K=2048,f32(dequantized) {us:.1f}")
 
     mla_decode_peer(dev)
+    fp8_block_peer(dev)
 
 
 def mla_decode_peer(dev):
@@ -91,6 +92,32 @@ def mla_decode_peer(dev):
         except Exception as e:  # noqa: BLE001 - a backend may refuse dim 576
             print(f"PEER mla_decode_sdpa B=128,H={h} failed: {type(e).__name__}: {str(e)[:120]}")
         print(f"PEER mla_decode B=128,H={h},len=4096,best {best:.1f}")
+
+
+def fp8_block_peer(dev):
+    """torch._scaled_mm with DeepSeek-style scales (1x128 on x, 128x128 on W), M=4096, N=7168,
+    K=2048, bf16 out, if this torch supports it; the peer of the op harness's fp8_block_gemm.
+    Tries the scale strides torch may require and says which ran."""
+    m, n, k = 4096, 7168, 2048
+    x = torch.randn(m, k, device=dev).to(torch.float8_e4m3fn)
+    w = (torch.randn(n, k, device=dev) * 100).clamp(-448, 448).to(torch.float8_e4m3fn)
+    variants = {
+        "sa (M,K/128) M-major, sb (K/128,N/128) K-major": (
+            torch.rand(k // 128, m, device=dev).t(), torch.rand(n // 128, k // 128, device=dev).t()),
+        "sa (M,K/128) K-major, sb (K/128,N/128) K-major": (
+            torch.rand(m, k // 128, device=dev), torch.rand(n // 128, k // 128, device=dev).t()),
+        "sa (M,K/128) M-major, sb (K/128,N/128) N-major": (
+            torch.rand(k // 128, m, device=dev).t(), torch.rand(k // 128, n // 128, device=dev)),
+    }
+    for name, (sa, sb) in variants.items():
+        try:
+            fn = lambda: torch._scaled_mm(x, w.t(), sa, sb, out_dtype=torch.bfloat16)  # noqa: E731
+            us = median_us(fn)
+            print(f"PEER fp8_block_gemm M=4096,N=7168,K=2048 ({name}) {us:.1f} us "
+                  f"{2 * m * n * k / us / 1e6:.0f} TFLOP/s")
+            return
+        except Exception as e:  # noqa: BLE001 - report and try the next layout
+            print(f"PEER fp8_block_gemm ({name}) failed: {type(e).__name__}: {str(e)[:160]}")
 
 
 if __name__ == "__main__":
