@@ -216,6 +216,10 @@ Tensor DeepseekV3Model::moe(const MoeWeights& w, const Tensor& x, const std::str
   // The routed experts' weighted sum accumulates in f32.
   Tensor out = w.has_shared ? mlp(w.shared, x, c.shared_intermediate_size(), DType::kF32)
                             : Tensor::zeros({tokens, c.hidden_size}, DType::kF32, dev);
+  if (routed_experts) {  // expert parallelism: dispatch, local experts, combine
+    routed_experts(w, x, ids, weights, out);
+    return out;
+  }
   // Group the (token, slot) pairs by expert on the host, then run each expert on its tokens.
   const Tensor ids_host = ids.to(Device::cpu()), weights_host = weights.to(Device::cpu());
   std::map<int32_t, std::pair<std::vector<int32_t>, std::vector<float>>> by_expert;

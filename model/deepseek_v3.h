@@ -40,6 +40,14 @@ class DeepseekV3Model {
   // dump can be compared with the reference layer by layer (STYLE.md 9). Empty by default.
   std::function<void(const std::string&, const Tensor&)> on_intermediate;
 
+  // Expert parallelism (parallel/ep_moe.h): when set, each MoE layer calls it after routing
+  // instead of running its routed experts here. It must add the routed experts' weighted sum,
+  // sum_j topk_weights[t, j] * expert_{topk_ids[t, j]}(x[t]), into out (f32 [T, H], holding
+  // the shared experts' output). Empty by default.
+  std::function<void(const MoeWeights& w, const Tensor& x, const Tensor& topk_ids,
+                     const Tensor& topk_weights, Tensor& out)>
+      routed_experts;
+
  private:
   Tensor attention(int64_t layer, const Tensor& x, const ForwardBatch& batch, KvCache& cache);
   // SwiGLU over x (activation dtype); the output in out_dtype.

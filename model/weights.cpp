@@ -175,7 +175,8 @@ std::vector<WeightSpec> weight_specs(const ModelConfig& c) {
   return specs;
 }
 
-ModelWeights load_weights(const ModelConfig& c, const Checkpoint& ckpt, Device device) {
+ModelWeights load_weights(const ModelConfig& c, const Checkpoint& ckpt, Device device,
+                          const ExpertFilter& keep_expert) {
   Loader load(c, ckpt, device);
   ModelWeights w;
   const int64_t h = c.hidden_size;
@@ -201,9 +202,10 @@ ModelWeights load_weights(const ModelConfig& c, const Checkpoint& ckpt, Device d
                                                          {DType::kF32, DType::kBF16}))
                                         .to(device);
       }
+      m.experts.resize(c.n_routed_experts);
       for (int64_t e = 0; e < c.n_routed_experts; ++e) {
-        m.experts.push_back(load.mlp(fmt::format("{}mlp.experts.{}.", p, e),
-                                     c.moe_intermediate_size));
+        if (keep_expert && !keep_expert(l, e)) continue;
+        m.experts[e] = load.mlp(fmt::format("{}mlp.experts.{}.", p, e), c.moe_intermediate_size);
       }
       m.has_shared = c.n_shared_experts > 0;
       if (m.has_shared) m.shared = load.mlp(p + "mlp.shared_experts.", c.shared_intermediate_size());

@@ -4,6 +4,7 @@
 // `tandem make-model` both use it, so what one writes the other reads.
 #pragma once
 
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -76,7 +77,11 @@ struct ModelWeights {
 // scales when the config is fp8). CPU weights are zero-copy views of the mapped checkpoint.
 // Errors name the checkpoint file and the tensor. Tensors beyond num_hidden_layers (the MTP
 // layer of V3) are ignored. On another device every tensor is copied there.
+// keep_expert(layer, expert), when given, selects the routed experts to load (an expert-parallel
+// rank's own, parallel/ep_moe.h); the others stay empty MlpWeights (undefined tensors), so only
+// a model whose MoE layers run through expert parallelism can use such weights.
+using ExpertFilter = std::function<bool(int64_t layer, int64_t expert)>;
 ModelWeights load_weights(const ModelConfig& config, const Checkpoint& checkpoint,
-                          Device device = Device::cpu());
+                          Device device = Device::cpu(), const ExpertFilter& keep_expert = {});
 
 }  // namespace tandem
