@@ -12,6 +12,7 @@
 
 #include "ops/ops.h"
 #include "parallel/dispatcher.h"
+#include "parallel/ep_moe.h"
 #include "parallel/in_process_group.h"
 
 namespace tandem {
@@ -238,6 +239,31 @@ TEST(LowLatencyDispatch, ImpossibleBuffersFailAtConstruction) {
   EXPECT_THROW(make_dispatcher(DispatchMode::kLowLatency, world.group(0), ExpertPlacement(table, 2),
                                {kHidden, kTopK, 8, DType::kF32}),
                Error);
+}
+
+// low_latency only when every rank wants it (decode or idle) and every batch fits the buffers.
+TEST(AgreeDispatchMode, LowLatencyOnlyWhenAllRanksWantItAndFit) {
+  struct Case {
+    std::vector<bool> want;
+    std::vector<int64_t> tokens;
+    DispatchMode expected;
+  };
+  const std::vector<Case> cases = {
+      {{true, true, true}, {4, 0, 8}, DispatchMode::kLowLatency},
+      {{true, false, true}, {4, 0, 8}, DispatchMode::kNormal},  // one rank prefills
+      {{true, true, true}, {4, 9, 8}, DispatchMode::kNormal},   // one batch exceeds 8
+  };
+  for (const Case& c : cases) {
+    InProcessWorld world(3);
+    std::vector<DispatchMode> got(3);
+    const auto status = world.run([&](ProcessGroup& g) {
+      got[g.rank()] = agree_dispatch_mode(g, c.want[g.rank()], c.tokens[g.rank()], 8);
+    });
+    for (int r = 0; r < 3; ++r) {
+      ASSERT_TRUE(status[r].ok()) << status[r].message();
+      EXPECT_EQ(got[r], c.expected) << "rank " << r;
+    }
+  }
 }
 
 TEST(ExpertPlacement, ContiguousRangesAndTheirInverse) {

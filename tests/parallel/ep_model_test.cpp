@@ -1,18 +1,24 @@
 // The EP=4 forward of a small random DeepSeek-V3 model equals the EP=1 forward. Four in-process
 // ranks with DP attention: each runs its own sequences with its own KV cache (rank 3 has none
 // and joins every MoE layer through idle steps); their MoE layers dispatch to the ranks owning
-// the experts. Prefill steps run the normal dispatcher, decode steps low_latency.
+// the experts. The production policy runs prefill steps through the normal dispatcher and
+// decode steps through low_latency; two more runs force one mode for every step.
 //
-// Tolerance: max |logit - EP=1 logit| <= 1e-4 with logits of std ~1. Expert outputs of a token
-// are the same to the bit wherever they run (row-independent kernels); only the summation order
-// of the normal combine (per-rank partial sums, then across ranks) differs, a few fp32 ulps per
-// MoE layer that the later layers carry (measured: printed below, ~1e-6). A misrouted token,
-// a wrong weight or a lost expert moves logits by 1e-2 or more.
+// Tolerance: max |logit - EP=1 logit| <= 1e-4 with logits of std ~1. A token's expert outputs
+// are the same to the bit wherever they run (row-independent kernels); only the normal
+// combine's summation order differs (per-rank partial sums, then across ranks), a few fp32 ulps
+// per MoE layer that later layers and the KV cache carry (measured ~1e-6, printed). The
+// low_latency combine adds in the single-rank model's order, so an all-low_latency run must be
+// bitwise equal, in f32 and in bf16 activations. A misrouted token, a wrong weight or a lost
+// expert moves logits by 1e-2 or more.
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <filesystem>
+#include <numeric>
 
 #include "model/loader.h"
 #include "model/presets.h"
@@ -93,9 +99,23 @@ std::vector<SeqTrace> run_sequences(DeepseekV3Model& model, const std::vector<in
   return traces;
 }
 
-TEST_F(EpModelTest, Ep4WithDpAttentionEqualsEp1) {
+enum class Policy { kPrefillNormalDecodeLowLatency, kAllNormal, kAllLowLatency };
+
+struct EpCase {
+  const char* name;
+  Policy policy;
+  DType activations;
+};
+
+void PrintTo(const EpCase& c, std::ostream* os) { *os << c.name; }
+
+class EpModelCaseTest : public EpModelTest, public ::testing::WithParamInterface<EpCase> {};
+
+TEST_P(EpModelCaseTest, Ep4WithDpAttentionEqualsEp1) {
+  const EpCase& param = GetParam();
   // EP=1: the plain model, every sequence in one batch.
   LoadedModel ref = load_model(dir_);
+  ref.model->set_activation_dtype(param.activations);
   std::vector<int> all(kPrompts.size());
   std::iota(all.begin(), all.end(), 0);
   const std::vector<SeqTrace> expected = run_sequences(*ref.model, all, [](bool, int64_t) {});
@@ -111,22 +131,29 @@ TEST_F(EpModelTest, Ep4WithDpAttentionEqualsEp1) {
     const ExpertPlacement placement = ExpertPlacement::contiguous(config.n_routed_experts, kRanks);
     ModelWeights weights = load_weights(config, ckpt, Device::cpu(), expert_filter(placement, me));
     EpOptions options;
-    options.max_dispatch_tokens_per_rank = 8;
+    // Decode batches are at most 2 per rank; forcing low_latency on prefill needs room for 14.
+    options.max_dispatch_tokens_per_rank = param.policy == Policy::kAllLowLatency ? 16 : 8;
+    options.activation_dtype = param.activations;
     EpMoe ep(group, config, weights, placement, options);
     DeepseekV3Model model(config, std::move(weights));
+    model.set_activation_dtype(param.activations);
     ep.attach(model);
 
     std::vector<int> mine;
     for (size_t s = 0; s < kPrompts.size(); ++s) {
       if (kRankOf[s] == me) mine.push_back(int(s));
     }
+    // Every rank takes part in choosing the step's mode, idle ones included.
     auto agree = [&](bool decode, int64_t tokens) {
-      ep.set_mode(agree_dispatch_mode(group, decode, tokens, options.max_dispatch_tokens_per_rank));
+      const bool want_low_latency = param.policy == Policy::kAllLowLatency ||
+                                    (param.policy == Policy::kPrefillNormalDecodeLowLatency && decode);
+      ep.set_mode(agree_dispatch_mode(group, want_low_latency, tokens,
+                                      options.max_dispatch_tokens_per_rank));
       modes[me].push_back(ep.mode());
     };
     if (mine.empty()) {  // no requests: serve the experts for every step of the others
       for (int64_t step = 0; step <= kDecodeSteps; ++step) {
-        agree(/*decode=*/true, 0);
+        agree(/*decode=*/param.policy != Policy::kAllNormal, 0);
         ep.idle_step();
       }
       return;
@@ -136,29 +163,49 @@ TEST_F(EpModelTest, Ep4WithDpAttentionEqualsEp1) {
   });
   for (int r = 0; r < kRanks; ++r) ASSERT_TRUE(status[r].ok()) << "rank " << r << ": " << status[r].message();
 
-  // Prefill ran normal, decode low_latency, on every rank.
   for (int r = 0; r < kRanks; ++r) {
     ASSERT_EQ(int64_t(modes[r].size()), kDecodeSteps + 1);
-    EXPECT_EQ(modes[r][0], DispatchMode::kNormal);
-    for (int64_t s = 1; s <= kDecodeSteps; ++s) EXPECT_EQ(modes[r][s], DispatchMode::kLowLatency);
+    for (int64_t step = 0; step <= kDecodeSteps; ++step) {
+      const DispatchMode want =
+          param.policy == Policy::kAllNormal ? DispatchMode::kNormal
+          : param.policy == Policy::kAllLowLatency ? DispatchMode::kLowLatency
+          : step == 0 ? DispatchMode::kNormal : DispatchMode::kLowLatency;
+      EXPECT_EQ(modes[r][step], want) << "rank " << r << " step " << step;
+    }
   }
   float worst_prefill = 0.0f, worst_decode = 0.0f;
+  bool bitwise = true;
   for (size_t s = 0; s < kPrompts.size(); ++s) {
     EXPECT_EQ(got[s].tokens, expected[s].tokens) << "sequence " << s;
     ASSERT_EQ(got[s].logits.size(), expected[s].logits.size());
     for (size_t step = 0; step < expected[s].logits.size(); ++step) {
-      for (size_t v = 0; v < expected[s].logits[step].size(); ++v) {
-        const float a = got[s].logits[step][v], b = expected[s].logits[step][v];
-        const float d = std::isnan(a) ? INFINITY : std::fabs(a - b);
-        (step == 0 ? worst_prefill : worst_decode) = std::max(step == 0 ? worst_prefill : worst_decode, d);
+      const std::vector<float>& a = got[s].logits[step];
+      const std::vector<float>& b = expected[s].logits[step];
+      ASSERT_EQ(a.size(), b.size());
+      bitwise &= std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
+      float& worst = step == 0 ? worst_prefill : worst_decode;
+      for (size_t v = 0; v < b.size(); ++v) {
+        worst = std::max(worst, std::isnan(a[v]) ? INFINITY : std::fabs(a[v] - b[v]));
       }
     }
   }
-  std::printf("EP=4 vs EP=1: max |logit diff| prefill (normal) %.3g, decode (low_latency) %.3g\n",
-              worst_prefill, worst_decode);
+  std::printf("%s: EP=4 vs EP=1 max |logit diff| prefill %.3g, decode %.3g%s\n", param.name,
+              worst_prefill, worst_decode, bitwise ? " (bitwise equal)" : "");
   EXPECT_LE(worst_prefill, kLogitTolerance);
   EXPECT_LE(worst_decode, kLogitTolerance);
+  if (param.policy == Policy::kAllLowLatency) {
+    EXPECT_TRUE(bitwise);
+  }
 }
+
+INSTANTIATE_TEST_SUITE_P(
+    Policies, EpModelCaseTest,
+    ::testing::Values(
+        EpCase{"prefill_normal_decode_low_latency", Policy::kPrefillNormalDecodeLowLatency, DType::kF32},
+        EpCase{"all_normal", Policy::kAllNormal, DType::kF32},
+        EpCase{"all_low_latency", Policy::kAllLowLatency, DType::kF32},
+        EpCase{"all_low_latency_bf16", Policy::kAllLowLatency, DType::kBF16}),
+    [](const auto& info) { return std::string(info.param.name); });
 
 }  // namespace
 }  // namespace tandem
