@@ -12,6 +12,8 @@ Tensor ExpertInput::expert_rows(const Tensor& t, int64_t e) const {
   TANDEM_CHECK(e >= 0 && e < num_local_experts(), "expert_rows: local expert {} of {}", e,
                num_local_experts());
   if (mode == DispatchMode::kNormal) {
+    TANDEM_CHECK(int64_t(offsets.size()) == num_local_experts() + 1,
+                 "expert_rows: no normal dispatch has filled this input");
     TANDEM_CHECK(t.dim() == 2 && t.size(0) == offsets.back(),
                  "expert_rows: {} does not have the normal layout [{}, H]", t.describe(),
                  offsets.back());

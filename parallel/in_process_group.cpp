@@ -117,6 +117,9 @@ std::vector<Status> InProcessWorld::run(const std::function<void(ProcessGroup&)>
       } catch (const std::exception& e) {
         status[r] = Status(StatusCode::kAborted, e.what());
         abort(r, e.what());
+      } catch (...) {
+        status[r] = Status(StatusCode::kAborted, "unknown exception");
+        abort(r, "unknown exception");
       }
     });
   }

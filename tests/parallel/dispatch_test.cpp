@@ -204,6 +204,17 @@ TEST_P(DispatchTest, FullLowLatencyBuffers) {
   run_and_check(GetParam(), {{8, 8, 8, 8}}, Routing::kOneRank, /*max_tokens=*/8);
 }
 
+// Many rounds through one dispatcher (buffers reused) with random batch sizes, 0 to 12.
+TEST_P(DispatchTest, RandomRoundsReuseTheDispatcher) {
+  std::mt19937 rng(123);
+  std::vector<std::vector<int64_t>> rounds(12);
+  for (auto& round : rounds) {
+    for (int r = 0; r < kRanks; ++r) round.push_back(int64_t(rng() % 13));
+  }
+  run_and_check(GetParam(), rounds, Routing::kSkewed, /*max_tokens=*/12);
+  run_and_check(GetParam(), rounds, Routing::kOneRank, /*max_tokens=*/12);
+}
+
 INSTANTIATE_TEST_SUITE_P(Modes, DispatchTest,
                          ::testing::Values(DispatchMode::kNormal, DispatchMode::kLowLatency),
                          [](const auto& info) { return std::string(dispatch_mode_name(info.param)); });
