@@ -99,6 +99,23 @@ std::vector<SeqTrace> run_sequences(DeepseekV3Model& model, const std::vector<in
   return traces;
 }
 
+// A rank loads only the experts the placement gives it; the rest of the model is complete.
+TEST_F(EpModelTest, RankLoadsOnlyItsExperts) {
+  const ModelConfig config = ModelConfig::from_json_file(dir_ / "config.json");
+  const Checkpoint ckpt = Checkpoint::open(dir_);
+  const ExpertPlacement placement = ExpertPlacement::contiguous(config.n_routed_experts, kRanks);
+  const ModelWeights w = load_weights(config, ckpt, Device::cpu(), expert_filter(placement, 1));
+  for (const LayerWeights& layer : w.layers) {
+    if (!layer.is_moe) continue;
+    ASSERT_EQ(int64_t(layer.moe.experts.size()), config.n_routed_experts);
+    for (int64_t g = 0; g < config.n_routed_experts; ++g) {
+      EXPECT_EQ(layer.moe.experts[g].down_proj.weight.defined(), g >= 4 && g < 8) << "expert " << g;
+    }
+    EXPECT_TRUE(layer.moe.shared.gate_proj.weight.defined());
+    EXPECT_TRUE(layer.moe.gate.weight.defined());
+  }
+}
+
 enum class Policy { kPrefillNormalDecodeLowLatency, kAllNormal, kAllLowLatency };
 
 struct EpCase {
