@@ -5,6 +5,7 @@
 #include <condition_variable>
 #include <cstdlib>
 #include <exception>
+#include <memory>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -17,63 +18,69 @@ namespace {
 
 thread_local bool t_in_worker = false;
 
+// Each parallel_for is one Job on the heap. A worker takes a reference to the job it was woken
+// for and only ever touches that job's counters, so a worker still leaving an old job cannot
+// take (or double-count) a chunk of the next one.
+struct Job {
+  const std::function<void(int64_t)>* fn = nullptr;  // valid until every chunk is done
+  int64_t chunks = 0;
+  std::atomic<int64_t> next{0};
+  std::atomic<int64_t> done{0};
+  std::mutex error_mutex;
+  std::exception_ptr error;
+};
+
 class ThreadPool {
  public:
-  explicit ThreadPool(int n) { resize(n); }
-  ~ThreadPool() { stop(); }
-
-  int size() const { return int(workers_.size()) + 1; }
-
-  void resize(int n) {
-    stop();
-    stopping_ = false;
+  explicit ThreadPool(int n) {
     for (int i = 0; i + 1 < n; ++i) workers_.emplace_back([this] { worker_loop(); });
   }
-
-  // Runs fn(chunk) for chunk in [0, chunks) across the pool; rethrows the first exception.
-  void run(int64_t chunks, const std::function<void(int64_t)>& fn) {
-    std::unique_lock<std::mutex> submit(submit_mutex_);  // one job at a time
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      job_ = &fn;
-      job_chunks_ = chunks;
-      next_chunk_ = 0;
-      done_chunks_ = 0;
-      error_ = nullptr;
-      ++generation_;
-    }
-    cv_.notify_all();
-    work_on_job();
-    std::unique_lock<std::mutex> lock(mutex_);
-    done_cv_.wait(lock, [&] { return done_chunks_ == job_chunks_; });
-    job_ = nullptr;
-    if (error_) std::rethrow_exception(error_);
-  }
-
- private:
-  void stop() {
+  ~ThreadPool() {
     {
       std::lock_guard<std::mutex> lock(mutex_);
       stopping_ = true;
     }
     cv_.notify_all();
     for (auto& t : workers_) t.join();
-    workers_.clear();
   }
 
-  void work_on_job() {
+  int size() const { return int(workers_.size()) + 1; }
+
+  // Runs fn(chunk) for chunk in [0, chunks) across the pool; rethrows the first exception.
+  void run(int64_t chunks, const std::function<void(int64_t)>& fn) {
+    std::lock_guard<std::mutex> submit(submit_mutex_);  // one job at a time
+    auto job = std::make_shared<Job>();
+    job->fn = &fn;
+    job->chunks = chunks;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      job_ = job;
+      ++generation_;
+    }
+    cv_.notify_all();
+    work_on(*job);
+    {
+      std::unique_lock<std::mutex> lock(mutex_);
+      done_cv_.wait(lock, [&] { return job->done.load() == job->chunks; });
+      job_.reset();
+    }
+    if (job->error) std::rethrow_exception(job->error);
+  }
+
+ private:
+  void work_on(Job& job) {
     const bool was_in_worker = t_in_worker;
     t_in_worker = true;
     for (;;) {
-      const int64_t c = next_chunk_.fetch_add(1);
-      if (c >= job_chunks_) break;
+      const int64_t c = job.next.fetch_add(1);
+      if (c >= job.chunks) break;
       try {
-        (*job_)(c);
+        (*job.fn)(c);
       } catch (...) {
-        std::lock_guard<std::mutex> lock(mutex_);
-        if (!error_) error_ = std::current_exception();
+        std::lock_guard<std::mutex> lock(job.error_mutex);
+        if (!job.error) job.error = std::current_exception();
       }
-      if (done_chunks_.fetch_add(1) + 1 == job_chunks_) {
+      if (job.done.fetch_add(1) + 1 == job.chunks) {
         std::lock_guard<std::mutex> lock(mutex_);
         done_cv_.notify_all();
       }
@@ -84,13 +91,15 @@ class ThreadPool {
   void worker_loop() {
     uint64_t seen = 0;
     for (;;) {
+      std::shared_ptr<Job> job;
       {
         std::unique_lock<std::mutex> lock(mutex_);
         cv_.wait(lock, [&] { return stopping_ || (generation_ != seen && job_ != nullptr); });
         if (stopping_) return;
         seen = generation_;
+        job = job_;
       }
-      work_on_job();
+      work_on(*job);
     }
   }
 
@@ -98,13 +107,9 @@ class ThreadPool {
   std::mutex submit_mutex_;
   std::mutex mutex_;
   std::condition_variable cv_, done_cv_;
-  const std::function<void(int64_t)>* job_ = nullptr;
-  int64_t job_chunks_ = 0;
-  std::atomic<int64_t> next_chunk_{0};
-  std::atomic<int64_t> done_chunks_{0};
+  std::shared_ptr<Job> job_;  // the job being run, null between jobs
   uint64_t generation_ = 0;
   bool stopping_ = false;
-  std::exception_ptr error_;
 };
 
 int default_threads() {

@@ -39,5 +39,20 @@ TEST(ThreadPool, NestedCallsRunInlineAndExceptionsPropagate) {
   EXPECT_EQ(n.load(), 10);
 }
 
+// Back-to-back jobs of different sizes: a worker late to leave one job must never take, or
+// count, a chunk of the next (each index is seen exactly once per job).
+TEST(ThreadPool, BackToBackJobsNeverShareChunks) {
+  set_cpu_num_threads(4);
+  std::vector<std::atomic<int>> hits(64);
+  for (int round = 0; round < 20000; ++round) {
+    const int64_t n = 1 + round % 64;
+    for (int64_t i = 0; i < n; ++i) hits[i] = 0;
+    parallel_for(n, 1, [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) hits[i]++;
+    });
+    for (int64_t i = 0; i < n; ++i) ASSERT_EQ(hits[i].load(), 1) << "round " << round << " index " << i;
+  }
+}
+
 }  // namespace
 }  // namespace tandem
