@@ -23,7 +23,7 @@ struct Plan {
   cublasLtMatmulAlgo_t algo{};
 };
 
-using Key = std::tuple<int, int64_t, int64_t, int64_t, int>;
+using Key = std::tuple<int, int64_t, int64_t, int64_t, int, int64_t>;
 
 Plan make_plan(const LtFp8Gemm& g, int device) {
   Plan p;
@@ -43,7 +43,7 @@ Plan make_plan(const LtFp8Gemm& g, int device) {
   TANDEM_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &placeholder, sizeof(placeholder)));
   TANDEM_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.a, CUDA_R_8F_E4M3, uint64_t(g.k), uint64_t(g.n), g.k));
   TANDEM_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.b, CUDA_R_8F_E4M3, uint64_t(g.k), uint64_t(g.m), g.k));
-  TANDEM_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.c, out_type, uint64_t(g.n), uint64_t(g.m), g.n));
+  TANDEM_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.c, out_type, uint64_t(g.n), uint64_t(g.m), g.ldo > 0 ? g.ldo : g.n));
   cublasLtMatmulPreference_t pref = nullptr;
   TANDEM_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
   size_t ws_bytes = 0;
@@ -72,7 +72,7 @@ bool cublaslt_gemm_fp8_block(const LtFp8Gemm& g, int device, cudaStream_t stream
   if (g.m == 0 || g.n == 0) return true;
   static std::mutex mu;
   static std::map<Key, Plan> plans;  // descriptors live for the process
-  const Key key{device, g.m, g.n, g.k, int(g.out_dtype)};
+  const Key key{device, g.m, g.n, g.k, int(g.out_dtype), g.ldo > 0 ? g.ldo : g.n};
   // One lock for the whole call: the scale pointers are set on the cached descriptor.
   std::lock_guard<std::mutex> lock(mu);
   auto it = plans.find(key);
@@ -82,8 +82,8 @@ bool cublaslt_gemm_fp8_block(const LtFp8Gemm& g, int device, cudaStream_t stream
     if (why) *why = plan.why;
     return false;
   }
-  // The layout enums only say how the caller stored the scales; cuBLASLt reads one layout. The
-  // probe (op harness) passes each candidate and sees which one reproduces the reference.
+  // The layout enums only say how the caller stored the scales; cuBLASLt reads one layout
+  // (kMnMajor + kAsStored, see the header). The probe passes the others to show they differ.
   TANDEM_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &g.w_scale, sizeof(g.w_scale)));
   TANDEM_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &g.x_scale, sizeof(g.x_scale)));
   size_t ws_bytes = 0;

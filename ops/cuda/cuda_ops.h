@@ -20,6 +20,38 @@ void rms_norm(const Tensor& x, const Tensor& weight, double eps, Tensor& out);
 void add_rms_norm(Tensor& residual, const Tensor& x, const Tensor& weight, double eps,
                   Tensor& out);
 void linear(const Tensor& x, const LinearWeight& w, Tensor& out);
+
+// How linear treats f8_e4m3 weights on CUDA.
+//  - kBlockFp8 (the default): where the shapes allow (K and N multiples of 128, weight rows and
+//    scales contiguous, out rows 16-byte aligned), x is quantized per token per 128 columns to
+//    e4m3 (1x128 f32 scales) and multiplied on FP8 tensor cores (cuBLASLt, f32 accumulation),
+//    like DeepSeek-V3's inference. Error against the exact op: the e4m3 rounding of x, at most
+//    2^-4 relative per element (about 2.6e-2 relative L2 on Gaussian rows).
+//  - kExact: the weights are dequantized into the f32 GEMM (the CPU op's result to f32
+//    rounding); also where kBlockFp8 does not apply.
+// Process-wide; the initial value comes from TANDEM_LINEAR_FP8 ("exact" or "block").
+enum class LinearFp8Mode { kBlockFp8, kExact };
+void set_linear_fp8_mode(LinearFp8Mode mode);
+LinearFp8Mode linear_fp8_mode();
+// Sets the mode for a scope, then restores the previous one (tests).
+class ScopedLinearFp8Mode {
+ public:
+  explicit ScopedLinearFp8Mode(LinearFp8Mode mode) : prev_(linear_fp8_mode()) { set_linear_fp8_mode(mode); }
+  ~ScopedLinearFp8Mode() { set_linear_fp8_mode(prev_); }
+  ScopedLinearFp8Mode(const ScopedLinearFp8Mode&) = delete;
+  ScopedLinearFp8Mode& operator=(const ScopedLinearFp8Mode&) = delete;
+
+ private:
+  LinearFp8Mode prev_;
+};
+// Counts of fp8-weight linear calls by the path they took, since the process started (tests
+// and benchmarks say which layers ran on FP8 tensor cores).
+struct LinearFp8Counts {
+  int64_t block_fp8 = 0;  // quantized x, cuBLASLt FP8 GEMM
+  int64_t exact = 0;      // dequantizing f32 GEMM
+};
+LinearFp8Counts linear_fp8_counts();
+
 void head_matmul(const Tensor& x, const Tensor& w, Tensor& out);
 void rope(Tensor& x, const Tensor& positions, const Tensor& inv_freq, float attention_factor,
           bool interleave);

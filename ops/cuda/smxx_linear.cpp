@@ -1,4 +1,11 @@
 // Host launchers of smxx_linear.cu: linear (one GEMM) and head_matmul (one GEMM per head).
+// linear picks the path: bf16 x and weights on cuBLASLt; fp8 weights on cuBLASLt's FP8
+// block-scaled GEMM after quantizing x (LinearFp8Mode, cuda_ops.h); the rest on the f32 kernels.
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
+
+#include "ops/cuda/cublaslt_fp8_gemm.h"
 #include "ops/cuda/cublaslt_gemm.h"
 #include "ops/cuda/cuda_ops.h"
 #include "ops/cuda/host_common.h"
@@ -6,6 +13,62 @@
 namespace tandem::ops::cuda {
 
 namespace {
+
+std::atomic<int> g_fp8_mode{[] {
+  const char* env = std::getenv("TANDEM_LINEAR_FP8");
+  return int(env && std::strcmp(env, "exact") == 0 ? LinearFp8Mode::kExact : LinearFp8Mode::kBlockFp8);
+}()};
+std::atomic<int64_t> g_fp8_block_calls{0}, g_fp8_exact_calls{0};
+
+bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
+
+// cuBLASLt's 1x128 (VEC128_32F) FP8 GEMM on sm_90 (CUDA 13) offers no algorithm for M = 1,
+// 37 or 130 and runs M = 64, 128, 256, 4096 (H200 run of 2026-11-28): M is padded to this.
+constexpr int64_t kFp8RowPad = 16;
+
+// The FP8 tensor-core path for an fp8 weight; false (nothing written) where it does not apply:
+// K and N multiples of 128 (whole scale blocks, cuBLASLt's FP8 leading-dimension rule),
+// contiguous weight rows and scales, an out with contiguous, 16-byte aligned rows, and an
+// algorithm offered by cuBLASLt. M not a multiple of kFp8RowPad: the GEMM runs over zero rows
+// appended to the quantized x into a scratch out, and the first M rows are copied to out.
+bool linear_block_fp8(const Tensor& x, const LinearWeight& w, Tensor& out, const OpContext& ctx) {
+  const int64_t m = x.size(0), n = w.out_features(), k = w.in_features();
+  const int64_t kb = k / LinearWeight::kBlock;
+  const int64_t out_es = int64_t(dtype_size_bytes(out.dtype()));
+  const bool shapes = m > 0 && k % 128 == 0 && n % 128 == 0 && x.stride(1) == 1 &&
+                      w.weight.stride(0) == k && w.weight.stride(1) == 1 &&
+                      w.scale_inv.size(0) == n / 128 && w.scale_inv.size(1) == kb &&
+                      w.scale_inv.stride(0) == kb && w.scale_inv.stride(1) == 1 &&
+                      out.stride(1) == 1 && (m == 1 || (out.stride(0) * out_es) % 16 == 0) &&
+                      aligned16(out.raw_data()) && aligned16(w.weight.raw_data()) &&
+                      aligned16(w.scale_inv.raw_data());
+  if (!shapes) return false;
+  const int64_t mp = (m + kFp8RowPad - 1) / kFp8RowPad * kFp8RowPad;
+  // [Mp, K] e4m3 and [K/128][Mp] scales: the layout cuBLASLt's VEC128_32F reads. Padded rows:
+  // q = 0 and scale = 0, so they compute zeros and read nothing undefined.
+  Tensor q = Tensor::empty({mp, k}, DType::kF8E4M3, x.device());
+  Tensor s = Tensor::empty({kb, mp}, DType::kF32, x.device());
+  if (mp != m) {
+    TANDEM_CUDA_CHECK(cudaMemsetAsync(static_cast<char*>(q.raw_data()) + m * k, 0, size_t((mp - m) * k), ctx.stream));
+    TANDEM_CUDA_CHECK(cudaMemsetAsync(s.raw_data(), 0, size_t(kb * mp) * sizeof(float), ctx.stream));
+  }
+  quantize_fp8_rows(x.raw_data(), x.dtype(), x.stride(0), m, k, q.raw_data(), mptr<float>(s),
+                    Fp8ActScaleLayout::kMnMajor, ctx.stream, mp);
+  TANDEM_CUDA_LAUNCH_CHECK("linear (fp8 quantize)");
+  Tensor scratch = mp != m ? Tensor::empty({mp, n}, out.dtype(), out.device()) : Tensor();
+  Tensor& dst = mp != m ? scratch : out;
+  LtFp8Gemm g{q.raw_data(), cptr<float>(s), w.weight.raw_data(), cptr<float>(w.scale_inv),
+              dst.raw_data(), dst.dtype(), mp, n, k,
+              Fp8ActScaleLayout::kMnMajor, Fp8WeightScaleLayout::kAsStored,
+              mp != m ? n : out.stride(0)};
+  if (!cublaslt_gemm_fp8_block(g, ctx.device, ctx.stream, nullptr)) return false;
+  if (mp != m) {
+    TANDEM_CUDA_CHECK(cudaMemcpy2DAsync(out.raw_data(), size_t(out.stride(0) * out_es), scratch.raw_data(),
+                                        size_t(n * out_es), size_t(n * out_es), size_t(m),
+                                        cudaMemcpyDeviceToDevice, ctx.stream));
+  }
+  return true;
+}
 
 Tensor cast_rows(const Tensor& src, DType dtype, const OpContext& ctx) {
   Tensor dst = Tensor::empty(src.shape(), dtype, src.device());
@@ -25,8 +88,19 @@ void cast_rows_into(const Tensor& src, Tensor& dst, const OpContext& ctx) {
 
 }  // namespace
 
+void set_linear_fp8_mode(LinearFp8Mode mode) { g_fp8_mode.store(int(mode)); }
+LinearFp8Mode linear_fp8_mode() { return LinearFp8Mode(g_fp8_mode.load()); }
+LinearFp8Counts linear_fp8_counts() { return {g_fp8_block_calls.load(), g_fp8_exact_calls.load()}; }
+
 void linear(const Tensor& x, const LinearWeight& w, Tensor& out) {
   OpContext ctx(out);
+  if (w.is_fp8()) {
+    if (linear_fp8_mode() == LinearFp8Mode::kBlockFp8 && linear_block_fp8(x, w, out, ctx)) {
+      ++g_fp8_block_calls;
+      return;
+    }
+    ++g_fp8_exact_calls;
+  }
   if (x.dtype() == DType::kBF16 && w.weight.dtype() == DType::kBF16 && x.size(1) > 0) {
     // Tensor cores through cuBLASLt, f32 accumulation, one rounding into a bf16 out.
     LtGemm g{x.raw_data(), x.stride(0), w.weight.raw_data(), w.weight.stride(0),

@@ -20,6 +20,7 @@
 
 #include <cuda_runtime_api.h>
 
+#include "ops/cpu/fp8_quant.h"
 #include "ops/cuda/cublaslt_fp8_gemm.h"
 #include "ops/cuda/cuda_ops.h"
 #include "ops/cuda/device.h"
@@ -304,7 +305,10 @@ TEST_F(OpHarness, LinearBf16Activations) {
   check_linear("x bf16 w bf16 out f32 M=37 N=1000 K=704", 37, 1000, 704, b, false, b, f, 1e-5);
   check_linear("x bf16 w bf16 out bf16 M=300 N=576 K=2048 str", 300, 576, 2048, b, true, b, b, 4e-3);
   check_linear("x bf16 w bf16 out bf16 M=1 N=2112 K=7168", 1, 2112, 7168, b, false, b, b, 4e-3);
-  check_linear("x bf16 w fp8 out bf16 M=9 N=300 K=520", 9, 300, 520, DType::kF8E4M3, false, b, b, 4e-3);
+  {
+    ops::cuda::ScopedLinearFp8Mode exact(ops::cuda::LinearFp8Mode::kExact);
+    check_linear("x bf16 w fp8 out bf16 M=9 N=300 K=520", 9, 300, 520, DType::kF8E4M3, false, b, b, 4e-3);
+  }
   check_linear("x f32 w bf16 out bf16 M=70 N=130 K=256", 70, 130, 256, b, true, f, b, 4e-3);
 }
 
@@ -313,9 +317,98 @@ TEST_F(OpHarness, LinearF32) {
   check_linear("f32 M=1 N=300 K=77", 1, 300, 77, DType::kF32, false);
 }
 
+// The exact (dequantizing) path for fp8 weights; LinearFp8Gemm below tests the FP8 one.
 TEST_F(OpHarness, LinearFp8BlockScaled) {
+  ops::cuda::ScopedLinearFp8Mode exact(ops::cuda::LinearFp8Mode::kExact);
   check_linear("fp8 M=37 N=300 K=520", 37, 300, 520, DType::kF8E4M3, false);
   check_linear("fp8 M=2 N=1024 K=7168 strided", 2, 1024, 7168, DType::kF8E4M3, true);
+}
+
+// The activation quantizer of the FP8 path (ops/cuda/smxx_fp8_quant.cu) against its CPU twin
+// (ops/cpu/fp8_quant.cpp): q and scales bitwise equal, for f32 and bf16 x with strided rows, a
+// block of zeros (scale 1) and a block of large values.
+TEST_F(OpHarness, Fp8QuantizerMatchesCpuTwin) {
+  struct Case { int64_t m, k; DType dt; };
+  for (const Case c : {Case{1, 7168, DType::kBF16}, Case{37, 512, DType::kF32}, Case{130, 1536, DType::kBF16},
+                       Case{5, 128, DType::kF32}}) {
+    const int64_t pad = 24;
+    Tensor wide = randn({c.m, c.k + pad}, 1.0f);
+    for (int64_t j = 0; j < 128; ++j) wide.data<float>()[j] = 0.0f;  // row 0, block 0: zeros
+    if (c.k > 128)
+      for (int64_t j = 128; j < 256; ++j) wide.data<float>()[j] *= 3000.0f;  // row 0, block 1: large
+    wide = c.dt == DType::kF32 ? wide : cast(wide, c.dt);
+    const Tensor x = wide.slice(1, 0, c.k);
+    Tensor q_ref = Tensor::empty({c.m, c.k}, DType::kF8E4M3), s_ref = Tensor::empty({c.k / 128, c.m}, DType::kF32);
+    ops::cpu::quantize_fp8_rows(x, q_ref, s_ref);
+    Tensor xg = wide.to(kGpu);
+    Guarded q({c.m, c.k}, DType::kF8E4M3, 0), s({c.k / 128, c.m}, DType::kF32, 0);
+    ops::cuda::quantize_fp8_rows(xg.raw_data(), c.dt, xg.stride(0), c.m, c.k, q.view.raw_data(),
+                                 static_cast<float*>(s.view.raw_data()),
+                                 ops::cuda::Fp8ActScaleLayout::kMnMajor, ops::cuda::current_stream(0));
+    const std::string label = std::string(dtype_name(c.dt)) + " M=" + std::to_string(c.m) + " K=" + std::to_string(c.k);
+    expect_bitwise("fp8_quantize", label + " q", q.result("q"), q_ref);
+    expect_bitwise("fp8_quantize", label + " scales", s.result("scales"), s_ref);
+  }
+}
+
+// linear with fp8 weights on the FP8 path (LinearFp8Mode::kBlockFp8): x quantized per token per
+// 128 columns, cuBLASLt FP8 GEMM. Two references on the CPU:
+//  - the exact CPU op (weights dequantized, x as given). e4m3 keeps 3 mantissa bits, so each
+//    quantized activation is within 2^-4 relative of x (round to nearest; subnormals only for
+//    values below amax * 2^-15, negligible in L2). The error of out = x W^T is e W^T with e the
+//    rounding errors: for W independent of e, ||e W^T|| / ||x W^T|| ~ ||e|| / ||x|| <= 2^-4,
+//    and about 2.6e-2 for Gaussian x (measured by the probe). Tolerance 2^-4 = 6.25e-2.
+//  - the CPU op on the CPU twin's quantized activations (q * scale in f32, bitwise the same q
+//    and scales as the GPU's, test above): only the GEMM's accumulation differs. Hopper's FP8
+//    MMA accumulates a 128-wide block with reduced precision before cuBLASLt promotes it to f32
+//    (the probe measured 1.3e-4); tolerance 5e-4, 100x below the quantization error, so a wrong
+//    scale or layout cannot pass. A bf16 out adds one rounding (<= 2^-9): 4e-3.
+// Each case must take the FP8 path (counted); shapes it does not cover go to the exact path.
+void check_linear_fp8(const std::string& label, int64_t m, int64_t n, int64_t k, DType xdt,
+                      DType odt, bool strided, bool expect_fp8 = true) {
+  ops::cuda::ScopedLinearFp8Mode mode(ops::cuda::LinearFp8Mode::kBlockFp8);
+  LinearWeight w;
+  w.weight = cast(randn({n, k}, 100.0f), DType::kF8E4M3);
+  const int64_t b = LinearWeight::kBlock;
+  Tensor sc = randn({(n + b - 1) / b, (k + b - 1) / b}, 1.0f);
+  for (int64_t i = 0; i < sc.numel(); ++i) sc.data<float>()[i] = (1.0f + 0.2f * sc.data<float>()[i]) / 448.0f / std::sqrt(float(k));
+  w.scale_inv = sc;
+  const int64_t xpad = strided ? 40 : 0;
+  const Tensor xwide = randn({m, k + xpad}, 1.0f, xdt);
+  const Tensor x = xwide.slice(1, 0, k);
+  Tensor ref_exact = Tensor::empty({m, n}, odt);
+  ops::linear(x, w, ref_exact);
+  Tensor ref_q = Tensor::empty({m, n}, odt);
+  if (k % b == 0) {
+    ops::linear(ops::cpu::fp8_quantized_activations(x), w, ref_q);
+  }
+  LinearWeight wg{w.weight.to(kGpu), w.scale_inv.to(kGpu)};
+  Guarded out({m, n}, odt, strided ? 16 : 0);
+  const ops::cuda::LinearFp8Counts before = ops::cuda::linear_fp8_counts();
+  ops::linear(xwide.to(kGpu).slice(1, 0, k), wg, out.view);
+  const ops::cuda::LinearFp8Counts after = ops::cuda::linear_fp8_counts();
+  const bool took_fp8 = after.block_fp8 > before.block_fp8;
+  std::printf("FP8LINEAR %s: %s path\n", label.c_str(), took_fp8 ? "fp8 GEMM" : "exact");
+  EXPECT_EQ(took_fp8, expect_fp8) << label;
+  const Tensor got = out.result("linear fp8");
+  if (took_fp8) {
+    expect_close("linear_fp8_vs_exact", label, got, ref_exact, 0.0625);
+    expect_close("linear_fp8_vs_quantized", label, got, ref_q, odt == DType::kF32 ? 5e-4 : 4e-3);
+  } else {
+    expect_close("linear_fp8_fallback", label, got, ref_exact, odt == DType::kF32 ? 2e-6 : 4e-3);
+  }
+}
+
+TEST_F(OpHarness, LinearFp8Gemm) {
+  const DType b = DType::kBF16, f = DType::kF32;
+  check_linear_fp8("x bf16 out f32 M=37 N=256 K=512", 37, 256, 512, b, f, false);
+  check_linear_fp8("x bf16 out bf16 M=1 N=1536 K=7168", 1, 1536, 7168, b, b, false);
+  check_linear_fp8("x f32 out f32 M=130 N=384 K=1024 str", 130, 384, 1024, f, f, true);
+  check_linear_fp8("x bf16 out bf16 M=64 N=2048 K=7168 str", 64, 2048, 7168, b, b, true);
+  check_linear_fp8("x bf16 out f32 M=256 N=512 K=2048", 256, 512, 2048, b, f, false);
+  // Not whole blocks: the exact path.
+  check_linear_fp8("x bf16 out bf16 M=9 N=192 K=256 (N%128)", 9, 192, 256, b, b, false, false);
+  check_linear_fp8("x bf16 out f32 M=9 N=256 K=96 (K%128)", 9, 256, 96, b, f, false, false);
 }
 
 TEST_F(OpHarness, HeadMatmul) {
@@ -642,12 +735,67 @@ TEST_F(OpHarness, Perf) {
   }
 }
 
-// FP8 block-scaled GEMM on cuBLASLt (ops/cuda/cublaslt_fp8_gemm.h), not yet used by linear:
+// Perf mode: every GEMM shape of full-width DeepSeek-V3 (hidden 7168) through linear, with fp8
+// weights (the FP8 path: quantize x + cuBLASLt FP8 GEMM) and with bf16 weights (cuBLASLt bf16),
+// bf16 x and out, M = 1, 64, 128, 4096. Prints "OPGEMM <name> N=.. K=.. M=.. fp8 <us> <path>
+// bf16 <us>"; tools/device/gemm_table.py sets them beside torch (same run) and the ceilings.
+// Weights rotate over copies totalling >= 256 MiB so a small-M run reads them from HBM, not
+// from the 50 MB L2. Inputs: a random 1 Mi-element block tiled (values are random, not zeros).
+Tensor tiled_random(const Shape& shape, DType dtype, float stddev) {
+  const int64_t block = int64_t(1) << 20;
+  const Tensor src = cast(randn({block}, stddev), dtype);
+  Tensor t = Tensor::empty(shape, dtype);
+  const size_t es = dtype_size_bytes(dtype), total = size_t(t.numel()) * es, chunk = size_t(block) * es;
+  for (size_t off = 0; off < total; off += chunk)
+    std::memcpy(static_cast<char*>(t.raw_data()) + off, src.raw_data(), std::min(chunk, total - off));
+  return t;
+}
+
+TEST_F(OpHarness, PerfGemmV3) {
+  const char* on = std::getenv("TANDEM_OP_PERF");
+  if (!on || on[0] != '1') GTEST_SKIP() << "set TANDEM_OP_PERF=1 for timings";
+  ops::cuda::ScopedLinearFp8Mode mode(ops::cuda::LinearFp8Mode::kBlockFp8);
+  struct Shape2 { const char* name; int64_t n, k; };
+  const Shape2 shapes[] = {{"q_a", 1536, 7168},         {"q_b", 24576, 1536},
+                           {"kv_a", 576, 7168},         {"kv_b", 32768, 512},
+                           {"o", 7168, 16384},          {"dense_gate_up", 18432, 7168},
+                           {"dense_down", 7168, 18432}, {"expert_gate_up", 2048, 7168},
+                           {"expert_down", 7168, 2048}};
+  const int64_t ms[] = {1, 64, 128, 4096};
+  for (const Shape2& sh : shapes) {
+    const int64_t n = sh.n, k = sh.k, mmax = 4096;
+    const int64_t copies = std::min<int64_t>(16, std::max<int64_t>(1, (int64_t(256) << 20) / (n * k)));
+    const Tensor w8_host = tiled_random({n, k}, DType::kF8E4M3, 100.0f);
+    const Tensor w16_host = tiled_random({n, k}, DType::kBF16, 0.02f);
+    Tensor sc = Tensor::empty({(n + 127) / 128, (k + 127) / 128}, DType::kF32);
+    for (int64_t i = 0; i < sc.numel(); ++i) sc.data<float>()[i] = 1.0f / 448.0f / 64.0f;
+    std::vector<LinearWeight> w8, w16;
+    for (int64_t c = 0; c < copies; ++c) {
+      w8.push_back({w8_host.to(kGpu), sc.to(kGpu)});
+      w16.push_back({w16_host.to(kGpu), Tensor()});
+    }
+    Tensor x = tiled_random({mmax, k}, DType::kBF16, 1.0f).to(kGpu);
+    Tensor out = Tensor::empty({mmax, n}, DType::kBF16, kGpu);
+    for (const int64_t m : ms) {
+      Tensor xm = x.slice(0, 0, m), om = out.slice(0, 0, m);
+      int64_t i8 = 0, i16 = 0;
+      const ops::cuda::LinearFp8Counts before = ops::cuda::linear_fp8_counts();
+      const double us8 = median_us([&] { ops::linear(xm, w8[i8++ % copies], om); });
+      const bool fp8 = ops::cuda::linear_fp8_counts().block_fp8 > before.block_fp8;
+      const double us16 = median_us([&] { ops::linear(xm, w16[i16++ % copies], om); });
+      std::printf("OPGEMM %s N=%lld K=%lld M=%lld fp8 %.2f %s bf16 %.2f copies %lld\n", sh.name,
+                  (long long)n, (long long)k, (long long)m, us8, fp8 ? "fp8gemm" : "exact", us16,
+                  (long long)copies);
+    }
+  }
+}
+
+// FP8 block-scaled GEMM on cuBLASLt (ops/cuda/cublaslt_fp8_gemm.h):
 // which layouts of the 1 x 128 activation scales and the 128 x 128 weight scales cuBLASLt reads
-// is found here. Activations are quantized on the GPU (checked against x: e4m3 keeps 3
+// was found here (linear now uses the matching one). Activations are quantized on the GPU (checked against x: e4m3 keeps 3
 // mantissa bits, relative error <= 2^-4 per value); the reference is the GEMM of the
-// dequantized operands in double on the host, so a right layout agrees to f32 accumulation
-// (<= 1e-5) and a wrong one is off by O(1). Prints "FP8PROBE" lines; skips (does not fail)
+// dequantized operands in double on the host, so a right layout agrees to the FP8 MMA's
+// accumulation (1.3e-4 measured on an H200; threshold 1e-3) and a wrong one is off by O(0.1). Prints "FP8PROBE" lines; skips (does not fail)
 // when no layout matches or cuBLASLt offers no algorithm. With TANDEM_OP_PERF=1 also times
 // M=4096 N=7168 K=2048 (OPPERF).
 TEST_F(OpHarness, Fp8BlockGemmProbe) {
@@ -725,7 +873,7 @@ TEST_F(OpHarness, Fp8BlockGemmProbe) {
       std::printf("FP8PROBE M=256 N=384 K=512 %s, %s: %s rel_l2=%.3e (activation quantization rel_l2=%.3e)\n",
                   al_name[a], wl_name[w], r.ok ? "ran" : ("not run: " + r.why).c_str(), r.rel, qrel);
       EXPECT_LT(qrel, 0.05) << "activation quantization";
-      if (r.ok && r.rel < 1e-4 && best_a < 0) {
+      if (r.ok && r.rel < 1e-3 && best_a < 0) {
         best_a = a;
         best_w = w;
       }

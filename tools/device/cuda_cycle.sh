@@ -54,7 +54,7 @@ if [[ -n "${TANDEM_SANITIZE_FILTER:-}" ]]; then  # e.g. '*MlaDecode*': racecheck
   timeout 150 compute-sanitizer --tool racecheck --racecheck-report hazard "$bin/op_harness_test" \
     --gtest_filter="$TANDEM_SANITIZE_FILTER" > "$OUT/racecheck.log" 2>&1 || echo "racecheck rc=$?" >> "$OUT/racecheck.log"
 fi
-PYTHONUNBUFFERED=1 timeout 180 python3 tools/device/torch_peer.py > "$OUT/torch_peer.log" 2>&1 || echo "torch peer failed" >> "$OUT/torch_peer.log"
+PYTHONUNBUFFERED=1 timeout 300 python3 tools/device/torch_peer.py > "$OUT/torch_peer.log" 2>&1 || echo "torch peer failed" >> "$OUT/torch_peer.log"
 
 echo "== racecheck"
 [[ -f "$OUT/racecheck.log" ]] && grep -E "RACECHECK SUMMARY|hazard|PASSED|FAILED|rc=" "$OUT/racecheck.log" | head -8
@@ -62,10 +62,10 @@ echo "== failures"
 grep -E "^\[  FAILED|Failure|error:|what\(\)" "$OUT/op_harness.log" "$OUT/golden_cuda.log" | head -40
 echo "== gtest summary"
 grep -hE "^\[  (PASSED|FAILED|SKIPPED) +\] [0-9]+ test" "$OUT/op_harness.log" "$OUT/golden_cuda.log"
-echo "== fp8 block GEMM probe"
-grep -h "^FP8PROBE" "$OUT/op_harness.log"
+echo "== fp8 block GEMM probe, FP8 linear paths"
+grep -h "^FP8PROBE\|^FP8LINEAR" "$OUT/op_harness.log"
 echo "== golden on GPU"
-grep -hE "^(GOLDEN|BF16)" "$OUT/golden_cuda.log"
+grep -hE "^(GOLDEN|BF16|FP8GOLDEN)" "$OUT/golden_cuda.log"
 echo "== perf (ours) / peer / ceiling"
 grep -h "^OPPERF" "$OUT/op_harness.log" "$OUT/golden_cuda.log"
 grep -hE "^(PEER|CEILING)" "$OUT/torch_peer.log"
@@ -77,4 +77,6 @@ grep -h "^OPERR" "$OUT/op_harness.log" | awk '
     seen[op]=1 }
   END { printf "%-22s %12s %12s %10s\n", "op", "max_abs", "rel_l2", "bitwise"
         for (op in seen) printf "%-22s %12.3e %12.3e %10s\n", op, ma[op], rl[op], (isbw[op] ? bw[op] " diff" : "-") }' | sort
+echo "== V3 GEMMs: tandem linear vs torch vs ceilings (tools/device/gemm_table.py)"
+python3 tools/device/gemm_table.py "$OUT/op_harness.log" "$OUT/torch_peer.log" | tee "$OUT/gemm_table.txt"
 exit $status

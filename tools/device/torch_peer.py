@@ -1,6 +1,10 @@
-"""Peer timings for the op harness's perf mode (tests/ops/op_harness_test.cpp, OPPERF lines):
-the same shapes through PyTorch on the same GPU in the same run, plus the copy-bandwidth
-ceiling. Prints "PEER <op> <case> <us>" lines; median of 25 event-timed runs after warm-up."""
+"""Peer timings for the op harness's perf mode (tests/ops/op_harness_test.cpp, OPPERF and
+OPGEMM lines): the same shapes through PyTorch on the same GPU in the same run, plus the
+ceilings (copy bandwidth, bf16 and fp8 matrix rates). Prints "PEER <op> <case> <us>",
+"PEERGEMM ..." and "CEILING ..." lines; median of 25 event-timed runs after warm-up.
+`--gemm` runs only the ceilings and the V3 GEMM sweep."""
+import sys
+
 import torch
 
 
@@ -59,6 +63,80 @@ def main():
 
     mla_decode_peer(dev)
     fp8_block_peer(dev)
+    fp8_ceiling(dev)
+    gemm_sweep(dev)
+
+
+def copy_ceiling(dev):
+    src = torch.randn(1 << 30, device=dev, dtype=torch.float32)  # 4 GiB
+    dst = torch.empty_like(src)
+    us = median_us(lambda: dst.copy_(src))
+    print(f"CEILING copy {2 * src.numel() * 4 / us / 1e3:.0f} GB/s")
+
+
+def bf16_ceiling(dev):
+    a = torch.randn(8192, 8192, device=dev).bfloat16()
+    b = torch.randn(8192, 8192, device=dev).bfloat16()
+    us = median_us(lambda: a @ b, reps=10)
+    print(f"CEILING bf16_matmul_8192 {2 * 8192 ** 3 / us / 1e6:.0f} TFLOP/s")
+
+
+def fp8_ceiling(dev):
+    """The FP8 matrix rate: _scaled_mm 8192^3 with one scale per tensor (no block scales)."""
+    a = torch.randn(8192, 8192, device=dev).to(torch.float8_e4m3fn)
+    b = torch.randn(8192, 8192, device=dev).to(torch.float8_e4m3fn)
+    one = torch.ones((), device=dev)
+    us = median_us(lambda: torch._scaled_mm(a, b.t(), one, one, out_dtype=torch.bfloat16), reps=10)
+    print(f"CEILING fp8_matmul_8192 {2 * 8192 ** 3 / us / 1e6:.0f} TFLOP/s")
+
+
+# Full-width DeepSeek-V3 projections: name, N (out), K (in); the op harness's PerfGemmV3.
+V3_GEMMS = [("q_a", 1536, 7168), ("q_b", 24576, 1536), ("kv_a", 576, 7168), ("kv_b", 32768, 512),
+            ("o", 7168, 16384), ("dense_gate_up", 18432, 7168), ("dense_down", 7168, 18432),
+            ("expert_gate_up", 2048, 7168), ("expert_down", 7168, 2048)]
+
+
+def gemm_sweep(dev):
+    """torch's bf16 F.linear and blockwise FP8 _scaled_mm (1x128 x scales [K/128][M], 128x128
+    weight scales, bf16 out; the GEMM alone, x already quantized, which flatters torch) on the
+    V3 shapes at M = 1, 64, 128, 4096. Weights rotate over copies totalling >= 256 MiB, as in
+    the op harness. Prints "PEERGEMM <name> N=.. K=.. M=.. bf16 <us> fp8 <us|nan>"."""
+    import torch.nn.functional as F
+    for name, n, k in V3_GEMMS:
+        copies = min(16, max(1, (256 << 20) // (n * k)))
+        w16 = [(torch.randn(n, k, device=dev) * 0.02).bfloat16() for _ in range(copies)]
+        w8 = [w.float().mul(448 / 0.1).clamp(-448, 448).to(torch.float8_e4m3fn) for w in w16]
+        sw = torch.full((n // 128 if n % 128 == 0 else n // 128 + 1, k // 128), 1 / 448, device=dev)
+        x = torch.randn(4096, k, device=dev).bfloat16()
+        x8 = x.float().clamp(-448, 448).to(torch.float8_e4m3fn)
+        for m in (1, 64, 128, 4096):
+            xm, x8m = x[:m], x8[:m]
+            it = [0]
+
+            def bf16():
+                it[0] += 1
+                return F.linear(xm, w16[it[0] % copies])
+            us16 = median_us(bf16)
+            sa = torch.rand(k // 128, m, device=dev).t()
+            us8 = float("nan")
+            try:
+                def fp8():
+                    it[0] += 1
+                    return torch._scaled_mm(x8m, w8[it[0] % copies].t(), sa, sw.t(), out_dtype=torch.bfloat16)
+                us8 = median_us(fp8)
+            except Exception as e:  # noqa: BLE001 - e.g. a size torch's checks refuse
+                print(f"PEERGEMM {name} M={m} fp8 failed: {type(e).__name__}: {str(e)[:120]}")
+            print(f"PEERGEMM {name} N={n} K={k} M={m} bf16 {us16:.2f} fp8 {us8:.2f}", flush=True)
+        del w16, w8, x, x8
+        torch.cuda.empty_cache()
+
+
+def main_gemm():
+    dev = "cuda"
+    copy_ceiling(dev)
+    bf16_ceiling(dev)
+    fp8_ceiling(dev)
+    gemm_sweep(dev)
 
 
 def mla_decode_peer(dev):
@@ -121,4 +199,7 @@ def fp8_block_peer(dev):
 
 
 if __name__ == "__main__":
-    main()
+    if "--gemm" in sys.argv:
+        main_gemm()
+    else:
+        main()
