@@ -48,8 +48,9 @@ else
 fi
 
 status=0
-TANDEM_OP_PERF=1 "$bin/op_harness_test" > "$OUT/op_harness.log" 2>&1 || status=1
-TANDEM_OP_PERF=1 "$bin/golden_cuda_test" > "$OUT/golden_cuda.log" 2>&1 || status=1
+# Each binary under its own limit, so a hang leaves time for the peer and the tables.
+timeout "${TANDEM_TEST_TIMEOUT_S:-200}" env TANDEM_OP_PERF=1 "$bin/op_harness_test" > "$OUT/op_harness.log" 2>&1 || { status=1; echo "op_harness rc=$?" >> "$OUT/op_harness.log"; }
+timeout "${TANDEM_TEST_TIMEOUT_S:-200}" env TANDEM_OP_PERF=1 "$bin/golden_cuda_test" > "$OUT/golden_cuda.log" 2>&1 || { status=1; echo "golden rc=$?" >> "$OUT/golden_cuda.log"; }
 if [[ -n "${TANDEM_SANITIZE_FILTER:-}" ]]; then  # e.g. '*MlaDecode*': racecheck on those tests
   timeout 150 compute-sanitizer --tool racecheck --racecheck-report hazard "$bin/op_harness_test" \
     --gtest_filter="$TANDEM_SANITIZE_FILTER" > "$OUT/racecheck.log" 2>&1 || echo "racecheck rc=$?" >> "$OUT/racecheck.log"
