@@ -49,8 +49,11 @@ fi
 
 status=0
 # Each binary under its own limit, so a hang leaves time for the peer and the tables.
-timeout "${TANDEM_TEST_TIMEOUT_S:-200}" env TANDEM_OP_PERF=1 "$bin/op_harness_test" > "$OUT/op_harness.log" 2>&1 || { status=1; echo "op_harness rc=$?" >> "$OUT/op_harness.log"; }
-timeout "${TANDEM_TEST_TIMEOUT_S:-200}" env TANDEM_OP_PERF=1 "$bin/golden_cuda_test" > "$OUT/golden_cuda.log" 2>&1 || { status=1; echo "golden rc=$?" >> "$OUT/golden_cuda.log"; }
+for t in op_harness golden_cuda; do
+  timeout "${TANDEM_TEST_TIMEOUT_S:-200}" env TANDEM_OP_PERF=1 "$bin/${t}_test" > "$OUT/$t.log" 2>&1
+  rc=$?
+  if [[ $rc -ne 0 ]]; then status=1; echo "$t rc=$rc (124: timed out)" >> "$OUT/$t.log"; fi
+done
 if [[ -n "${TANDEM_SANITIZE_FILTER:-}" ]]; then  # e.g. '*MlaDecode*': racecheck on those tests
   timeout 150 compute-sanitizer --tool racecheck --racecheck-report hazard "$bin/op_harness_test" \
     --gtest_filter="$TANDEM_SANITIZE_FILTER" > "$OUT/racecheck.log" 2>&1 || echo "racecheck rc=$?" >> "$OUT/racecheck.log"
@@ -60,7 +63,7 @@ PYTHONUNBUFFERED=1 timeout 300 python3 tools/device/torch_peer.py > "$OUT/torch_
 echo "== racecheck"
 [[ -f "$OUT/racecheck.log" ]] && grep -E "RACECHECK SUMMARY|hazard|PASSED|FAILED|rc=" "$OUT/racecheck.log" | head -8
 echo "== failures"
-grep -E "^\[  FAILED|Failure|error:|what\(\)" "$OUT/op_harness.log" "$OUT/golden_cuda.log" | head -40
+grep -E "^\[  FAILED|Failure|error:|what\(\)| rc=" "$OUT/op_harness.log" "$OUT/golden_cuda.log" | head -40
 echo "== gtest summary"
 grep -hE "^\[  (PASSED|FAILED|SKIPPED) +\] [0-9]+ test" "$OUT/op_harness.log" "$OUT/golden_cuda.log"
 echo "== fp8 block GEMM probe, FP8 linear paths"
