@@ -1,0 +1,41 @@
+#include "disagg/transfer_engine.h"
+
+#include "disagg/cuda_ipc_transport.h"
+#include "disagg/staging.h"
+#include "disagg/tcp_transport.h"
+
+namespace tandem::disagg {
+
+Status TransferConfig::validate() const {
+  if (connect_timeout_ms <= 0)
+    return {StatusCode::kInvalidArgument, "--pd-connect-timeout-ms must be positive"};
+  if (transfer_timeout_ms <= 0)
+    return {StatusCode::kInvalidArgument, "--pd-transfer-timeout-ms must be positive"};
+  if (staging_bytes < 4096)
+    return {StatusCode::kInvalidArgument, "staging buffer must be at least 4096 bytes"};
+  return {};
+}
+
+std::vector<std::string> transfer_backends() {
+  std::vector<std::string> names{"tcp"};
+  if (staging_has_cuda()) names.push_back("cuda_ipc");
+  return names;
+}
+
+Status make_transfer_engine(const TransferConfig& config, std::unique_ptr<TransferEngine>* out) {
+  if (Status s = config.validate(); !s.ok()) return s;
+  Status s;
+  if (config.backend == "tcp") {
+    *out = make_tcp_transfer_engine(config, &s);
+  } else if (config.backend == "cuda_ipc") {
+    *out = make_cuda_ipc_transfer_engine(config, &s);
+  } else if (config.backend == "ucx") {
+    s = {StatusCode::kInvalidArgument, "--transfer-backend ucx is not built yet (docs/disagg.md)"};
+  } else {
+    s = {StatusCode::kInvalidArgument,
+         "--transfer-backend '" + config.backend + "': expected tcp, cuda_ipc or ucx"};
+  }
+  return s;
+}
+
+}  // namespace tandem::disagg
