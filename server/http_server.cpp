@@ -5,6 +5,8 @@
 #include <condition_variable>
 #include <deque>
 #include <mutex>
+#include <sys/socket.h>
+
 #include <thread>
 
 #include "core/log.h"
@@ -93,6 +95,7 @@ struct HttpServer::Impl {
   ServerState& state;
   httplib::Server svr;
   int port = -1;
+  int listen_fd = -1;  // captured from the socket-options hook, to raise the backlog
 };
 
 HttpServer::HttpServer(ServerState& state) : impl_(std::make_unique<Impl>(state)) {
@@ -105,6 +108,13 @@ HttpServer::HttpServer(ServerState& state) : impl_(std::make_unique<Impl>(state)
   svr.set_write_timeout(30, 0);
   svr.set_keep_alive_timeout(5);
   svr.set_tcp_nodelay(true);
+  // Debian's cpp-httplib 0.11 is compiled with a listen backlog of 5: a burst of connections
+  // (64 clients at once) overflows it and clients see resets. Keep httplib's socket options
+  // and remember the listening socket so bind() can listen() again with the system maximum.
+  svr.set_socket_options([impl = impl_.get()](int fd) {
+    httplib::default_socket_options(fd);
+    impl->listen_fd = fd;
+  });
 
   // Every route but /health and /metrics (scraped by orchestrators) needs the API key.
   svr.set_pre_routing_handler([&st](const httplib::Request& req,
@@ -163,6 +173,10 @@ Status HttpServer::bind() {
     impl_->port = impl_->svr.bind_to_any_port(c.host);
   } else if (impl_->svr.bind_to_port(c.host, c.port)) {
     impl_->port = c.port;
+  }
+  if (impl_->port > 0 && impl_->listen_fd >= 0) {
+    // Linux applies a new backlog to a socket that is already listening.
+    ::listen(impl_->listen_fd, SOMAXCONN);
   }
   if (impl_->port <= 0) {
     return {StatusCode::kUnavailable,

@@ -8,6 +8,7 @@
 #include <chrono>
 #include <thread>
 
+#include "app/bench_client.h"
 #include "tests/server/server_process.h"
 #include "tests/server/test_client.h"
 
@@ -173,6 +174,47 @@ TEST(ServerLimits, SecondSignalAbortsAtOnce) {
   ASSERT_TRUE(rc.has_value()) << server.log();
   EXPECT_EQ(*rc, 0) << server.log();
   EXPECT_LT(std::chrono::duration<double>(Clock::now() - t0).count(), 8.0);
+}
+
+// 1,000 clients stream at once (a burst of connections, as a load balancer or a benchmark
+// sends): every request completes with exactly its token count and the server returns to idle.
+TEST(ServerLimits, ThousandConcurrentStreams) {
+  REQUIRE_TOKENIZER();
+  ServerProcess server({"--max-running-requests", "256", "--max-queued-requests", "1024",
+                        "--max-total-tokens", "32768", "--context-length", "256"});
+  constexpr int kClients = 1000, kTokens = 4;
+  tandem::app::BenchTarget target{"127.0.0.1", server.port(), "", ""};
+  std::vector<tandem::app::RequestTiming> results(kClients);
+  std::vector<std::thread> clients;
+  const double start = tandem::app::now_seconds();
+  for (int i = 0; i < kClients; ++i) {
+    clients.emplace_back([&, i] {
+      results[i] = tandem::app::run_streaming_completion(target, "Hello number " + std::to_string(i),
+                                                         kTokens, start);
+    });
+  }
+  for (auto& t : clients) t.join();
+  int ok = 0;
+  for (const auto& r : results) {
+    // Token chunks may be fewer than tokens: text that ends inside a UTF-8 character is held
+    // back until it is whole, so usage (not the chunk count) is the token count.
+    if (r.ok && r.completion_tokens == kTokens && r.ttft_s > 0.0) {
+      ++ok;
+    } else if (ok < 3) {
+      ADD_FAILURE() << "request failed: " << r.error << " tokens " << r.completion_tokens;
+    }
+  }
+  EXPECT_EQ(ok, kClients);
+  TestClient client(server.port());
+  double usage = -1.0, running = -1.0;
+  for (int i = 0; i < 100 && (usage != 0.0 || running != 0.0); ++i) {
+    const std::string m = client.get("/metrics").body;
+    usage = metric_value(m, "tandem:token_usage{").value_or(-1.0);
+    running = metric_value(m, "tandem:num_requests_running{").value_or(-1.0);
+    if (usage != 0.0 || running != 0.0) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  EXPECT_EQ(running, 0.0);
+  EXPECT_EQ(usage, 0.0);
 }
 
 }  // namespace
