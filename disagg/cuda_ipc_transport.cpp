@@ -20,6 +20,26 @@ Status cuda_status(cudaError_t e, const char* what) {
   return {StatusCode::kInternal, std::string("cuda_ipc: ") + what + ": " + cudaGetErrorString(e)};
 }
 
+// The IPC handle names a whole allocation; cuMemGetAddressRange finds the one holding a
+// pointer. Fetched through the runtime so the library does not link libcuda (test binaries
+// must start on machines without a driver).
+Status allocation_base(const void* ptr, CUdeviceptr* base, size_t* bytes) {
+  using Fn = CUresult (*)(CUdeviceptr*, size_t*, CUdeviceptr);
+  static Fn fn = [] {
+    void* f = nullptr;
+    cudaDriverEntryPointQueryResult q;
+    if (cudaGetDriverEntryPointByVersion("cuMemGetAddressRange", &f, 12000, cudaEnableDefault,
+                                         &q) != cudaSuccess ||
+        q != cudaDriverEntryPointSuccess)
+      f = nullptr;
+    return reinterpret_cast<Fn>(f);
+  }();
+  if (!fn) return {StatusCode::kInternal, "cuda_ipc: cuMemGetAddressRange unavailable"};
+  if (fn(base, bytes, CUdeviceptr(ptr)) != CUDA_SUCCESS)
+    return {StatusCode::kInvalidArgument, "cuda_ipc: pointer is not device memory"};
+  return {};
+}
+
 bool in_bounds(uint64_t offset, uint64_t length, uint64_t region_length) {
   return offset <= region_length && length <= region_length - offset;
 }
@@ -59,8 +79,7 @@ class CudaIpcTransferEngine final : public TransferEngine {
     if (Status s = cuda_status(cudaSetDevice(device), "cudaSetDevice"); !s.ok()) return s;
     CUdeviceptr base = 0;
     size_t alloc_bytes = 0;
-    if (cuMemGetAddressRange(&base, &alloc_bytes, CUdeviceptr(ptr)) != CUDA_SUCCESS)
-      return {StatusCode::kInvalidArgument, "cuda_ipc: pointer is not device memory"};
+    if (Status s = allocation_base(ptr, &base, &alloc_bytes); !s.ok()) return s;
     cudaIpcMemHandle_t h;
     if (Status s = cuda_status(cudaIpcGetMemHandle(&h, reinterpret_cast<void*>(base)),
                                "cudaIpcGetMemHandle");
