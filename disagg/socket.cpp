@@ -257,8 +257,11 @@ Status client_handshake(const Socket& s, const std::string& token, Clock::time_p
   w.str(token);
   if (Status st = send_all(s, w.buffer(), deadline); !st.ok()) return st;
   uint8_t verdict = 0;
-  if (Status st = recv_all(s, {&verdict, 1}, deadline); !st.ok())
+  if (Status st = recv_all(s, {&verdict, 1}, deadline); !st.ok()) {
+    if (st.code() == StatusCode::kDeadlineExceeded)
+      return {st.code(), "pd handshake: no answer from the peer in time"};
     return {StatusCode::kUnavailable, "pd handshake: peer refused the connection (token?)"};
+  }
   if (verdict != 1) return {StatusCode::kInvalidArgument, "pd handshake: peer refused the token"};
   return {};
 }

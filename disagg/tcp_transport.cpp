@@ -235,9 +235,16 @@ class TcpTransferEngine final : public TransferEngine {
         return {StatusCode::kNotFound, "unknown or finished batch " + std::to_string(id)};
       b = it->second;
     }
+    // The batch fails by itself at its deadline, so waiting past it (plus a margin for the
+    // worker to notice) is pointless; this also keeps a huge `timeout` from overflowing.
+    const auto now = Clock::now();
+    const auto last = b->deadline + std::chrono::seconds(1);
+    const auto until =
+        timeout >= std::chrono::duration_cast<std::chrono::milliseconds>(last - now)
+            ? last
+            : now + timeout;
     std::unique_lock bl(b->mu);
-    b->cv.wait_until(bl, std::min(Clock::now() + timeout, b->deadline + std::chrono::seconds(1)),
-                     [&] { return b->finished; });
+    b->cv.wait_until(bl, until, [&] { return b->finished; });
     *done = b->finished;
     if (!b->finished) return {};
     Status s = b->status;

@@ -258,6 +258,13 @@ TEST(DisaggTcp, StalledPeerTimesOut) {
   Status s = send_one(*a, hd, {hs.region_id, 0, 0, 0, src.size()});
   EXPECT_EQ(s.code(), StatusCode::kDeadlineExceeded) << s.message();
   EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::milliseconds(2500));
+  // Waiting "forever" is bounded by the batch's own deadline.
+  BatchId id;
+  TransferWrite w{hs.region_id, 0, 0, 0, src.size()};
+  ASSERT_TRUE(a->submit({&hd, 1}, {&w, 1}, &id).ok());
+  t0 = std::chrono::steady_clock::now();
+  EXPECT_EQ(a->wait(id, milliseconds::max()).code(), StatusCode::kDeadlineExceeded);
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::milliseconds(2500));
 }
 
 TEST(DisaggTcp, WaitTimeoutThenCancelFreesTheBatch) {
@@ -270,6 +277,7 @@ TEST(DisaggTcp, WaitTimeoutThenCancelFreesTheBatch) {
   ASSERT_TRUE(a->submit({&hd, 1}, {&w, 1}, &id).ok());
   ASSERT_TRUE(a->submit({&hd, 1}, {&w, 1}, &queued).ok());
   EXPECT_EQ(a->wait(id, milliseconds(100)).code(), StatusCode::kDeadlineExceeded);
+  EXPECT_EQ(a->wait(id, milliseconds(0)).code(), StatusCode::kDeadlineExceeded);
   bool done = true;
   EXPECT_TRUE(a->poll(id, &done).ok());  // still running
   EXPECT_FALSE(done);
