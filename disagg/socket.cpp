@@ -42,11 +42,12 @@ Status wait_for(int fd, short events, Clock::time_point deadline,
   for (;;) {
     if (stop && stop->load(std::memory_order_relaxed)) return {StatusCode::kAborted, "stopped"};
     auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
-    if (left.count() <= 0) return {StatusCode::kDeadlineExceeded, "pd socket: timed out"};
+    // A past deadline still polls once, so a zero timeout means "only if ready now".
     pollfd p{fd, events, 0};
-    int r = ::poll(&p, 1, int(std::min<int64_t>(left.count() + 1, kPollSliceMs)));
+    int r = ::poll(&p, 1, int(std::clamp<int64_t>(left.count() + 1, 0, kPollSliceMs)));
     if (r < 0 && errno != EINTR) return errno_status(StatusCode::kUnavailable, "poll");
     if (r > 0) return {};  // ready, or an error/hangup the next read/write reports
+    if (left.count() <= 0) return {StatusCode::kDeadlineExceeded, "pd socket: timed out"};
   }
 }
 
@@ -221,15 +222,24 @@ Status send_message(const Socket& s, const Message& m, Clock::time_point deadlin
 
 Status recv_message(const Socket& s, Message* m, Clock::time_point deadline,
                     const std::atomic<bool>* stop) {
+  // Wait without consuming anything, so a timeout leaves the stream in step; once a frame
+  // starts, the rest must follow within kFrameTimeout or the peer counts as gone.
+  if (Status st = wait_readable(s, deadline, stop); !st.ok()) return st;
+  constexpr auto kFrameTimeout = std::chrono::seconds(5);
+  const auto frame_deadline = std::max(deadline, Clock::now() + kFrameTimeout);
+  auto gone = [](const Status& st) {
+    if (st.code() != StatusCode::kDeadlineExceeded) return st;
+    return Status{StatusCode::kUnavailable, "pd socket: peer stalled mid-message"};
+  };
   std::vector<uint8_t> frame(kFrameHeaderBytes);
-  if (Status st = recv_all(s, frame, deadline, stop); !st.ok()) return st;
+  if (Status st = recv_all(s, frame, frame_deadline, stop); !st.ok()) return gone(st);
   MessageType type;
   uint32_t length;
   if (Status st = decode_frame_header(frame, &type, &length); !st.ok()) return st;
   frame.resize(kFrameHeaderBytes + length);
-  if (Status st = recv_all(s, std::span(frame).subspan(kFrameHeaderBytes), deadline, stop);
+  if (Status st = recv_all(s, std::span(frame).subspan(kFrameHeaderBytes), frame_deadline, stop);
       !st.ok())
-    return st;
+    return gone(st);
   return decode_frame(frame, m);
 }
 

@@ -55,6 +55,7 @@ Status wait_readable(const Socket& s, Clock::time_point deadline,
                      const std::atomic<bool>* stop = nullptr);
 
 Status send_message(const Socket& s, const Message& m, Clock::time_point deadline);
+// kDeadlineExceeded only when no frame began before `deadline` (nothing consumed).
 Status recv_message(const Socket& s, Message* m, Clock::time_point deadline,
                     const std::atomic<bool>* stop = nullptr);
 

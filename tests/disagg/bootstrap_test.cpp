@@ -10,12 +10,11 @@
 #include <cmath>
 #include <cstring>
 #include <numeric>
-#include <optional>
 #include <filesystem>
 #include <random>
 #include <thread>
 
-#include "disagg/bootstrap.h"
+#include "disagg/pd_session.h"
 #include "model/forward_batch.h"
 #include "model/kv_cache.h"
 #include "model/loader.h"
@@ -119,15 +118,11 @@ std::string run_prefill_side(BootstrapListener& listener, bool wrong_room) {
 
   std::unique_ptr<BootstrapChannel> ch;
   if (Status s = listener.accept(milliseconds(5000), &ch); !s.ok()) return s.message();
-  Message msg;
-  if (Status s = ch->recv(&msg, milliseconds(5000)); !s.ok()) return s.message();
-  auto* req = std::get_if<KvPagesRequest>(&msg);
-  if (!req) return "expected KvPagesRequest";
-  const KvPagesRequest request = *req;
-  if (request.page_size != kPageSize || request.num_layers != cfg.num_hidden_layers ||
-      request.bytes_per_token_layer != uint64_t(cfg.kv_cache_dim()) * 4)
-    return "request does not match this model";
-  if (!ch->send(Ack{request.room_id, true, ""}, milliseconds(5000)).ok()) return "ack failed";
+  const KvLayout layout{uint32_t(kPageSize), uint32_t(cfg.num_hidden_layers),
+                        uint64_t(cfg.kv_cache_dim()) * 4};
+  KvPagesRequest request;
+  if (Status s = prefill_receive_request(*ch, layout, milliseconds(5000), &request); !s.ok())
+    return s.message();
 
   std::string error;
   uint32_t chunk = 0;
@@ -138,9 +133,10 @@ std::string run_prefill_side(BootstrapListener& listener, bool wrong_room) {
     if (s.ok()) s = engine->submit(request.regions, writes, &id);
     if (s.ok()) s = engine->wait(id, milliseconds(10000));
     if (s.ok())
-      s = ch->send(KvChunkDone{request.room_id, chunk++, uint32_t(begin), uint32_t(end - begin),
-                               end == int(kPrompt.size())},
-                   milliseconds(5000));
+      s = prefill_chunk_done(*ch,
+                             {request.room_id, chunk++, uint32_t(begin), uint32_t(end - begin),
+                              end == int(kPrompt.size())},
+                             milliseconds(5000));
     if (!s.ok() && error.empty()) error = s.message();
   });
   if (!error.empty()) return error;
@@ -193,38 +189,23 @@ void pd_round(bool wrong_room) {
   req.regions = register_layers(*engine, cache);
   std::unique_ptr<BootstrapChannel> ch;
   ASSERT_TRUE(bootstrap_connect(listener->endpoint(), "job-token", milliseconds(2000), &ch).ok());
-  ASSERT_TRUE(ch->send(req, milliseconds(2000)).ok());
-  Message msg;
-  ASSERT_TRUE(ch->recv(&msg, milliseconds(5000)).ok());
-  ASSERT_TRUE(std::holds_alternative<Ack>(msg) && std::get<Ack>(msg).ok);
+  ASSERT_TRUE(decode_send_request(*ch, req, milliseconds(2000)).ok());
   uint32_t tokens_landed = 0;
-  std::optional<PrefillMeta> meta;
-  while (!meta) {
-    Status s = ch->recv(&msg, milliseconds(10000));
-    ASSERT_TRUE(s.ok()) << s.message();
-    if (auto* done = std::get_if<KvChunkDone>(&msg)) {
-      EXPECT_EQ(done->room_id, req.room_id);
-      EXPECT_EQ(done->first_token, tokens_landed);
-      tokens_landed += done->num_tokens;
-    } else if (auto* pm = std::get_if<PrefillMeta>(&msg)) {
-      meta = *pm;
-    } else {
-      FAIL() << "unexpected message type " << msg.index();
-    }
-  }
+  PrefillMeta meta;
+  Status received = decode_receive(*ch, req, milliseconds(10000), &meta,
+                                   [&](const KvChunkDone& d) { tokens_landed += d.num_tokens; });
   prefill_side.join();
   ASSERT_EQ(prefill_error, "");
   EXPECT_EQ(tokens_landed, kPrompt.size());
   if (wrong_room) {
-    // The decode side checks the room before using the pages: reject and tell the peer.
-    EXPECT_NE(meta->room_id, req.room_id);
-    EXPECT_TRUE(ch->send(Abort{req.room_id, "room id mismatch"}, milliseconds(1000)).ok());
+    // Decode checks the room before using the pages: rejected (and prefill is told).
+    EXPECT_EQ(received.code(), StatusCode::kInvalidArgument) << received.message();
     return;
   }
-  ASSERT_EQ(meta->room_id, req.room_id);
-  EXPECT_EQ(meta->first_token, colo_first);
-  EXPECT_NEAR(meta->logprob, logprob_of(colo_prefill, 0, colo_first), 1e-6);
-  Tensor logits = decode_step(*m.decode.model, cache, pages, meta->first_token);
+  ASSERT_TRUE(received.ok()) << received.message();
+  EXPECT_EQ(meta.first_token, colo_first);
+  EXPECT_NEAR(meta.logprob, logprob_of(colo_prefill, 0, colo_first), 1e-6);
+  Tensor logits = decode_step(*m.decode.model, cache, pages, meta.first_token);
   ASSERT_EQ(logits.numel(), colo_logits.numel());
   EXPECT_EQ(std::memcmp(logits.raw_data(), colo_logits.raw_data(), logits.nbytes()), 0)
       << "decode on transferred pages differs from the colocated run";
@@ -232,7 +213,7 @@ void pd_round(bool wrong_room) {
 
 TEST(DisaggBootstrap, DecodeOnTransferredPagesMatchesColocated) { pd_round(false); }
 
-TEST(DisaggBootstrap, MismatchedRoomIsVisibleToDecode) { pd_round(true); }
+TEST(DisaggBootstrap, MismatchedRoomIsRejectedByDecode) { pd_round(true); }
 
 TEST(DisaggBootstrap, WrongTokenIsRefused) {
   std::unique_ptr<BootstrapListener> listener;
