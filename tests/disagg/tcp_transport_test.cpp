@@ -312,6 +312,37 @@ TEST(DisaggTcp, NobodyListeningIsUnavailable) {
   EXPECT_EQ(send_one(*a, hd, {hs.region_id, 0, 0, 0, 16}).code(), StatusCode::kUnavailable);
 }
 
+// Garbage on the transfer port, before and after a valid handshake, writes nothing and
+// leaves the engine serving.
+TEST(DisaggTcp, GarbageOnTheWireIsHarmless) {
+  auto b = make_engine(config_with("t"));
+  std::vector<uint8_t> dst(1 << 16, 0x42);
+  RegionHandle hd = reg(*b, dst);
+  std::mt19937 rng(12);
+  for (int iter = 0; iter < 60; ++iter) {
+    Socket s;
+    ASSERT_TRUE(tcp_connect(hd.endpoint, Clock::now() + milliseconds(1000), &s).ok());
+    auto deadline = Clock::now() + milliseconds(1000);
+    if (iter % 2 == 1) {
+      ASSERT_TRUE(client_handshake(s, "t", deadline).ok());
+    }
+    std::vector<uint8_t> junk = random_bytes(1 + rng() % 2000, uint32_t(iter));
+    if (iter % 3 == 0 && junk.size() >= 40) {  // a real segment magic, random fields
+      const uint8_t magic[] = {'T', 'S', 'E', 'G', 1, 0, 0, 0};
+      std::memcpy(junk.data(), magic, 8);
+      std::memcpy(junk.data() + 16, &hd.region_id, 8);
+    }
+    (void)send_all(s, junk, deadline);
+  }
+  std::this_thread::sleep_for(milliseconds(100));
+  for (size_t i = 0; i < dst.size(); ++i) ASSERT_EQ(dst[i], 0x42) << "byte " << i;
+  auto a = make_engine(config_with("t"));
+  std::vector<uint8_t> src = random_bytes(dst.size(), 13);
+  RegionHandle hs = reg(*a, src);
+  ASSERT_TRUE(send_one(*a, hd, {hs.region_id, 0, 0, 0, src.size()}).ok());
+  EXPECT_TRUE(dst == src);
+}
+
 TEST(DisaggTcp, SubmitAndFactoryErrors) {
   auto a = make_engine(config_with("t"));
   std::vector<uint8_t> src(64);
