@@ -27,6 +27,7 @@ struct GenerateOptions {
   std::string prompts_file;
   std::string tokenizer_dir;  // default: the model directory
   std::string device = "cpu";
+  std::string load_format = "auto";
   SamplingParams sampling;
   int32_t logprobs = -1;  // -1: none; N >= 0: each token's logprob and N alternatives
   int64_t seed = -1;
@@ -208,7 +209,10 @@ int run_generate(GenerateOptions o) {
   std::vector<Job> jobs = read_jobs(o, params, tok.get());
 
   const Device device = parse_device(o.device);
-  LoadedModel m = load_model(o.model_path, device);
+  LoadFormat format = LoadFormat::kAuto;
+  TANDEM_CHECK(load_format_from_name(o.load_format, &format),
+               "--load-format: expected auto or dummy, got '{}'", o.load_format);
+  LoadedModel m = load_model(o.model_path, device, format);
 
   EngineConfig config;
   config.scheduler.page_size = o.page_size;
@@ -281,6 +285,10 @@ void add_generate_command(CLI::App& app, int& exit_code) {
   cmd->add_option("--tokenizer", o->tokenizer_dir,
                   "Directory with tokenizer.json (default: the model directory)");
   cmd->add_option("--device", o->device, "cpu, cuda or cuda:N")->capture_default_str();
+  cmd->add_option("--load-format", o->load_format,
+                  "auto: the safetensors checkpoint; dummy: random weights from config.json alone")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"auto", "dummy"}));
   // Sampling (runtime/sampling_params.h).
   cmd->add_option("--max-tokens", p.max_tokens, "Tokens to generate")->capture_default_str();
   cmd->add_option("--temperature", p.temperature, "0 is greedy")->capture_default_str();

@@ -20,6 +20,10 @@ void add_serve_command(CLI::App& app, int& exit_code) {
   cmd->add_option("--port", c->port, "Port to listen on (0: any free port, printed at start)")->capture_default_str();
   cmd->add_option("--api-key", c->api_key, "Require `Authorization: Bearer KEY` on every endpoint but /health and /metrics")->envname("TANDEM_API_KEY");
   cmd->add_option("--device", c->device, "cpu, cuda or cuda:N")->capture_default_str();
+  cmd->add_option("--load-format", c->load_format,
+                  "auto: the safetensors checkpoint; dummy: random weights from config.json alone")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"auto", "dummy"}));
   cmd->add_option("--context-length", c->context_length, "Longest prompt + completion in tokens (default: the model's max_position_embeddings)");
   cmd->add_option("--max-running-requests", sc.max_running_requests, "Sequences decoded together at most")->capture_default_str();
   cmd->add_option("--max-queued-requests", c->max_queued_requests, "Sequences that may wait beyond the running ones; more get 503 with Retry-After")->capture_default_str();

@@ -137,6 +137,24 @@ Checkpoint Checkpoint::open(const fs::path& path) {
 
 bool Checkpoint::has(const std::string& name) const { return entries_.count(name) > 0; }
 
+Checkpoint Checkpoint::from_tensors(const std::string& label,
+                                   std::vector<std::pair<std::string, Tensor>> tensors) {
+  Checkpoint ckpt;
+  ckpt.path_ = label;
+  for (auto& [name, tensor] : tensors) {
+    TANDEM_CHECK(tensor.device().is_cpu() && tensor.is_contiguous(),
+                 "{}: tensor '{}' must be a contiguous CPU tensor", label, name);
+    TANDEM_CHECK(!ckpt.entries_.count(name), "{}: tensor '{}' given twice", label, name);
+    Entry e;
+    e.info = {name, tensor.dtype(), tensor.shape(), label, 0, tensor.nbytes()};
+    e.data = static_cast<const uint8_t*>(tensor.raw_data());
+    e.mapping = std::make_shared<const Tensor>(std::move(tensor));
+    ckpt.total_bytes_ += e.info.nbytes;
+    ckpt.entries_.emplace(name, std::move(e));
+  }
+  return ckpt;
+}
+
 const TensorInfo& Checkpoint::info(const std::string& name) const {
   const auto it = entries_.find(name);
   TANDEM_CHECK(it != entries_.end(), "checkpoint {}: missing tensor '{}'", path_.string(), name);

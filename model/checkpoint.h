@@ -57,6 +57,10 @@ class Checkpoint {
   // (in this order of preference) model.safetensors.index.json, model.safetensors, or exactly
   // one *.safetensors file.
   static Checkpoint open(const std::filesystem::path& path);
+  // A checkpoint held in memory (`--load-format dummy`): contiguous CPU tensors by name;
+  // `label` stands in for the file name in messages. Nothing is mapped; prefetch does nothing.
+  static Checkpoint from_tensors(const std::string& label,
+                                 std::vector<std::pair<std::string, Tensor>> tensors);
 
   bool has(const std::string& name) const;
   // Throws "checkpoint <path>: missing tensor '<name>'" when absent.
@@ -80,7 +84,7 @@ class Checkpoint {
   struct Entry {
     TensorInfo info;
     const uint8_t* data = nullptr;
-    std::shared_ptr<const MappedFile> mapping;
+    std::shared_ptr<const void> mapping;  // the MappedFile, or the in-memory tensor
   };
   std::filesystem::path path_;
   std::map<std::string, Entry> entries_;

@@ -16,7 +16,16 @@ struct LoadedModel {
   std::unique_ptr<DeepseekV3Model> model;
 };
 
+enum class LoadFormat {
+  kAuto,   // the safetensors checkpoint in the model directory
+  kDummy,  // random weights from config.json alone, as `make-model --seed 0` would write them
+};
+
+// Parses --load-format ("auto", "dummy"); false when unknown.
+bool load_format_from_name(const std::string& name, LoadFormat* out);
+
 // Throws tandem::Error naming the file when config.json or a tensor is missing or wrong.
-LoadedModel load_model(const std::filesystem::path& model_dir, Device device = Device::cpu());
+LoadedModel load_model(const std::filesystem::path& model_dir, Device device = Device::cpu(),
+                       LoadFormat format = LoadFormat::kAuto);
 
 }  // namespace tandem

@@ -110,6 +110,27 @@ RandomWeight random_weight(const WeightSpec& spec, bool fp8, uint64_t seed) {
   return out;
 }
 
+Checkpoint random_checkpoint(const ModelConfig& config, uint64_t seed) {
+  std::vector<std::pair<std::string, Tensor>> tensors;
+  const std::vector<WeightSpec> specs = weight_specs(config);
+  uint64_t total = 0;
+  for (const WeightSpec& s : specs) {
+    int64_t n = 1;
+    for (int64_t d : s.shape) n *= d;
+    total += uint64_t(n);
+  }
+  ProgressBar progress("dummy weights", total, "");
+  for (const WeightSpec& s : specs) {
+    RandomWeight w = random_weight(s, config.quantization.enabled, seed);
+    progress.advance(uint64_t(w.weight.numel()));
+    tensors.emplace_back(s.name, std::move(w.weight));
+    if (w.scale_inv.defined()) tensors.emplace_back(s.name + "_scale_inv", std::move(w.scale_inv));
+  }
+  progress.finish();
+  return Checkpoint::from_tensors("dummy weights (" + config.architecture_name + ")",
+                                  std::move(tensors));
+}
+
 uint64_t make_random_checkpoint(const nlohmann::json& config_json, const MakeModelOptions& opt) {
   const ModelConfig config = ModelConfig::from_json_string(config_json.dump(), "preset config");
   std::filesystem::create_directories(opt.out_dir);

@@ -28,6 +28,11 @@ struct MakeModelOptions {
   uint64_t max_shard_bytes = 4ull << 30;
 };
 
+// Every tensor of `config` as make-model would write it with `seed`, held in memory as a
+// Checkpoint (`--load-format dummy`: benchmarks of large shapes need no files). Generation
+// runs on the CPU thread pool; the whole model is held in host memory once.
+Checkpoint random_checkpoint(const ModelConfig& config, uint64_t seed);
+
 // Writes config.json and the safetensors checkpoint for `config_json` (fp8 when it has a
 // quantization_config) with a progress bar. Returns the bytes written.
 uint64_t make_random_checkpoint(const nlohmann::json& config_json, const MakeModelOptions& options);

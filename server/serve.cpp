@@ -102,7 +102,9 @@ int run_serve(const ServerConfig& config_in) {
   (void)parse_device(config.device, &device);
 
   std::unique_ptr<tokenizer::Tokenizer> tok = load_tokenizer(config);
-  LoadedModel m = load_model(config.model_path, device);
+  LoadFormat format = LoadFormat::kAuto;
+  (void)load_format_from_name(config.load_format, &format);  // checked by the flag table
+  LoadedModel m = load_model(config.model_path, device, format);
   ModelConfig served = m.config;
   if (config.context_length > 0) {
     TANDEM_CHECK(config.context_length <= m.config.max_position_embeddings,

@@ -20,6 +20,7 @@ struct ServerConfig {
   int port = 30000;
   std::string api_key;             // empty: no authentication
   std::string device = "cpu";      // cpu, cuda, cuda:N
+  std::string load_format = "auto";  // auto (the checkpoint) or dummy (random weights)
   int64_t context_length = 0;      // 0: the model's max_position_embeddings
   std::string kv_cache_dtype = "auto";  // auto (bf16), bf16, f32
   // Admission: requests beyond max_running_requests + max_queued_requests sequences in flight

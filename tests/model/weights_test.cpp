@@ -101,6 +101,25 @@ TEST_F(WeightsTest, MakeModelRoundTripsAndIsDeterministic) {
   }
 }
 
+// --load-format dummy: from config.json alone, the same weights make-model writes with seed 0.
+TEST_F(WeightsTest, DummyLoadEqualsMakeModelSeedZero) {
+  for (bool fp8 : {false, true}) {
+    make_random_checkpoint(small_config(fp8), {dir_ / "written", 0, 1u << 30});
+    fs::create_directories(dir_ / "config_only");
+    fs::copy_file(dir_ / "written" / "config.json", dir_ / "config_only" / "config.json");
+    LoadedModel written = load_model(dir_ / "written");
+    LoadedModel dummy = load_model(dir_ / "config_only", Device::cpu(), LoadFormat::kDummy);
+    EXPECT_EQ(dummy.checkpoint->names(), written.checkpoint->names());
+    const Tensor a = run_prefill(written, {5, 17, 300, 2});
+    const Tensor b = run_prefill(dummy, {5, 17, 300, 2});
+    for (int64_t i = 0; i < a.numel(); ++i) ASSERT_EQ(a.data<float>()[i], b.data<float>()[i]);
+    fs::remove_all(dir_);
+  }
+  LoadFormat f;
+  EXPECT_TRUE(load_format_from_name("dummy", &f));
+  EXPECT_FALSE(load_format_from_name("pt", &f));
+}
+
 TEST_F(WeightsTest, MissingTensorIsNamed) {
   write_edited(small_config(false), [](auto& t) {
     std::erase_if(t, [](auto& p) { return p.first == "model.layers.1.mlp.experts.3.up_proj.weight"; });
