@@ -34,4 +34,12 @@ LoadedModel load_model(const std::filesystem::path& model_dir, Device device, Lo
   return m;
 }
 
+LoadedModel load_random_model(const ModelConfig& config, uint64_t seed, Device device) {
+  LoadedModel m;
+  m.config = config;
+  m.checkpoint = std::make_shared<Checkpoint>(random_checkpoint(config, seed));
+  m.model = std::make_unique<DeepseekV3Model>(m.config, load_weights(m.config, *m.checkpoint, device));
+  return m;
+}
+
 }  // namespace tandem

@@ -28,4 +28,9 @@ bool load_format_from_name(const std::string& name, LoadFormat* out);
 LoadedModel load_model(const std::filesystem::path& model_dir, Device device = Device::cpu(),
                        LoadFormat format = LoadFormat::kAuto);
 
+// A model of `config` with the random weights make-model writes for `seed`, in memory (no
+// files): for tests and benchmarks.
+LoadedModel load_random_model(const ModelConfig& config, uint64_t seed,
+                              Device device = Device::cpu());
+
 }  // namespace tandem

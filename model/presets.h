@@ -1,6 +1,7 @@
 // Built-in model shapes for `tandem make-model` and --load-format dummy: the published
 // DeepSeek-V3 and DeepSeek-V2-Lite config.json values, and `tiny`, the embedded default of
-// the quick start (DeepSeek-V3's architecture and vocabulary at toy width).
+// the quick start (DeepSeek-V3's architecture and vocabulary at toy width), and `mini`, tiny
+// with a 512-token vocabulary for unit tests.
 #pragma once
 
 #include <string>

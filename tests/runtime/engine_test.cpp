@@ -219,21 +219,8 @@ struct TinyModel {
   LoadedModel loaded;
   static TinyModel& get() {
     static TinyModel m = [] {
-      nlohmann::json cfg = preset_config_json("tiny");
-      cfg["vocab_size"] = 512;
-      cfg["num_hidden_layers"] = 2;
-      cfg["hidden_size"] = 128;
-      cfg["intermediate_size"] = 256;
-      cfg["moe_intermediate_size"] = 64;
-      cfg["n_routed_experts"] = 8;
-      cfg["num_experts_per_tok"] = 2;
-      cfg["max_position_embeddings"] = 2048;
-      const auto dir = std::filesystem::temp_directory_path() /
-                       ("tandem_runtime_test_" + std::to_string(::getpid()));
-      std::filesystem::remove_all(dir);
-      make_random_checkpoint(cfg, {dir, 5, 1ull << 30});
-      TinyModel t{load_model(dir)};
-      std::filesystem::remove_all(dir);
+      const ModelConfig cfg = ModelConfig::from_json_string(preset_config_json("mini").dump(), "mini");
+      TinyModel t{load_random_model(cfg, 5)};
       return t;
     }();
     return m;
