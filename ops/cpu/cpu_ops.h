@@ -29,6 +29,7 @@ void mla_decode_attention(const Tensor& q_latent, const Tensor& q_pe, const Tens
 
 // Row helpers shared by the CPU kernels.
 float dot_f32(const float* a, const float* b, int64_t n);
+float dot_f32_bf16(const float* a, const bf16* b, int64_t n);  // bitwise equal to dot_f32
 // Converts n elements of a float tensor's storage (f32/bf16/fp8) starting at `index` to f32.
 void load_row_f32(const void* base, DType dtype, int64_t index, int64_t n, float* out);
 // Writes n f32 values into a f32 or bf16 tensor's storage at `index` (bf16: round to nearest

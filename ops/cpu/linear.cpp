@@ -30,6 +30,24 @@ void linear(const Tensor& x, const LinearWeight& w, Tensor& out) {
   const bool out_f32 = out.dtype() == DType::kF32;
   const int64_t os = out.stride(0);
   const int64_t tasks = (n_out + kRowsPerTask - 1) / kRowsPerTask;
+  auto store = [&](int64_t t, int64_t n, float v) {
+    if (out_f32) {
+      out.data<float>()[t * os + n] = v;
+    } else {
+      out.data<bf16>()[t * os + n] = f32_to_bf16(v);
+    }
+  };
+  // Decode-sized steps read bf16 weights directly: converting a row to f32 first would cost a
+  // write and a re-read of every weight for only one or two dot products.
+  if (tokens <= 2 && w.weight.dtype() == DType::kBF16) {
+    const bf16* wd = w.weight.data<bf16>();
+    parallel_for(n_out, 64, [&](int64_t nb, int64_t ne) {
+      for (int64_t n = nb; n < ne; ++n) {
+        for (int64_t t = 0; t < tokens; ++t) store(t, n, dot_f32_bf16(xd + t * xs, wd + n * k, k));
+      }
+    });
+    return;
+  }
   parallel_for(tasks, 1, [&](int64_t tb, int64_t te) {
     std::vector<float> rows(kRowsPerTask * k);
     for (int64_t task = tb; task < te; ++task) {
@@ -37,14 +55,7 @@ void linear(const Tensor& x, const LinearWeight& w, Tensor& out) {
       for (int64_t n = n0; n < n1; ++n) weight_row_f32(w, n, rows.data() + (n - n0) * k);
       for (int64_t t = 0; t < tokens; ++t) {
         const float* xr = xd + t * xs;
-        for (int64_t n = n0; n < n1; ++n) {
-          const float v = dot_f32(xr, rows.data() + (n - n0) * k, k);
-          if (out_f32) {
-            out.data<float>()[t * os + n] = v;
-          } else {
-            out.data<bf16>()[t * os + n] = f32_to_bf16(v);
-          }
-        }
+        for (int64_t n = n0; n < n1; ++n) store(t, n, dot_f32(xr, rows.data() + (n - n0) * k, k));
       }
     }
   });
