@@ -100,11 +100,11 @@ class Loader {
     const int64_t v = c_.v_head_dim, lora = c_.kv_lora_rank;
     a.w_uk_t = Tensor::empty({heads, lora, nope}, DType::kF32);
     a.w_uv = Tensor::empty({heads, v, lora}, DType::kF32);
-    std::vector<float> row(lora);
+    Tensor dense = to_f32(w.weight);  // [heads * (nope + v), lora], block scales applied below
     for (int64_t h = 0; h < heads; ++h) {
       for (int64_t r = 0; r < nope + v; ++r) {
         const int64_t n = h * (nope + v) + r;
-        load_row_f32(w.weight.raw_data(), w.weight.dtype(), n * lora, lora, row.data());
+        float* row = dense.data<float>() + n * lora;
         if (w.is_fp8()) {
           const float* s = w.scale_inv.data<float>() + (n / LinearWeight::kBlock) * w.scale_inv.size(1);
           for (int64_t k = 0; k < lora; ++k) row[k] *= s[k / LinearWeight::kBlock];
@@ -113,16 +113,12 @@ class Loader {
           float* dst = a.w_uk_t.data<float>() + h * lora * nope + r;
           for (int64_t k = 0; k < lora; ++k) dst[k * nope] = row[k];
         } else {
-          std::copy(row.begin(), row.end(), a.w_uv.data<float>() + (h * v + (r - nope)) * lora);
+          std::copy(row, row + lora, a.w_uv.data<float>() + (h * v + (r - nope)) * lora);
         }
       }
     }
     a.w_uk_t = a.w_uk_t.to(device_);
     a.w_uv = a.w_uv.to(device_);
-  }
-
-  static void load_row_f32(const void* base, DType dtype, int64_t index, int64_t n, float* out) {
-    for (int64_t i = 0; i < n; ++i) out[i] = tandem::load_as_f32(base, dtype, index + i);
   }
 
   const ModelConfig& c_;

@@ -22,8 +22,8 @@
 #include <string>
 
 #include "model/loader.h"
+#include "tests/model/golden_util.h"
 #include "model/presets.h"
-#include "model/random_weights.h"
 #include "ops/cuda/cuda_ops.h"
 
 namespace tandem {
@@ -51,45 +51,14 @@ constexpr float kBf16LogitTolerance = 0.1f;
 // the residual stream, so the observed error is lower. Bound 0.5: a real bug (wrong scale
 // block, swapped layout) moves logits by O(1) or more.
 constexpr float kFp8LogitTolerance = 0.5f;
-const std::string kGoldenDir = std::string(TANDEM_SOURCE_DIR) + "/tests/data/golden/";
 const Device kGpu = Device::cuda(0);
 
-struct Golden {
-  LoadedModel model;
-  std::shared_ptr<Checkpoint> ref;
-  std::vector<int32_t> ids(int i) const {
-    Tensor t = ref->get("input_ids_" + std::to_string(i));
-    return {t.data<int32_t>(), t.data<int32_t>() + t.numel()};
-  }
-  Tensor logits(int i) const { return ref->get("logits_" + std::to_string(i)); }
-};
+using golden::Golden;
+using golden::max_abs_diff;
+using golden::pages_for;
 
 Golden load_golden(const std::string& variant, Device device = kGpu) {
-  Golden g{load_model(kGoldenDir + variant, device), nullptr};
-  g.ref = std::make_shared<Checkpoint>(Checkpoint::open(kGoldenDir + variant + "/golden.safetensors"));
-  return g;
-}
-
-// Max |a[r] - ref[ref_row0 + r]| over rows of a (a on any device).
-float max_abs_diff(const Tensor& a_any, const Tensor& ref, int64_t ref_row0) {
-  const Tensor a = a_any.to(Device::cpu()).contiguous();
-  float worst = 0.0f;
-  const int64_t cols = a.size(1);
-  for (int64_t r = 0; r < a.size(0); ++r) {
-    for (int64_t j = 0; j < cols; ++j) {
-      const float x = a.data<float>()[r * cols + j];
-      const float y = ref.data<float>()[(ref_row0 + r) * cols + j];
-      if (std::isnan(x) || std::isnan(y)) return INFINITY;
-      worst = std::max(worst, std::fabs(x - y));
-    }
-  }
-  return worst;
-}
-
-std::vector<int32_t> pages_for(int64_t tokens, int64_t page_size, int32_t first_page) {
-  std::vector<int32_t> pages;
-  for (int64_t p = 0; p < (tokens + page_size - 1) / page_size; ++p) pages.push_back(first_page + 2 * int32_t(p));
-  return pages;
+  return golden::load_golden(variant, device);
 }
 
 // The f32 comparisons (1e-4) need linear's exact path for fp8 weights: the FP8 GEMM quantizes
@@ -388,12 +357,8 @@ TEST(GoldenCudaPerf, ModelStepF32VsBf16Activations) {
   cfg["n_group"] = 8;
   cfg["topk_group"] = 4;
   cfg["vocab_size"] = 16384;
-  const std::filesystem::path dir = std::filesystem::temp_directory_path() / "tandem_perf_v3_2l";
-  MakeModelOptions options;
-  options.out_dir = dir;
-  options.seed = 7;
-  make_random_checkpoint(cfg, options);
-  LoadedModel m = load_model(dir, kGpu);
+  // In memory: the same weights make-model writes for seed 7, without GBs of files.
+  LoadedModel m = load_random_model(ModelConfig::from_json_string(cfg.dump(), "perf config"), 7, kGpu);
   DeepseekV3Model& model = *m.model;
   const int64_t page_size = 64;
 
@@ -448,7 +413,6 @@ TEST(GoldenCudaPerf, ModelStepF32VsBf16Activations) {
     std::printf("OPPERF model_step V3-width 2 layers bf16 weights, %s: f32act %.2f ms bf16act %.2f ms "
                 "(%.2fx)\n", label, ms[0], ms[1], ms[0] / ms[1]);
   }
-  std::filesystem::remove_all(dir);
 }
 
 INSTANTIATE_TEST_SUITE_P(Variants, GoldenCudaTest,

@@ -13,49 +13,16 @@
 #include <string>
 
 #include "model/loader.h"
+#include "tests/model/golden_util.h"
 
 namespace tandem {
 namespace {
 
 constexpr float kLogitTolerance = 1e-4f;
-const std::string kGoldenDir = std::string(TANDEM_SOURCE_DIR) + "/tests/data/golden/";
-
-struct Golden {
-  LoadedModel model;
-  std::shared_ptr<Checkpoint> ref;
-  std::vector<int32_t> ids(int i) const {
-    Tensor t = ref->get("input_ids_" + std::to_string(i));
-    return {t.data<int32_t>(), t.data<int32_t>() + t.numel()};
-  }
-  Tensor logits(int i) const { return ref->get("logits_" + std::to_string(i)); }
-};
-
-Golden load_golden(const std::string& variant) {
-  Golden g{load_model(kGoldenDir + variant), nullptr};
-  g.ref = std::make_shared<Checkpoint>(Checkpoint::open(kGoldenDir + variant + "/golden.safetensors"));
-  return g;
-}
-
-// Max |a[r] - b[ref_row0 + r]| over rows of a.
-float max_abs_diff(const Tensor& a, const Tensor& ref, int64_t ref_row0) {
-  float worst = 0.0f;
-  const int64_t cols = a.size(1);
-  for (int64_t r = 0; r < a.size(0); ++r) {
-    for (int64_t j = 0; j < cols; ++j) {
-      const float x = a.data<float>()[r * cols + j];
-      const float y = ref.data<float>()[(ref_row0 + r) * cols + j];
-      if (std::isnan(x) || std::isnan(y)) return INFINITY;
-      worst = std::max(worst, std::fabs(x - y));
-    }
-  }
-  return worst;
-}
-
-std::vector<int32_t> pages_for(int64_t tokens, int64_t page_size, int32_t first_page) {
-  std::vector<int32_t> pages;
-  for (int64_t p = 0; p < (tokens + page_size - 1) / page_size; ++p) pages.push_back(first_page + 2 * int32_t(p));
-  return pages;  // every other page, so sequences interleave in the pool
-}
+using golden::Golden;
+using golden::max_abs_diff;
+using golden::pages_for;
+using golden::load_golden;
 
 class GoldenTest : public ::testing::TestWithParam<std::string> {};
 
