@@ -9,6 +9,7 @@
 #include <fstream>
 
 #include "tokenizer/tokenizer.h"
+#include "tests/common/tokenizer_dir.h"
 
 namespace {
 
@@ -32,11 +33,6 @@ CliRun run(const std::string& args, const std::string& stdin_text = "") {
   r.status = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
   fs::remove(input);
   return r;
-}
-
-fs::path tokenizer_dir() {
-  if (const char* d = std::getenv("TANDEM_TOKENIZER_DIR")) return d;
-  return fs::path(TANDEM_SOURCE_DIR) / "../shared/data/deepseek-v3";
 }
 
 class Cli : public ::testing::Test {
@@ -101,8 +97,9 @@ TEST_F(Cli, ModelWithMissingTensorFileIsNamed) {
 }
 
 TEST_F(Cli, TokenizeMatchesTheLibrary) {
-  const fs::path dir = tokenizer_dir();
-  if (!fs::exists(dir / "tokenizer.json")) GTEST_SKIP() << "tokenizer files not found at " << dir;
+  const auto found = tandem::test::deepseek_v3_tokenizer_dir();
+  if (!found) GTEST_SKIP() << "DeepSeek-V3 tokenizer files not found (set TANDEM_TOKENIZER_DIR)";
+  const fs::path dir = *found;
   const auto tok = tandem::tokenizer::Tokenizer::load(dir);
   const std::string text = "Hello, world! 你好 123";
   const CliRun r = run("tokenize --tokenizer " + dir.string(), text + "\n");

@@ -3,6 +3,7 @@
 // DeepSeek-V3 model checks batch invariance: with greedy sampling a request's tokens are the
 // same run alone, among 32 others, after preemption and resume, and on a prefix-cache hit.
 #include <gtest/gtest.h>
+#include "tests/common/tokenizer_dir.h"
 
 #include <unistd.h>
 
@@ -177,19 +178,8 @@ TEST(Engine, ParallelSamplingAbortAndLoopThread) {
 
 // ---- The real tokenizer: stop strings across token boundaries. ----
 
-std::optional<std::filesystem::path> tokenizer_dir() {
-  std::filesystem::path dir;
-  if (const char* env = std::getenv("TANDEM_TOKENIZER_DIR"); env != nullptr && *env != '\0') {
-    dir = env;
-  } else {
-    dir = std::filesystem::path(TANDEM_SOURCE_DIR) / ".." / "shared" / "data" / "deepseek-v3";
-  }
-  if (!std::filesystem::exists(dir / "tokenizer.json")) return std::nullopt;
-  return dir;
-}
-
 TEST(Engine, StopStringAcrossTokenBoundaries) {
-  const auto dir = tokenizer_dir();
+  const auto dir = tandem::test::deepseek_v3_tokenizer_dir();
   if (!dir) GTEST_SKIP() << "DeepSeek-V3 tokenizer files not found (set TANDEM_TOKENIZER_DIR)";
   const tokenizer::Tokenizer tok = tokenizer::Tokenizer::load(*dir);
   // The model "says" this text, token by token.

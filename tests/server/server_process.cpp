@@ -18,21 +18,13 @@
 
 #include "model/presets.h"
 #include "model/random_weights.h"
+#include "tests/common/tokenizer_dir.h"
 
 namespace tandem::server::test {
 
 namespace fs = std::filesystem;
 
-std::optional<fs::path> tokenizer_dir() {
-  fs::path dir;
-  if (const char* env = std::getenv("TANDEM_TOKENIZER_DIR"); env != nullptr && *env != '\0') {
-    dir = env;
-  } else {
-    dir = fs::path(TANDEM_SOURCE_DIR) / ".." / "shared" / "data" / "deepseek-v3";
-  }
-  if (!fs::exists(dir / "tokenizer.json")) return std::nullopt;
-  return dir;
-}
+std::optional<fs::path> tokenizer_dir() { return tandem::test::deepseek_v3_tokenizer_dir(); }
 
 fs::path test_model_dir() {
   const fs::path dir = fs::path(TANDEM_BINARY_DIR) / "tests" / "server" / "model-2l";

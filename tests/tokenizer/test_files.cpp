@@ -2,18 +2,12 @@
 
 #include <cstdlib>
 #include <memory>
+#include "tests/common/tokenizer_dir.h"
 
 namespace tandem::tokenizer::test {
 
 std::optional<std::filesystem::path> deepseek_v3_dir() {
-  std::filesystem::path dir;
-  if (const char* env = std::getenv("TANDEM_TOKENIZER_DIR"); env != nullptr && *env != '\0') {
-    dir = env;
-  } else {
-    dir = std::filesystem::path(TANDEM_SOURCE_DIR) / ".." / "shared" / "data" / "deepseek-v3";
-  }
-  if (!std::filesystem::exists(dir / "tokenizer.json")) return std::nullopt;
-  return dir;
+  return tandem::test::deepseek_v3_tokenizer_dir();
 }
 
 const Tokenizer* deepseek_v3() {
