@@ -77,6 +77,8 @@ TEST_F(Cli, BadInputNamesTheFlagOrFile) {
       {"--log-level loud generate --model-path " + model_.string() + " --prompt-ids 1", "--log-level"},
       {"tokenize --tokenizer /nonexistent", "/nonexistent"},
       {"bench --tokenizer " + model_.string() + " --base-url ftp://x", "--base-url"},
+      {"generate --model-path " + model_.string() + " --prompt-ids 1 --load-format pt", "--load-format"},
+      {"serve --model-path " + model_.string() + " --load-format pt", "--load-format"},
       {"no-such-command", "subcommand"},
   };
   for (const Case& c : cases) {
