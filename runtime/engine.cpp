@@ -38,24 +38,6 @@ Status EngineConfig::validate() const {
   return {};
 }
 
-bool RequestStream::next(StreamEvent& event) {
-  std::unique_lock lk(mu_);
-  cv_.wait(lk, [&] { return !events_.empty() || open_ == 0; });
-  if (events_.empty()) return false;
-  event = std::move(events_.front());
-  events_.pop_front();
-  return true;
-}
-
-void RequestStream::push(StreamEvent event) {
-  {
-    std::lock_guard lk(mu_);
-    if (event.finished) --open_;
-    events_.push_back(std::move(event));
-  }
-  cv_.notify_all();
-}
-
 static const EngineConfig& checked(const EngineConfig& c) {
   const Status s = c.validate();
   TANDEM_CHECK(s.ok(), "EngineConfig: {}", s.message());

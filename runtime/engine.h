@@ -22,6 +22,7 @@
 
 #include "model/config.h"
 #include "runtime/model_runner.h"
+#include "runtime/request_stream.h"
 #include "runtime/sampler.h"
 #include "runtime/scheduler.h"
 #include "tokenizer/tokenizer.h"
@@ -32,33 +33,6 @@ struct EngineConfig {
   SchedulerConfig scheduler;
   DType kv_dtype = DType::kBF16;
   Status validate() const;
-};
-
-// What a request's stream yields: new tokens of one of its n completions, or its end.
-struct StreamEvent {
-  int32_t index = 0;                   // which completion, 0..n-1
-  std::vector<int32_t> token_ids;      // new tokens
-  std::string text;                    // new text (empty without a tokenizer)
-  std::vector<SampleResult> logprobs;  // one per new token when logprobs were asked for
-  bool finished = false;
-  FinishReason finish_reason = FinishReason::kNone;
-  std::string error;  // kError only
-};
-
-class RequestStream {
- public:
-  RequestStream(RequestId id, int32_t n) : id_(id), open_(n) {}
-  RequestId id() const { return id_; }
-  // Blocks for the next event; false once every completion has finished and all was read.
-  bool next(StreamEvent& event);
-  void push(StreamEvent event);  // engine side
-
- private:
-  RequestId id_;
-  std::mutex mu_;
-  std::condition_variable cv_;
-  std::deque<StreamEvent> events_;
-  int32_t open_;  // completions not finished yet
 };
 
 struct GenerateRequest {
