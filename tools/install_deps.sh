@@ -3,7 +3,8 @@
 # The CUDA toolkit is optional: when nvcc is found the CUDA backend is compiled too.
 set -euo pipefail
 packages=(cmake ninja-build g++ pkg-config nlohmann-json3-dev libcli11-dev libspdlog-dev
-          libfmt-dev libpcre2-dev libcpp-httplib-dev libgtest-dev libgmock-dev libbenchmark-dev)
+          libfmt-dev libpcre2-dev libcpp-httplib-dev libgtest-dev libgmock-dev libbenchmark-dev
+          libboost-dev libucx-dev)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
