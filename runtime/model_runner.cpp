@@ -31,4 +31,15 @@ Tensor DeepseekRunner::run(const Decision& decision, const Scheduler& scheduler)
   return logits.device().is_cpu() ? logits : logits.to(Device::cpu());
 }
 
+KvMemory DeepseekRunner::kv_memory() {
+  KvMemory m;
+  m.page_size = int32_t(cache_.page_size);
+  m.num_pages = int32_t(cache_.num_pages);
+  for (Tensor& t : cache_.layers) {
+    m.layers.push_back({t.raw_data(), t.nbytes(), t.device()});
+    m.bytes_per_token = t.nbytes() / size_t(cache_.num_pages * cache_.page_size);
+  }
+  return m;
+}
+
 }  // namespace tandem::runtime

@@ -12,12 +12,31 @@
 
 namespace tandem::runtime {
 
+// One layer's KV memory as the PD transfer engine registers it: token slot t (page p, offset o:
+// t = p * page_size + o) occupies bytes [t * bytes_per_token, +bytes_per_token).
+struct KvRegion {
+  void* ptr = nullptr;
+  size_t length_bytes = 0;
+  Device device = Device::cpu();
+};
+
+// The whole KV pool's memory: one region per layer, all with the same token layout.
+struct KvMemory {
+  std::vector<KvRegion> layers;
+  int32_t page_size = 0;
+  int32_t num_pages = 0;
+  size_t bytes_per_token = 0;  // per layer
+};
+
 class ModelRunner {
  public:
   virtual ~ModelRunner() = default;
   // f32 logits on the CPU, [decision.seqs.size(), vocab]: row i belongs to the last token
   // decision.seqs[i] computes (only rows with sample set are used).
   virtual Tensor run(const Decision& decision, const Scheduler& scheduler) = 0;
+  // The KV pool's memory, for the PD layer to register with a transfer engine; empty layers
+  // for a runner without one (fakes). The memory lives as long as the runner.
+  virtual KvMemory kv_memory() { return {}; }
 };
 
 // The KV pool: one MLA latent cache page set shared by all requests (576 values per token per
@@ -27,6 +46,7 @@ class DeepseekRunner : public ModelRunner {
   DeepseekRunner(DeepseekV3Model& model, int32_t num_pages, int32_t page_size, DType kv_dtype,
                  Device device);
   Tensor run(const Decision& decision, const Scheduler& scheduler) override;
+  KvMemory kv_memory() override;
   const KvCache& kv_cache() const { return cache_; }
 
  private:
