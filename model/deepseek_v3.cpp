@@ -220,25 +220,7 @@ Tensor DeepseekV3Model::moe(const MoeWeights& w, const Tensor& x, const std::str
     routed_experts(w, x, ids, weights, out);
     return out;
   }
-  // Group the (token, slot) pairs by expert on the host, then run each expert on its tokens.
-  const Tensor ids_host = ids.to(Device::cpu()), weights_host = weights.to(Device::cpu());
-  std::map<int32_t, std::pair<std::vector<int32_t>, std::vector<float>>> by_expert;
-  for (int64_t t = 0; t < tokens; ++t) {
-    for (int64_t j = 0; j < k; ++j) {
-      auto& [rows, ws] = by_expert[ids_host.data<int32_t>()[t * k + j]];
-      rows.push_back(int32_t(t));
-      ws.push_back(weights_host.data<float>()[t * k + j]);
-    }
-  }
-  for (const auto& [expert, assignment] : by_expert) {
-    const auto& [rows, ws] = assignment;
-    const int64_t n = int64_t(rows.size());
-    Tensor index = Tensor::from_vector(rows, {n}).to(dev);
-    Tensor xe = Tensor::empty({n, c.hidden_size}, act_dtype_, dev);
-    ops::gather_rows(x, index, xe);
-    Tensor ye = mlp(w.experts[expert], xe, c.moe_intermediate_size, DType::kF32);
-    ops::scatter_add_rows(ye, index, Tensor::from_vector(ws, {n}).to(dev), out);
-  }
+  ops::moe_experts(x, ids, weights, w.routed, out);
   return out;
 }
 

@@ -203,6 +203,14 @@ ModelWeights load_weights(const ModelConfig& c, const Checkpoint& ckpt, Device d
         if (keep_expert && !keep_expert(l, e)) continue;
         m.experts[e] = load.mlp(fmt::format("{}mlp.experts.{}.", p, e), c.moe_intermediate_size);
       }
+      if (!keep_expert) {
+        for (const MlpWeights& e : m.experts) {
+          m.routed.gate.push_back(e.gate_proj);
+          m.routed.up.push_back(e.up_proj);
+          m.routed.down.push_back(e.down_proj);
+        }
+        ops::prepare_experts(m.routed);
+      }
       m.has_shared = c.n_shared_experts > 0;
       if (m.has_shared) m.shared = load.mlp(p + "mlp.shared_experts.", c.shared_intermediate_size());
     }

@@ -54,6 +54,7 @@ struct MoeWeights {
   LinearWeight gate;                  // router [experts, H]
   Tensor e_score_correction_bias;     // f32 [experts]; undefined for V2
   std::vector<MlpWeights> experts;    // n_routed_experts
+  ops::ExpertWeights routed;          // the same experts as one table (all loaded: not under EP)
   MlpWeights shared;                  // n_shared_experts * moe_intermediate_size wide
   bool has_shared = false;
 };

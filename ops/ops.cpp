@@ -217,6 +217,97 @@ void scatter_add_rows(const Tensor& src, const Tensor& index, const Tensor& weig
   TANDEM_DISPATCH(scatter_add_rows, d, src, index, weight, out);
 }
 
+void prepare_experts(ExpertWeights& ex) {
+  const char* op = "prepare_experts";
+  const int64_t experts = ex.num_experts();
+  TANDEM_CHECK(experts >= 1 && int64_t(ex.up.size()) == experts &&
+                   int64_t(ex.down.size()) == experts,
+               "{}: {} gate, {} up and {} down weights", op, ex.gate.size(), ex.up.size(),
+               ex.down.size());
+  const Tensor& first = ex.gate[0].weight;
+  TANDEM_CHECK(first.defined() && first.dim() == 2, "{}: expert 0 gate weight is undefined", op);
+  const int64_t inter = first.size(0), hidden = first.size(1);
+  const DType dtype = first.dtype();
+  const Device dev = first.device();
+  const auto check = [&](const LinearWeight& w, const char* which, int64_t e, int64_t out_f,
+                         int64_t in_f) {
+    TANDEM_CHECK(w.weight.defined() && w.weight.dim() == 2 && w.weight.size(0) == out_f &&
+                     w.weight.size(1) == in_f && w.weight.dtype() == dtype &&
+                     w.weight.device() == dev && w.weight.is_contiguous(),
+                 "{}: expert {} {} weight is {}, expected contiguous {} [{}, {}] on {}", op, e,
+                 which, w.weight.defined() ? w.weight.describe() : "undefined", dtype_name(dtype),
+                 out_f, in_f, dev.name());
+    if (w.is_fp8()) {
+      const int64_t b = LinearWeight::kBlock;
+      TANDEM_CHECK(w.scale_inv.defined() && w.scale_inv.dtype() == DType::kF32 &&
+                       (w.scale_inv.shape() == Shape({(out_f + b - 1) / b, (in_f + b - 1) / b})) &&
+                       w.scale_inv.is_contiguous() && w.scale_inv.device() == dev,
+                   "{}: expert {} {} scale_inv is {}", op, e, which,
+                   w.scale_inv.defined() ? w.scale_inv.describe() : "undefined");
+    }
+  };
+  for (int64_t e = 0; e < experts; ++e) {
+    check(ex.gate[e], "gate", e, inter, hidden);
+    check(ex.up[e], "up", e, inter, hidden);
+    check(ex.down[e], "down", e, hidden, inter);
+  }
+#ifdef TANDEM_WITH_CUDA
+  if (!dev.is_cpu()) ex.table = cuda::make_expert_table(ex);
+#endif
+}
+
+void moe_experts(const Tensor& x, const Tensor& ids, const Tensor& weights,
+                 const ExpertWeights& ex, Tensor& out) {
+  const char* op = "moe_experts";
+  expect(x, op, "x", 2, {DType::kF32, DType::kBF16});
+  expect(ids, op, "ids", 2, {DType::kI32});
+  expect(weights, op, "weights", 2, {DType::kF32});
+  expect(out, op, "out", 2, {DType::kF32});
+  const int64_t tokens = x.size(0), top_k = ids.size(1), experts = ex.num_experts();
+  TANDEM_CHECK(experts >= 1, "{}: no experts", op);
+  const int64_t inter = ex.gate[0].out_features();
+  TANDEM_CHECK(ex.gate[0].in_features() == x.size(1), "{}: x {} for experts of width {}", op,
+               x.describe(), ex.gate[0].in_features());
+  expect_shape(ids, op, "ids", {tokens, top_k});
+  expect_shape(weights, op, "weights", {tokens, top_k});
+  expect_shape(out, op, "out", x.shape());
+  const Device d = same_device(op, {&x, &ids, &weights, &out, &ex.gate[0].weight});
+  if (tokens == 0) return;
+#ifdef TANDEM_WITH_CUDA
+  if (!d.is_cpu() && cuda::moe_experts_grouped(x, ids, weights, ex, out)) return;
+#endif
+  // Per expert on the host's view of the routing: gather its rows, run the MLP, scatter back.
+  const Tensor ids_host = ids.to(Device::cpu()), weights_host = weights.to(Device::cpu());
+  std::vector<std::vector<int32_t>> rows(static_cast<size_t>(experts));
+  std::vector<std::vector<float>> row_weights(static_cast<size_t>(experts));
+  for (int64_t t = 0; t < tokens; ++t) {
+    for (int64_t j = 0; j < top_k; ++j) {
+      const int32_t e = ids_host.data<int32_t>()[t * ids_host.stride(0) + j];
+      TANDEM_CHECK(e >= 0 && e < experts, "{}: expert id {} at [{}, {}] outside [0, {})", op, e,
+                   t, j, experts);
+      rows[size_t(e)].push_back(int32_t(t));
+      row_weights[size_t(e)].push_back(weights_host.data<float>()[t * weights_host.stride(0) + j]);
+    }
+  }
+  const DType act = x.dtype();
+  for (int64_t e = 0; e < experts; ++e) {
+    const int64_t n = int64_t(rows[size_t(e)].size());
+    if (n == 0) continue;
+    Tensor index = Tensor::from_vector(rows[size_t(e)], {n}).to(d);
+    Tensor xe = Tensor::empty({n, x.size(1)}, act, d);
+    gather_rows(x, index, xe);
+    Tensor gate_up = Tensor::empty({n, 2 * inter}, act, d);
+    Tensor gate = gate_up.slice(1, 0, inter), up = gate_up.slice(1, inter, 2 * inter);
+    linear(xe, ex.gate[size_t(e)], gate);
+    linear(xe, ex.up[size_t(e)], up);
+    Tensor h = Tensor::empty({n, inter}, act, d);
+    silu_and_mul(gate_up, h);
+    Tensor ye = Tensor::empty({n, x.size(1)}, DType::kF32, d);
+    linear(h, ex.down[size_t(e)], ye);
+    scatter_add_rows(ye, index, Tensor::from_vector(row_weights[size_t(e)], {n}).to(d), out);
+  }
+}
+
 void mla_prefill_attention(const Tensor& q, const Tensor& kv, const Tensor& k_pe,
                            const Tensor& cu_q, const Tensor& cu_kv, float scale, Tensor& out) {
   const char* op = "mla_prefill_attention";

@@ -6,6 +6,8 @@
 
 #include <cstdint>
 
+#include <vector>
+
 #include "core/tensor.h"
 
 namespace tandem {
@@ -94,6 +96,26 @@ void convert(const Tensor& src, Tensor& out);
 // out[index[i]] += weight[i] * src[i], row-wise (the weighted un-permute after the experts).
 // src: f32 | bf16 [N, H]; index: i32 [N]; weight: f32 [N]; out: f32 [T, H] (f32 sums).
 void scatter_add_rows(const Tensor& src, const Tensor& index, const Tensor& weight, Tensor& out);
+
+// The routed experts of one MoE layer: gate/up [I, H] and down [H, I] per expert, all of one
+// dtype (f32 | bf16 | f8_e4m3 with 128x128 block scales) on one device. prepare_experts checks
+// them and, on CUDA, builds `table`: the device addresses the grouped kernels index by expert.
+struct ExpertWeights {
+  std::vector<LinearWeight> gate, up, down;
+  Tensor table;  // CUDA: u64 [6, E] (gate, up, down weights, then their scales); else undefined
+  int64_t num_experts() const { return int64_t(gate.size()); }
+};
+void prepare_experts(ExpertWeights& experts);
+
+// The routed experts, grouped: out[t] += sum_j weights[t, j] * down(silu(gate(x[t])) * up(x[t]))
+// with the expert ids[t, j]. x: f32 | bf16 [T, H]; ids: i32 [T, k]; weights: f32 [T, k];
+// out: f32 [T, H]. Ids outside [0, E) are an error (that pair is skipped).
+// CPU (and CUDA where the grouped kernels do not apply): per expert, gather its rows, the MLP in
+// x's dtype, weighted scatter-add. CUDA with bf16 x: on the device only (no host sync, so a
+// decode step can be captured in a CUDA graph): sort the pairs by expert, one grouped GEMM for
+// gate and up with SiLU-and-mul fused, one for down (f32 out), a weighted un-permute.
+void moe_experts(const Tensor& x, const Tensor& ids, const Tensor& weights,
+                 const ExpertWeights& experts, Tensor& out);
 
 // MLA prefill attention over expanded keys/values, causal, variable length.
 // q: f32 [T, H, nope + rope]; kv: f32 [L, H, nope + v] (k_nope then v per head);

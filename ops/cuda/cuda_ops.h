@@ -58,6 +58,12 @@ void rope(Tensor& x, const Tensor& positions, const Tensor& inv_freq, float atte
 void silu_and_mul(const Tensor& gate_up, Tensor& out);
 void moe_route(const Tensor& logits, const Tensor& bias, const RouteParams& params,
                Tensor& topk_ids, Tensor& topk_weights);
+// The device address table of prepare_experts (u64 [6, E]).
+Tensor make_expert_table(const ExpertWeights& experts);
+// moe_experts on the device (no host sync); false, doing nothing, where the grouped kernels do
+// not apply (x not bf16, f32 weights, H or I not a multiple of 64, more than 1024 experts).
+bool moe_experts_grouped(const Tensor& x, const Tensor& ids, const Tensor& weights,
+                         const ExpertWeights& experts, Tensor& out);
 void kv_store(const Tensor& latent, const Tensor& k_pe, const Tensor& slots, Tensor& cache);
 void gather_rows(const Tensor& src, const Tensor& index, Tensor& out);
 void convert(const Tensor& src, Tensor& out);

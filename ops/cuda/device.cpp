@@ -115,6 +115,7 @@ const char* kernel_error_name(int32_t code) {
     case kErrDecodeSeqLen: return "mla_decode_attention: seq_len outside [1, max_pages * page_size]";
     case kErrDecodeSlot: return "mla_decode_attention: page table names a slot outside the cache";
     case kErrPrefillLengths: return "mla_prefill_attention: cu_q/cu_kv inconsistent";
+    case kErrExpertId: return "moe_experts: expert id outside [0, experts)";
     default: return "unknown kernel error";
   }
 }

@@ -23,6 +23,7 @@ enum KernelErrorCode : int32_t {
   kErrDecodeSeqLen,
   kErrDecodeSlot,
   kErrPrefillLengths,
+  kErrExpertId,
 };
 struct KernelErrorWord {
   int32_t code;      // KernelErrorCode of the first error, 0 when none
@@ -116,6 +117,47 @@ struct CastRowsParams {
   int64_t rows, cols;
 };
 void launch_cast_rows(const CastRowsParams& p, cudaStream_t stream);
+
+// Grouped MoE experts (smxx_moe_grouped.cu). Pairs (token t, slot j) sorted by expert:
+// counts and offsets per expert, the token of every sorted position, the sorted position of
+// every pair (-1 for a bad id, reported as kErrExpertId).
+struct MoeAlignParams {
+  const int32_t* ids; int64_t ids_stride;  // [T, k]
+  int64_t tokens, top_k, experts;
+  int32_t* offsets;      // [E + 1]
+  int32_t* sorted_rows;  // [T * k]
+  int32_t* slot_of;      // [T * k]
+  KernelErrorWord* error;
+};
+void launch_moe_align(const MoeAlignParams& p, cudaStream_t stream);
+
+// out[r, :] over the sorted rows r of each expert e (offsets[e] <= r < offsets[e + 1]):
+//  gate_up: out = bf16(silu(A[r] W0[e]^T) * (A[r] W1[e]^T))   (W0 gate, W1 up)
+//  else:    out = f32(A[r] W0[e]^T)
+// A[r] is a[row_index[r]] (or a[r] without row_index), bf16 rows. W: bf16 or e4m3 [n, k]
+// with f32 scales [ceil(n/128), ceil(k/128)]; k a multiple of 64.
+struct MoeGroupedGemmParams {
+  const void* a; int64_t a_stride;     // bf16
+  const int32_t* row_index;            // [rows] or nullptr
+  const int32_t* offsets;              // [E + 1]
+  const uint64_t* w0; const uint64_t* w1;  // [E] weight addresses (w1 nullptr unless gate_up)
+  const uint64_t* s0; const uint64_t* s1;  // [E] scale addresses (fp8 only)
+  DType w_dtype;
+  int64_t n, k, experts;
+  void* out; int64_t out_stride;       // bf16 (gate_up) or f32
+  bool gate_up;
+};
+void launch_moe_grouped_gemm(const MoeGroupedGemmParams& p, cudaStream_t stream);
+
+// out[t, :] += sum_j weights[t, j] * y[slot_of[t * k + j], :] (j in order; slot -1 skipped).
+struct MoeUnpermuteParams {
+  const float* y; int64_t y_stride;       // [T * k, H]
+  const int32_t* slot_of;                 // [T * k]
+  const float* weights; int64_t weights_stride;  // [T, k]
+  float* out; int64_t out_stride;         // [T, H]
+  int64_t tokens, top_k, width;
+};
+void launch_moe_unpermute(const MoeUnpermuteParams& p, cudaStream_t stream);
 
 // Batched out[z] = x[z] @ W[z]^T with f32 activations and accumulation. W is f32, bf16 or
 // fp8 e4m3 with one f32 scale per 128x128 block (scale_inv[n / 128][k / 128]).

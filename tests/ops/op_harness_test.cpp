@@ -574,6 +574,93 @@ TEST_F(OpHarness, ScatterAddRows) {
   }
 }
 
+// The grouped expert path (sort by expert, two grouped tensor-core GEMMs, un-permute) against
+// the CPU's per-expert path. The GPU keeps gate and up in f32 into SiLU-and-mul where the CPU
+// rounds them to bf16 first: about 2^-9 relative per element, hence the tolerance.
+LinearWeight random_expert_linear(int64_t n, int64_t k, DType wdt) {
+  LinearWeight w;
+  if (wdt == DType::kF8E4M3) {
+    w.weight = cast(randn({n, k}, 100.0f), DType::kF8E4M3);
+    const int64_t b = LinearWeight::kBlock;
+    Tensor s = randn({(n + b - 1) / b, (k + b - 1) / b}, 1.0f);
+    for (int64_t i = 0; i < s.numel(); ++i)
+      s.data<float>()[i] = (1.0f + 0.2f * s.data<float>()[i]) / 100.0f / std::sqrt(float(k));
+    w.scale_inv = s;
+  } else {
+    w.weight = randn({n, k}, 1.0f / std::sqrt(float(k)), wdt);
+  }
+  return w;
+}
+
+LinearWeight to_gpu(const LinearWeight& w) {
+  return {w.weight.to(kGpu), w.scale_inv.defined() ? w.scale_inv.to(kGpu) : Tensor()};
+}
+
+void check_moe_experts(const std::string& label, int64_t tokens, int64_t experts, int64_t top_k,
+                       int64_t hidden, int64_t inter, DType wdt, int64_t hot_tokens) {
+  ops::ExpertWeights cpu, gpu;
+  for (int64_t e = 0; e < experts; ++e) {
+    cpu.gate.push_back(random_expert_linear(inter, hidden, wdt));
+    cpu.up.push_back(random_expert_linear(inter, hidden, wdt));
+    cpu.down.push_back(random_expert_linear(hidden, inter, wdt));
+    gpu.gate.push_back(to_gpu(cpu.gate.back()));
+    gpu.up.push_back(to_gpu(cpu.up.back()));
+    gpu.down.push_back(to_gpu(cpu.down.back()));
+  }
+  ops::prepare_experts(cpu);
+  ops::prepare_experts(gpu);
+  // Distinct experts per token; the first `hot_tokens` tokens all pick expert 0 (one expert
+  // with many rows: several 16-row tiles), and experts past 3 * top_k see no rows when the
+  // batch is small (empty groups).
+  Tensor ids = Tensor::empty({tokens, top_k}, DType::kI32);
+  const int32_t range = int32_t(std::min<int64_t>(experts, std::max<int64_t>(3 * top_k, tokens)));
+  for (int64_t t = 0; t < tokens; ++t) {
+    const Tensor row = permutation_prefix(top_k, range);
+    for (int64_t j = 0; j < top_k; ++j) ids.data<int32_t>()[t * top_k + j] = row.data<int32_t>()[j];
+    if (t < hot_tokens) {
+      for (int64_t j = 0; j < top_k; ++j) {
+        if (ids.data<int32_t>()[t * top_k + j] == 0) ids.data<int32_t>()[t * top_k + j] = ids.data<int32_t>()[t * top_k];
+      }
+      ids.data<int32_t>()[t * top_k] = 0;
+    }
+  }
+  Tensor weights = randn({tokens, top_k}, 0.3f);
+  const Tensor x = randn({tokens, hidden}, 1.0f, DType::kBF16);
+  const Tensor out0 = randn({tokens, hidden});
+  Tensor ref = out0.clone();
+  ops::moe_experts(x, ids, weights, cpu, ref);
+  Guarded out({tokens, hidden}, DType::kF32, 4, &out0);
+  const Tensor xg = x.to(kGpu), idsg = ids.to(kGpu), wg = weights.to(kGpu);
+  ASSERT_TRUE(ops::cuda::moe_experts_grouped(xg, idsg, wg, gpu, out.view))
+      << label << ": the grouped kernels did not apply";
+  expect_close("moe_experts", label, out.result("moe_experts"), ref, 8e-3);
+}
+
+TEST_F(OpHarness, MoeExpertsGrouped) {
+  const DType f8 = DType::kF8E4M3, b16 = DType::kBF16;
+  check_moe_experts("fp8 T=1 E=64 k=6 H=2048 I=1408", 1, 64, 6, 2048, 1408, f8, 0);
+  check_moe_experts("fp8 T=37 E=64 k=6 H=512 I=320 hot", 37, 64, 6, 512, 320, f8, 37);
+  check_moe_experts("bf16 T=130 E=16 k=4 H=256 I=192 hot", 130, 16, 4, 256, 192, b16, 50);
+  check_moe_experts("bf16 T=3 E=64 k=6 H=2048 I=1408", 3, 64, 6, 2048, 1408, b16, 0);
+  check_moe_experts("fp8 T=128 E=32 k=8 H=7168 I=256", 128, 32, 8, 7168, 256, f8, 10);
+}
+
+// An expert id outside [0, E) is reported at the next synchronization.
+TEST_F(OpHarness, MoeExpertsBadIdThrowsAtSync) {
+  ops::ExpertWeights gpu;
+  for (int e = 0; e < 4; ++e) {
+    gpu.gate.push_back(to_gpu(random_expert_linear(64, 64, DType::kBF16)));
+    gpu.up.push_back(to_gpu(random_expert_linear(64, 64, DType::kBF16)));
+    gpu.down.push_back(to_gpu(random_expert_linear(64, 64, DType::kBF16)));
+  }
+  ops::prepare_experts(gpu);
+  const Tensor ids = Tensor::from_vector(std::vector<int32_t>{0, 7}, {1, 2}).to(kGpu);
+  const Tensor w = randn({1, 2}).to(kGpu);
+  Tensor out = Tensor::zeros({1, 64}, DType::kF32, kGpu);
+  ASSERT_TRUE(ops::cuda::moe_experts_grouped(randn({1, 64}, 1.0f, DType::kBF16).to(kGpu), ids, w, gpu, out));
+  EXPECT_THROW(ops::cuda::synchronize(0), Error);
+}
+
 TEST_F(OpHarness, MlaPrefillAttention) {
   const int64_t heads = 16, nope = 128, rope = 64, v = 128, lora = 512;
   const std::vector<int32_t> q_lens = {5, 1, 70}, kv_lens = {5, 9, 130};

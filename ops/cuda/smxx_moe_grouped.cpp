@@ -1,0 +1,120 @@
+// Host launchers of smxx_moe_grouped.cu: the expert address table and moe_experts on the
+// device (sort by expert, gate/up GEMM with SiLU-and-mul, down GEMM, weighted un-permute).
+#include <cstdint>
+#include <vector>
+
+#include "ops/cuda/cuda_ops.h"
+#include "ops/cuda/host_common.h"
+
+namespace tandem::ops::cuda {
+
+namespace {
+
+constexpr int64_t kMaxGroupedExperts = 1024;  // moe_align's one-block scan
+
+int64_t address(const Tensor& t) {
+  return t.defined() ? int64_t(reinterpret_cast<uintptr_t>(t.raw_data())) : 0;
+}
+
+}  // namespace
+
+Tensor make_expert_table(const ExpertWeights& ex) {
+  const int64_t experts = ex.num_experts();
+  std::vector<int64_t> rows(size_t(6 * experts), 0);
+  for (int64_t e = 0; e < experts; ++e) {
+    const size_t i = size_t(e);
+    rows[i] = address(ex.gate[i].weight);
+    rows[size_t(experts) + i] = address(ex.up[i].weight);
+    rows[size_t(2 * experts) + i] = address(ex.down[i].weight);
+    rows[size_t(3 * experts) + i] = address(ex.gate[i].scale_inv);
+    rows[size_t(4 * experts) + i] = address(ex.up[i].scale_inv);
+    rows[size_t(5 * experts) + i] = address(ex.down[i].scale_inv);
+  }
+  return Tensor::from_vector(rows, {6, experts}).to(ex.gate[0].weight.device());
+}
+
+bool moe_experts_grouped(const Tensor& x, const Tensor& ids, const Tensor& weights,
+                         const ExpertWeights& ex, Tensor& out) {
+  const DType wdt = ex.gate[0].weight.dtype();
+  const int64_t tokens = x.size(0), hidden = x.size(1), top_k = ids.size(1);
+  const int64_t inter = ex.gate[0].out_features(), experts = ex.num_experts();
+  // Where the kernels do not apply, moe_experts takes the per-expert path.
+  if (x.dtype() != DType::kBF16 || wdt == DType::kF32 || !ex.table.defined()) return false;
+  if (hidden % 64 != 0 || inter % 64 != 0 || experts > kMaxGroupedExperts) return false;
+  if (x.stride(0) % 8 != 0 || reinterpret_cast<uintptr_t>(x.raw_data()) % 16 != 0) return false;
+  if (ids.stride(0) != top_k) return false;
+
+  OpContext ctx(out);
+  const Device dev = x.device();
+  const int64_t pairs = tokens * top_k;
+  Tensor offsets = Tensor::empty({experts + 1}, DType::kI32, dev);
+  Tensor sorted_rows = Tensor::empty({pairs}, DType::kI32, dev);
+  Tensor slot_of = Tensor::empty({pairs}, DType::kI32, dev);
+  MoeAlignParams al{};
+  al.ids = cptr<int32_t>(ids);
+  al.ids_stride = ids.stride(0);
+  al.tokens = tokens;
+  al.top_k = top_k;
+  al.experts = experts;
+  al.offsets = mptr<int32_t>(offsets);
+  al.sorted_rows = mptr<int32_t>(sorted_rows);
+  al.slot_of = mptr<int32_t>(slot_of);
+  al.error = ctx.error;
+  launch_moe_align(al, ctx.stream);
+  TANDEM_CUDA_LAUNCH_CHECK("moe_experts (align)");
+
+  const uint64_t* table = cptr<uint64_t>(ex.table);
+  Tensor h = Tensor::empty({pairs, inter}, DType::kBF16, dev);
+  MoeGroupedGemmParams g1{};
+  g1.a = x.raw_data();
+  g1.a_stride = x.stride(0);
+  g1.row_index = cptr<int32_t>(sorted_rows);
+  g1.offsets = cptr<int32_t>(offsets);
+  g1.w0 = table;
+  g1.w1 = table + experts;
+  g1.s0 = table + 3 * experts;
+  g1.s1 = table + 4 * experts;
+  g1.w_dtype = wdt;
+  g1.n = inter;
+  g1.k = hidden;
+  g1.experts = experts;
+  g1.out = h.raw_data();
+  g1.out_stride = h.stride(0);
+  g1.gate_up = true;
+  launch_moe_grouped_gemm(g1, ctx.stream);
+  TANDEM_CUDA_LAUNCH_CHECK("moe_experts (gate/up)");
+
+  Tensor y = Tensor::empty({pairs, hidden}, DType::kF32, dev);
+  MoeGroupedGemmParams g2 = g1;
+  g2.a = h.raw_data();
+  g2.a_stride = h.stride(0);
+  g2.row_index = nullptr;
+  g2.w0 = table + 2 * experts;
+  g2.w1 = nullptr;
+  g2.s0 = table + 5 * experts;
+  g2.s1 = nullptr;
+  g2.n = hidden;
+  g2.k = inter;
+  g2.out = y.raw_data();
+  g2.out_stride = y.stride(0);
+  g2.gate_up = false;
+  launch_moe_grouped_gemm(g2, ctx.stream);
+  TANDEM_CUDA_LAUNCH_CHECK("moe_experts (down)");
+
+  MoeUnpermuteParams un{};
+  un.y = cptr<float>(y);
+  un.y_stride = y.stride(0);
+  un.slot_of = cptr<int32_t>(slot_of);
+  un.weights = cptr<float>(weights);
+  un.weights_stride = weights.stride(0);
+  un.out = mptr<float>(out);
+  un.out_stride = out.stride(0);
+  un.tokens = tokens;
+  un.top_k = top_k;
+  un.width = hidden;
+  launch_moe_unpermute(un, ctx.stream);
+  TANDEM_CUDA_LAUNCH_CHECK("moe_experts (un-permute)");
+  return true;
+}
+
+}  // namespace tandem::ops::cuda

@@ -1,0 +1,283 @@
+// Grouped MoE expert kernels (moe_experts on CUDA): sort the (token, slot) pairs by expert,
+// grouped GEMMs on tensor cores, weighted un-permute. Everything stays on the device (the
+// experts' row ranges are read by the kernels, never by the host), so a decode step that uses
+// them can be captured in a CUDA graph.
+//
+// The GEMM is written for decode, where it is bound by reading the expert weights: a warp owns
+// 32 output columns of one expert and streams their weight rows straight from global memory
+// into registers (16-byte loads, no shared memory), widening e4m3 to bf16 there, and runs
+// mma.sync m16n8k16 (bf16 in, f32 accumulate) over 16 rows of the expert at a time. The K
+// index inside each 64-wide chunk is permuted the same way for A and B so that every lane's
+// fragment is 16 contiguous k values (one or two 16-byte loads) instead of scattered pairs;
+// a dot product does not depend on the order of its terms' pairing, only on A and B agreeing.
+// FP8 weights: the partial sums of each 128-wide K block are scaled by that block's weight
+// scale in f32 (as DeepSeek-V3's block-scaled GEMMs do), so e4m3 values enter the MMA exactly.
+#include "ops/cuda/common.cuh"
+
+#include <cuda_fp16.h>
+
+namespace tandem::ops::cuda {
+
+namespace {
+
+constexpr int kAlignThreads = 1024;
+constexpr int kGemmThreads = 128;  // 4 warps x 32 columns: one 128-column weight-scale block
+constexpr int kUnpermuteThreads = 256;
+
+// Counts per expert, exclusive scan into offsets, then each pair takes the next position of its
+// expert. The order inside an expert depends on atomics; every row is computed on its own and
+// the un-permute sums a token's slots in slot order, so results do not depend on it.
+__global__ void __launch_bounds__(kAlignThreads) moe_align_kernel(MoeAlignParams p) {
+  extern __shared__ int32_t smem[];
+  int32_t* counts = smem;             // [E]
+  int32_t* cursor = smem + p.experts; // [E]
+  __shared__ int32_t warp_total[kAlignThreads / 32];
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int64_t pairs = p.tokens * p.top_k;
+  for (int64_t e = tid; e < p.experts; e += blockDim.x) counts[e] = 0;
+  __syncthreads();
+  for (int64_t i = tid; i < pairs; i += blockDim.x) {
+    const int32_t e = p.ids[(i / p.top_k) * p.ids_stride + i % p.top_k];
+    if (e < 0 || e >= p.experts) {
+      report_error(p.error, kErrExpertId, e, p.experts, i);
+      continue;
+    }
+    atomicAdd(&counts[e], 1);
+  }
+  __syncthreads();
+  // Exclusive scan over experts (experts <= blockDim.x, checked by the launcher).
+  const int32_t v = tid < p.experts ? counts[tid] : 0;
+  int32_t incl = v;
+#pragma unroll
+  for (int o = 1; o < 32; o <<= 1) {
+    const int32_t n = __shfl_up_sync(0xffffffffu, incl, o);
+    if (lane >= o) incl += n;
+  }
+  if (lane == 31) warp_total[warp] = incl;
+  __syncthreads();
+  if (warp == 0) {
+    const int32_t w = lane < int(blockDim.x >> 5) ? warp_total[lane] : 0;
+    int32_t wi = w;
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+      const int32_t n = __shfl_up_sync(0xffffffffu, wi, o);
+      if (lane >= o) wi += n;
+    }
+    warp_total[lane] = wi - w;
+  }
+  __syncthreads();
+  const int32_t excl = incl - v + warp_total[warp];
+  if (tid < p.experts) {
+    cursor[tid] = excl;
+    p.offsets[tid] = excl;
+    if (tid == p.experts - 1) p.offsets[p.experts] = excl + v;
+  }
+  __syncthreads();
+  for (int64_t i = tid; i < pairs; i += blockDim.x) {
+    const int64_t t = i / p.top_k;
+    const int32_t e = p.ids[t * p.ids_stride + i % p.top_k];
+    if (e < 0 || e >= p.experts) {
+      p.slot_of[i] = -1;
+      continue;
+    }
+    const int32_t pos = atomicAdd(&cursor[e], 1);
+    p.sorted_rows[pos] = int32_t(t);
+    p.slot_of[i] = pos;
+  }
+}
+
+__device__ __forceinline__ uint32_t e4m3x2_to_bf16x2(uint32_t two_bytes) {
+  const __half2_raw h =
+      __nv_cvt_fp8x2_to_halfraw2(static_cast<__nv_fp8x2_storage_t>(two_bytes), __NV_E4M3);
+  const float2 f = __half22float2(__half2(h));
+  const __nv_bfloat162 b = __floats2bfloat162_rn(f.x, f.y);  // exact: e4m3 fits in bf16
+  return *reinterpret_cast<const uint32_t*>(&b);
+}
+
+__device__ __forceinline__ void mma_bf16(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2,
+                                         uint32_t a3, uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+      "{%8,%9}, {%0,%1,%2,%3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ uint4 load16(const void* p) {
+  return __ldg(static_cast<const uint4*>(p));
+}
+
+__device__ __forceinline__ float silu(float x) { return x / (1.0f + expf(-x)); }
+
+// Grid: (ceil(n / 128), experts). Warp w of block (bx, e) computes columns
+// [bx * 128 + 32 w, + 32) of expert e's rows, 16 rows at a time.
+template <bool kFp8, bool kGateUp>
+__global__ void __launch_bounds__(kGemmThreads) moe_grouped_gemm_kernel(MoeGroupedGemmParams p) {
+  constexpr int kW = kGateUp ? 2 : 1;       // weight matrices: gate and up, or one
+  constexpr int kLoads = kFp8 ? 1 : 2;      // 16-byte loads per lane per row per 64-k chunk
+  const int64_t e = blockIdx.y;
+  const int32_t begin = p.offsets[e], end = p.offsets[e + 1];
+  if (begin >= end) return;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t4 = lane & 3;
+  const int64_t n0 = int64_t(blockIdx.x) * 128 + warp * 32;
+  if (n0 >= p.n) return;
+
+  const char* wrow[kW][4];  // this lane's weight rows: columns n0 + 8 i + g
+  const float* scale[kW];
+  const int64_t kblocks = (p.k + 127) / 128;
+#pragma unroll
+  for (int w = 0; w < kW; ++w) {
+    const char* base = reinterpret_cast<const char*>(w == 0 ? p.w0[e] : p.w1[e]);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int64_t col = n0 + 8 * i + g;
+      wrow[w][i] = col < p.n ? base + col * p.k * (kFp8 ? 1 : 2) : nullptr;
+    }
+    scale[w] = kFp8 ? reinterpret_cast<const float*>(w == 0 ? p.s0[e] : p.s1[e]) +
+                          (n0 / 128) * kblocks
+                    : nullptr;
+  }
+  const __nv_bfloat16* a = static_cast<const __nv_bfloat16*>(p.a);
+
+  for (int32_t m0 = begin; m0 < end; m0 += 16) {
+    const int32_t r0 = m0 + g, r1 = m0 + g + 8;
+    const __nv_bfloat16* arow0 =
+        r0 < end ? a + int64_t(p.row_index ? p.row_index[r0] : r0) * p.a_stride : nullptr;
+    const __nv_bfloat16* arow1 =
+        r1 < end ? a + int64_t(p.row_index ? p.row_index[r1] : r1) * p.a_stride : nullptr;
+    float acc[kW][4][4];
+#pragma unroll
+    for (int w = 0; w < kW; ++w)
+#pragma unroll
+      for (int i = 0; i < 4; ++i)
+#pragma unroll
+        for (int c = 0; c < 4; ++c) acc[w][i][c] = 0.0f;
+
+    for (int64_t kb = 0; kb < p.k; kb += 128) {
+      float part[kW][4][4];
+#pragma unroll
+      for (int w = 0; w < kW; ++w)
+#pragma unroll
+        for (int i = 0; i < 4; ++i)
+#pragma unroll
+          for (int c = 0; c < 4; ++c) part[w][i][c] = 0.0f;
+      const int64_t kend = kb + 128 < p.k ? kb + 128 : p.k;
+      for (int64_t kc = kb; kc < kend; kc += 64) {
+        const int64_t kl = kc + 16 * t4;  // this lane's 16 k values
+        uint4 av0[2] = {}, av1[2] = {};
+        if (arow0) { av0[0] = load16(arow0 + kl); av0[1] = load16(arow0 + kl + 8); }
+        if (arow1) { av1[0] = load16(arow1 + kl); av1[1] = load16(arow1 + kl + 8); }
+        uint4 bv[kW][4][kLoads];
+#pragma unroll
+        for (int w = 0; w < kW; ++w)
+#pragma unroll
+          for (int i = 0; i < 4; ++i)
+#pragma unroll
+            for (int l = 0; l < kLoads; ++l) {
+              bv[w][i][l] = wrow[w][i] ? load16(wrow[w][i] + (kl * (kFp8 ? 1 : 2)) + 16 * l)
+                                       : make_uint4(0, 0, 0, 0);
+            }
+        const uint32_t* A0 = reinterpret_cast<const uint32_t*>(av0);  // 8 words: k pairs
+        const uint32_t* A1 = reinterpret_cast<const uint32_t*>(av1);
+#pragma unroll
+        for (int s = 0; s < 4; ++s) {  // 16-k steps; step s uses k values kl + 4s .. + 3
+#pragma unroll
+          for (int w = 0; w < kW; ++w)
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+              uint32_t b0, b1;
+              if constexpr (kFp8) {
+                const uint32_t word = reinterpret_cast<const uint32_t*>(&bv[w][i][0])[s];
+                b0 = e4m3x2_to_bf16x2(word & 0xffffu);
+                b1 = e4m3x2_to_bf16x2(word >> 16);
+              } else {
+                const uint32_t* B = reinterpret_cast<const uint32_t*>(bv[w][i]);
+                b0 = B[2 * s];
+                b1 = B[2 * s + 1];
+              }
+              if constexpr (kFp8) {
+                mma_bf16(part[w][i], A0[2 * s], A1[2 * s], A0[2 * s + 1], A1[2 * s + 1], b0, b1);
+              } else {
+                mma_bf16(acc[w][i], A0[2 * s], A1[2 * s], A0[2 * s + 1], A1[2 * s + 1], b0, b1);
+              }
+            }
+        }
+      }
+      if constexpr (kFp8) {
+#pragma unroll
+        for (int w = 0; w < kW; ++w) {
+          const float sc = scale[w][kb / 128];
+#pragma unroll
+          for (int i = 0; i < 4; ++i)
+#pragma unroll
+            for (int c = 0; c < 4; ++c) acc[w][i][c] = fmaf(sc, part[w][i][c], acc[w][i][c]);
+        }
+      }
+    }
+
+    // c[0], c[1]: row r0, columns col, col + 1; c[2], c[3]: row r1.
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int64_t col = n0 + 8 * i + 2 * t4;
+      if (col >= p.n) continue;
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        const int32_t r = half ? r1 : r0;
+        if (r >= end) continue;
+        const float x0 = acc[0][i][2 * half], x1 = acc[0][i][2 * half + 1];
+        if constexpr (kGateUp) {
+          const float y0 = silu(x0) * acc[kW - 1][i][2 * half];
+          const float y1 = silu(x1) * acc[kW - 1][i][2 * half + 1];
+          *reinterpret_cast<__nv_bfloat162*>(static_cast<__nv_bfloat16*>(p.out) +
+                                             int64_t(r) * p.out_stride + col) =
+              __floats2bfloat162_rn(y0, y1);
+        } else {
+          *reinterpret_cast<float2*>(static_cast<float*>(p.out) + int64_t(r) * p.out_stride +
+                                     col) = make_float2(x0, x1);
+        }
+      }
+    }
+  }
+}
+
+// One block per token; a token's slots are summed in slot order, then added to out once.
+__global__ void __launch_bounds__(kUnpermuteThreads) moe_unpermute_kernel(MoeUnpermuteParams p) {
+  const int64_t t = blockIdx.x;
+  float* o = p.out + t * p.out_stride;
+  for (int64_t d = threadIdx.x; d < p.width; d += blockDim.x) {
+    float sum = 0.0f;
+    for (int64_t j = 0; j < p.top_k; ++j) {
+      const int32_t slot = p.slot_of[t * p.top_k + j];
+      if (slot < 0) continue;
+      sum += __fmul_rn(p.weights[t * p.weights_stride + j], p.y[int64_t(slot) * p.y_stride + d]);
+    }
+    o[d] += sum;
+  }
+}
+
+}  // namespace
+
+void launch_moe_align(const MoeAlignParams& p, cudaStream_t stream) {
+  const size_t smem = size_t(2 * p.experts) * sizeof(int32_t);
+  moe_align_kernel<<<1, kAlignThreads, smem, stream>>>(p);
+}
+
+void launch_moe_grouped_gemm(const MoeGroupedGemmParams& p, cudaStream_t stream) {
+  const dim3 grid(unsigned((p.n + 127) / 128), unsigned(p.experts));
+  const bool fp8 = p.w_dtype == DType::kF8E4M3;
+  if (fp8 && p.gate_up) {
+    moe_grouped_gemm_kernel<true, true><<<grid, kGemmThreads, 0, stream>>>(p);
+  } else if (fp8) {
+    moe_grouped_gemm_kernel<true, false><<<grid, kGemmThreads, 0, stream>>>(p);
+  } else if (p.gate_up) {
+    moe_grouped_gemm_kernel<false, true><<<grid, kGemmThreads, 0, stream>>>(p);
+  } else {
+    moe_grouped_gemm_kernel<false, false><<<grid, kGemmThreads, 0, stream>>>(p);
+  }
+}
+
+void launch_moe_unpermute(const MoeUnpermuteParams& p, cudaStream_t stream) {
+  moe_unpermute_kernel<<<unsigned(p.tokens), kUnpermuteThreads, 0, stream>>>(p);
+}
+
+}  // namespace tandem::ops::cuda
