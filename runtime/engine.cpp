@@ -28,10 +28,18 @@ struct Engine::Sequence {
   std::unique_ptr<Sampler> sampler;
   std::unique_ptr<tokenizer::IncrementalDetokenizer> detok;
   std::unique_ptr<StopChecker> stop;
+  PdRole pd = PdRole::kNone;
+  PrefillChunkFn on_chunk;      // kPrefill
+  int32_t reported = 0;         // kPrefill: prompt tokens reported to on_chunk
+  KvReservedFn on_reserved;     // kDecode
 };
 
 Status EngineConfig::validate() const {
   if (Status s = scheduler.validate(); !s.ok()) return s;
+  if (pd_decode_reserve_tokens < 0) {
+    return invalid(fmt::format("disaggregation_decode_reserve must be >= 0 tokens, got {}",
+                               pd_decode_reserve_tokens));
+  }
   if (kv_dtype != DType::kF32 && kv_dtype != DType::kBF16) {
     return invalid(fmt::format("kv_dtype must be f32 or bf16, got {}", dtype_name(kv_dtype)));
   }
@@ -57,8 +65,56 @@ Engine::Engine(const ModelConfig& model_config, std::unique_ptr<ModelRunner> run
 Engine::~Engine() { stop(); }
 
 Status Engine::submit(GenerateRequest request, std::shared_ptr<RequestStream>* stream) {
+  std::vector<std::unique_ptr<Sequence>> seqs;
+  if (Status s = prepare(std::move(request), PdRole::kNone, &seqs, stream); !s.ok()) return s;
+  enqueue(std::move(seqs));
+  return {};
+}
+
+Status Engine::submit_prefill(GenerateRequest request, PrefillChunkFn on_chunk,
+                              std::shared_ptr<RequestStream>* stream) {
+  if (!on_chunk) return invalid("submit_prefill: no chunk callback");
+  std::vector<std::unique_ptr<Sequence>> seqs;
+  if (Status s = prepare(std::move(request), PdRole::kPrefill, &seqs, stream); !s.ok()) return s;
+  seqs[0]->on_chunk = std::move(on_chunk);
+  enqueue(std::move(seqs));
+  return {};
+}
+
+Status Engine::submit_decode(GenerateRequest request, KvReservedFn on_reserved,
+                             std::shared_ptr<RequestStream>* stream) {
+  if (!on_reserved) return invalid("submit_decode: no reservation callback");
+  std::vector<std::unique_ptr<Sequence>> seqs;
+  if (Status s = prepare(std::move(request), PdRole::kDecode, &seqs, stream); !s.ok()) return s;
+  seqs[0]->on_reserved = std::move(on_reserved);
+  enqueue(std::move(seqs));
+  return {};
+}
+
+void Engine::kv_arrived(RequestId id, SampleResult first) {
+  {
+    std::lock_guard lk(inbox_mu_);
+    pd_inbox_.push_back({id, true, std::move(first), {}});
+  }
+  inbox_cv_.notify_all();
+}
+
+void Engine::pd_done(RequestId id, Status status) {
+  {
+    std::lock_guard lk(inbox_mu_);
+    pd_inbox_.push_back({id, false, {}, std::move(status)});
+  }
+  inbox_cv_.notify_all();
+}
+
+Status Engine::prepare(GenerateRequest request, PdRole role,
+                       std::vector<std::unique_ptr<Sequence>>* seqs,
+                       std::shared_ptr<RequestStream>* stream) {
   const SamplingParams& p = request.params;
   if (Status s = p.validate(model_config_.vocab_size); !s.ok()) return s;
+  if (role != PdRole::kNone && p.n != 1) {
+    return invalid(fmt::format("n: a disaggregated request has one completion, got n = {}", p.n));
+  }
   if (!p.stop.empty() && tokenizer_ == nullptr) {
     return invalid("stop: stop strings need a tokenizer");
   }
@@ -80,7 +136,11 @@ Status Engine::submit(GenerateRequest request, std::shared_ptr<RequestStream>* s
     return invalid(fmt::format("prompt: {} tokens do not fit the context length {}",
                                prompt.size(), context));
   }
-  const int32_t max_new = int32_t(std::min<int64_t>(p.max_tokens, context - int64_t(prompt.size())));
+  // The prefill side computes the prompt and samples one token; the decode side the rest.
+  const int32_t max_new =
+      role == PdRole::kPrefill
+          ? 1
+          : int32_t(std::min<int64_t>(p.max_tokens, context - int64_t(prompt.size())));
   const int64_t pool = int64_t(config_.scheduler.num_pages()) * config_.scheduler.page_size;
   if (int64_t(prompt.size()) + max_new > pool) {
     return {StatusCode::kResourceExhausted,
@@ -91,7 +151,6 @@ Status Engine::submit(GenerateRequest request, std::shared_ptr<RequestStream>* s
   const RequestId rid = next_id_.fetch_add(1);
   auto out = std::make_shared<RequestStream>(rid, p.n);
   const uint64_t base_seed = p.seed.has_value() ? *p.seed : std::random_device{}();
-  std::vector<std::unique_ptr<Sequence>> seqs;
   for (int32_t i = 0; i < p.n; ++i) {
     auto seq = std::make_unique<Sequence>();
     seq->request_id = rid;
@@ -107,15 +166,19 @@ Status Engine::submit(GenerateRequest request, std::shared_ptr<RequestStream>* s
       seq->detok = std::make_unique<tokenizer::IncrementalDetokenizer>(*tokenizer_, true);
     }
     seq->stop = std::make_unique<StopChecker>(p.stop);
-    seqs.push_back(std::move(seq));
+    seq->pd = role;
+    seqs->push_back(std::move(seq));
   }
+  *stream = std::move(out);
+  return {};
+}
+
+void Engine::enqueue(std::vector<std::unique_ptr<Sequence>> seqs) {
   {
     std::lock_guard lk(inbox_mu_);
     for (auto& s : seqs) inbox_.push_back(std::move(s));
   }
   inbox_cv_.notify_all();
-  *stream = std::move(out);
-  return {};
 }
 
 void Engine::abort(RequestId id) {
@@ -129,13 +192,19 @@ void Engine::abort(RequestId id) {
 void Engine::drain_inbox() {
   std::vector<std::unique_ptr<Sequence>> added;
   std::vector<RequestId> aborted;
+  std::vector<PdEvent> pd_events;
   {
     std::lock_guard lk(inbox_mu_);
     added.swap(inbox_);
     aborted.swap(abort_inbox_);
+    pd_events.swap(pd_inbox_);
   }
   for (auto& seq : added) {
-    const Status s = scheduler_.add(seq->seq_id, seq->prompt, seq->max_new_tokens);
+    const Status s =
+        seq->pd == PdRole::kDecode
+            ? scheduler_.add_remote(seq->seq_id, seq->prompt, seq->max_new_tokens,
+                                    config_.pd_decode_reserve_tokens)
+            : scheduler_.add(seq->seq_id, seq->prompt, seq->max_new_tokens);
     if (!s.ok()) {  // submit checked the same limits; kept as a guard
       StreamEvent ev;
       ev.error = s.message();
@@ -154,6 +223,85 @@ void Engine::drain_inbox() {
       finish(*it->second, FinishReason::kAbort, {}, false);
     }
   }
+  for (PdEvent& e : pd_events) handle_pd_event(e);
+}
+
+void Engine::handle_pd_event(PdEvent& e) {
+  auto it = seqs_.find(e.request_id << kIndexBits);  // PD requests have n = 1
+  if (it == seqs_.end()) return;                      // ended meanwhile (abort, error)
+  Sequence& seq = *it->second;
+  const RequestId id = seq.seq_id;
+  auto fail = [&](std::string message) {
+    scheduler_.abort(id);
+    StreamEvent ev;
+    ev.error = std::move(message);
+    finish(seq, FinishReason::kError, std::move(ev), false);
+  };
+  if (!e.arrived) {
+    if (!e.status.ok()) return fail(e.status.message());
+    if (seq.pd != PdRole::kPrefill || scheduler_.state(id) != RequestState::kTransferring) {
+      return fail("PD layer released a request that is not done with its prefill");
+    }
+    finish(seq, FinishReason::kLength, {}, true);
+    return;
+  }
+  if (seq.pd != PdRole::kDecode || !scheduler_.is_reserved(id)) {
+    return fail("prompt KV arrived for a request without reserved pages");
+  }
+  if (e.first.token < 0 || e.first.token >= model_config_.vocab_size) {
+    return fail(fmt::format("prefill sent first token {} outside the vocabulary [0, {})",
+                            e.first.token, model_config_.vocab_size));
+  }
+  const int32_t token = e.first.token;
+  scheduler_.kv_arrived(id, token);
+  // The penalties see the first token as part of the text, as in a colocated run.
+  std::vector<int32_t> seen = seq.prompt;
+  seen.push_back(token);
+  seq.sampler = std::make_unique<Sampler>(seq.params, seen, *seq.params.seed);
+  seq.state = RequestState::kDecoding;
+  ++seq.num_output;
+  ++generated_tokens_;
+  StreamEvent ev;
+  ev.index = seq.index;
+  ev.token_ids.push_back(token);
+  if (seq.params.logprobs || seq.params.top_logprobs > 0) ev.logprobs.push_back(e.first);
+  if (check_stop(seq, token, ev)) return;
+  seq.stream->push(std::move(ev));
+}
+
+void Engine::report_reserved(RequestId seq_id) {
+  Sequence& seq = *seqs_.at(seq_id);
+  const auto pages = scheduler_.pages(seq_id);
+  seq.state = RequestState::kAwaitingKv;
+  seq.on_reserved(seq.request_id, std::vector<int32_t>(pages.begin(), pages.end()));
+}
+
+void Engine::report_prefill(Sequence& seq, const ScheduledSeq& s, const SampleResult& sampled) {
+  const int32_t ps = config_.scheduler.page_size;
+  const int32_t end = s.cached_len + s.num_tokens;
+  const int32_t upto = s.sample ? end : end / ps * ps;  // whole pages until the last step
+  if (!s.sample && upto <= seq.reported) return;
+  PrefillChunk c;
+  c.request_id = seq.request_id;
+  c.first_token = seq.reported;
+  c.num_tokens = upto - seq.reported;
+  const auto pages = scheduler_.pages(seq.seq_id);
+  c.pages.assign(pages.begin(), pages.begin() + (upto + ps - 1) / ps);
+  c.last = s.sample;
+  seq.reported = upto;
+  if (s.sample) {
+    c.first = sampled;
+    scheduler_.hold(seq.seq_id);
+    seq.state = RequestState::kTransferring;
+    ++seq.num_output;
+    ++generated_tokens_;
+    StreamEvent ev;
+    ev.index = seq.index;
+    ev.token_ids.push_back(sampled.token);
+    if (seq.params.logprobs || seq.params.top_logprobs > 0) ev.logprobs.push_back(sampled);
+    seq.stream->push(std::move(ev));
+  }
+  seq.on_chunk(c);
 }
 
 bool Engine::step() {
@@ -161,9 +309,10 @@ bool Engine::step() {
     drain_inbox();
     const Decision d = scheduler_.schedule();
     for (const RequestId id : d.preempted) seqs_.at(id)->state = RequestState::kWaiting;
+    for (const RequestId id : d.reserved) report_reserved(id);
     if (d.empty()) {
       update_stats();
-      return false;
+      return !d.reserved.empty();
     }
     const Tensor logits = runner_->run(d, scheduler_);
     process(d, logits);
@@ -193,8 +342,12 @@ void Engine::process(const Decision& d, const Tensor& logits) {
   }
   scheduler_.complete(d, next);
   for (size_t i = 0; i < d.seqs.size(); ++i) {
-    if (!d.seqs[i].sample) continue;
     Sequence& seq = *seqs_.at(d.seqs[i].id);
+    if (seq.pd == PdRole::kPrefill) {
+      report_prefill(seq, d.seqs[i], sampled[i]);
+      continue;
+    }
+    if (!d.seqs[i].sample) continue;
     seq.state = RequestState::kDecoding;
     ++seq.num_output;
     ++generated_tokens_;
@@ -278,6 +431,8 @@ void Engine::update_stats() {
   stats_.preemptions = s.preemptions;
   stats_.prefix_hit_tokens = s.prefix_hit_tokens;
   stats_.steps = steps_;
+  stats_.awaiting_kv = s.awaiting_kv;
+  stats_.transferring = s.transferring;
 }
 
 EngineStats Engine::stats() const {
@@ -309,7 +464,9 @@ void Engine::loop() {
     {
       std::unique_lock lk(inbox_mu_);
       if (!busy) {
-        inbox_cv_.wait(lk, [&] { return stopping_ || !inbox_.empty() || !abort_inbox_.empty(); });
+        inbox_cv_.wait(lk, [&] {
+          return stopping_ || !inbox_.empty() || !abort_inbox_.empty() || !pd_inbox_.empty();
+        });
       }
       if (stopping_) return;
     }

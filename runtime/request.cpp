@@ -9,6 +9,8 @@ std::string_view state_name(RequestState state) {
     case RequestState::kDecoding: return "decoding";
     case RequestState::kFinished: return "finished";
     case RequestState::kAborted: return "aborted";
+    case RequestState::kAwaitingKv: return "awaiting_kv";
+    case RequestState::kTransferring: return "transferring";
   }
   return "?";
 }

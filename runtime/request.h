@@ -6,6 +6,12 @@
 //
 // A retracted request keeps its output; on re-admission it recomputes prompt + output (most of
 // it usually a prefix-cache hit) and continues decoding where it stopped.
+//
+// PD disaggregation (docs/disagg.md "Roles") adds two states:
+//   decode role:  awaiting KV (pages reserved, prompt KV written by a prefill server)
+//                 ──KV and first token arrived──▶ decoding
+//   prefill role: prefilling ──first token sampled──▶ transferring (pages held until the PD
+//                 layer is done sending them) ──released──▶ finished
 #pragma once
 
 #include <cstdint>
@@ -15,7 +21,8 @@ namespace tandem::runtime {
 
 using RequestId = uint64_t;
 
-enum class RequestState : uint8_t { kWaiting, kPrefilling, kDecoding, kFinished, kAborted };
+enum class RequestState : uint8_t {
+  kWaiting, kPrefilling, kDecoding, kFinished, kAborted, kAwaitingKv, kTransferring };
 
 enum class FinishReason : uint8_t {
   kNone,

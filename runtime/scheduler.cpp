@@ -13,11 +13,20 @@ struct Scheduler::Seq {
   int32_t tree_pages = 0;
   RadixCache::Node* node = nullptr;  // locked; its path is pages [0, tree_pages)
   RequestState state = RequestState::kWaiting;
+  int32_t reserve_tokens = 0;   // remote: decode tokens reserved beyond the prompt
 };
 
 namespace {
 int32_t pages_for(int64_t tokens, int32_t page_size) {
   return int32_t((tokens + page_size - 1) / page_size);
+}
+
+template <typename C, typename T>
+bool erase_one(C& c, const T& v) {
+  auto it = std::find(c.begin(), c.end(), v);
+  if (it == c.end()) return false;
+  c.erase(it);
+  return true;
 }
 }  // namespace
 
@@ -84,6 +93,21 @@ Status Scheduler::add(RequestId id, std::vector<int32_t> prompt, int32_t max_new
   return {};
 }
 
+Status Scheduler::add_remote(RequestId id, std::vector<int32_t> prompt, int32_t max_new_tokens,
+                             int32_t reserve_tokens) {
+  if (reserve_tokens < 0) {
+    return {StatusCode::kInvalidArgument,
+            fmt::format("decode reserve must be >= 0 tokens, got {}", reserve_tokens)};
+  }
+  if (Status s = add(id, std::move(prompt), max_new_tokens); !s.ok()) return s;
+  Seq& seq = get(id);
+  waiting_.pop_back();
+  seq.state = RequestState::kAwaitingKv;
+  seq.reserve_tokens = std::min(reserve_tokens, std::max(max_new_tokens, 0));
+  remote_waiting_.push_back(&seq);
+  return {};
+}
+
 // Makes `n` pages free, evicting unlocked prefix-cache pages if needed.
 bool Scheduler::ensure_free_pages(int32_t n) {
   const int32_t free = allocator_.num_free();
@@ -145,11 +169,19 @@ Decision Scheduler::schedule() {
   // 2. Waiting requests in order. Not in a step that had to retract: pages are short, and a
   // request just retracted would come straight back.
   while (d.preempted.empty() && !waiting_.empty() && budget > 0 &&
-         int32_t(running_.size()) < config_.max_running_requests) {
+         int32_t(running_.size() + reserved_.size()) < config_.max_running_requests) {
     if (!try_admit(*waiting_.front(), budget, d)) break;
     waiting_.pop_front();
     budget -= d.seqs.back().num_tokens;
     decode_only = false;
+  }
+
+  // 3. Reservations of remote requests (PD decode role), in order; they compute nothing.
+  while (d.preempted.empty() && !remote_waiting_.empty() &&
+         int32_t(running_.size() + reserved_.size()) < config_.max_running_requests) {
+    if (!try_reserve(*remote_waiting_.front())) break;
+    d.reserved.push_back(remote_waiting_.front()->id);
+    remote_waiting_.pop_front();
   }
 
   for (const ScheduledSeq& s : d.seqs) d.num_tokens += s.num_tokens;
@@ -169,7 +201,7 @@ bool Scheduler::try_admit(Seq& s, int32_t budget, Decision& d) {
   const int32_t hit_pages = int32_t(m.pages.size());
   const int32_t need = pages_for(len, ps) - hit_pages;
   // One page kept per running request, so the next decode step rarely has to retract.
-  const int32_t reserve = int32_t(running_.size());
+  const int32_t reserve = int32_t(running_.size() + reserved_.size());
   if (!ensure_free_pages(need + reserve)) {
     cache_.unlock(m.node);
     return false;
@@ -190,6 +222,46 @@ bool Scheduler::try_admit(Seq& s, int32_t budget, Decision& d) {
   prefix_hit_tokens_ += s.num_computed;
   prefix_query_tokens_ += len;
   return true;
+}
+
+bool Scheduler::try_reserve(Seq& s) {
+  const int32_t need =
+      pages_for(int64_t(s.tokens.size()) + s.reserve_tokens, config_.page_size);
+  // The same rule as admission: one page stays free per running (or reserved) request.
+  const int32_t keep = int32_t(running_.size() + reserved_.size());
+  if (!ensure_free_pages(need + keep)) return false;
+  allocator_.alloc(need, s.pages);
+  used_pages_ += need;
+  reserved_.push_back(&s);
+  return true;
+}
+
+bool Scheduler::is_reserved(RequestId id) const {
+  const Seq& s = get(id);
+  return s.state == RequestState::kAwaitingKv && !s.pages.empty();
+}
+
+void Scheduler::kv_arrived(RequestId id, int32_t first_token) {
+  Seq& s = get(id);
+  TANDEM_CHECK(s.state == RequestState::kAwaitingKv && erase_one(reserved_, &s),
+               "Scheduler::kv_arrived: request {} is {}, not reserved", id,
+               s.pages.empty() ? state_name(s.state) : "reserved");
+  s.num_computed = s.prompt_len;
+  s.tokens.push_back(first_token);
+  s.state = RequestState::kDecoding;
+  running_.push_back(&s);
+  cache_computed_pages(s);  // the prompt's whole pages are valid KV now: share them
+}
+
+void Scheduler::hold(RequestId id) {
+  Seq& s = get(id);
+  TANDEM_CHECK(s.state == RequestState::kDecoding,
+               "Scheduler::hold: request {} is {}, not done with its prefill", id,
+               state_name(s.state));
+  remove_running(s);
+  planned_.clear();
+  s.state = RequestState::kTransferring;
+  held_.push_back(&s);
 }
 
 void Scheduler::complete(const Decision& decision, std::span<const int32_t> next_tokens) {
@@ -272,10 +344,15 @@ void Scheduler::retract(Seq& s) {
 
 void Scheduler::finish(RequestId id) {
   Seq& s = get(id);
-  TANDEM_CHECK(s.state == RequestState::kPrefilling || s.state == RequestState::kDecoding,
+  TANDEM_CHECK(s.state == RequestState::kPrefilling || s.state == RequestState::kDecoding ||
+                   s.state == RequestState::kTransferring,
                "Scheduler::finish: request {} is {}, not running", id, state_name(s.state));
   release(s);
-  remove_running(s);
+  if (s.state == RequestState::kTransferring) {
+    erase_one(held_, &s);
+  } else {
+    remove_running(s);
+  }
   planned_.clear();
   seqs_.erase(id);
 }
@@ -285,7 +362,14 @@ bool Scheduler::abort(RequestId id) {
   if (it == seqs_.end()) return false;
   Seq& s = *it->second;
   if (s.state == RequestState::kWaiting) {
-    waiting_.erase(std::find(waiting_.begin(), waiting_.end(), &s));
+    erase_one(waiting_, &s);
+  } else if (s.state == RequestState::kAwaitingKv) {
+    // Reserved pages hold no valid KV yet (num_computed is 0): all go back to the allocator.
+    if (!erase_one(remote_waiting_, &s)) erase_one(reserved_, &s);
+    release(s);
+  } else if (s.state == RequestState::kTransferring) {
+    release(s);
+    erase_one(held_, &s);
   } else {
     release(s);
     remove_running(s);
@@ -323,6 +407,8 @@ SchedulerStats Scheduler::stats() const {
   st.used_pages = used_pages_;
   st.cached_pages = cache_.total_pages();
   st.evictable_pages = cache_.evictable_pages();
+  st.awaiting_kv = int32_t(remote_waiting_.size() + reserved_.size());
+  st.transferring = int32_t(held_.size());
   st.preemptions = preemptions_;
   st.prefix_hit_tokens = prefix_hit_tokens_;
   st.prefix_query_tokens = prefix_query_tokens_;
@@ -334,8 +420,32 @@ void Scheduler::check_invariants() const {
   cache_.check_invariants();
   int32_t used = 0;
   std::vector<uint8_t> seen(size_t(allocator_.num_pages()), 0);
-  for (const Seq* s : running_) {
-    TANDEM_CHECK(s->state == RequestState::kPrefilling || s->state == RequestState::kDecoding,
+  std::vector<const Seq*> holding(running_.begin(), running_.end());
+  for (const Seq* s : held_) {
+    TANDEM_CHECK(s->state == RequestState::kTransferring, "request {} is held but {}", s->id,
+                 state_name(s->state));
+    holding.push_back(s);
+  }
+  for (const Seq* s : reserved_) {
+    TANDEM_CHECK(s->state == RequestState::kAwaitingKv && s->tree_pages == 0 &&
+                     s->num_computed == 0 && !s->pages.empty(),
+                 "request {} is reserved but {} with {} pages", s->id, state_name(s->state),
+                 s->pages.size());
+    for (const int32_t page : s->pages) {
+      TANDEM_CHECK(!allocator_.is_free(page) && !seen[size_t(page)],
+                   "request {}: page {} is free or held twice", s->id, page);
+      seen[size_t(page)] = 1;
+    }
+    used += int32_t(s->pages.size());
+  }
+  for (const Seq* s : remote_waiting_) {
+    TANDEM_CHECK(s->state == RequestState::kAwaitingKv && s->pages.empty(),
+                 "request {} waits for a reservation but holds pages or is {}", s->id,
+                 state_name(s->state));
+  }
+  for (const Seq* s : holding) {
+    TANDEM_CHECK(s->state == RequestState::kPrefilling || s->state == RequestState::kDecoding ||
+                     s->state == RequestState::kTransferring,
                  "request {} is running but {}", s->id, state_name(s->state));
     TANDEM_CHECK(int64_t(s->pages.size()) * ps >= s->num_computed &&
                      s->tree_pages * ps <= s->num_computed &&
@@ -354,9 +464,11 @@ void Scheduler::check_invariants() const {
     TANDEM_CHECK(s->state == RequestState::kWaiting && s->pages.empty() && s->num_computed == 0,
                  "request {} is queued but holds pages or state {}", s->id, state_name(s->state));
   }
-  TANDEM_CHECK(running_.size() + waiting_.size() == seqs_.size(),
-               "{} running + {} waiting, but {} requests known", running_.size(), waiting_.size(),
-               seqs_.size());
+  TANDEM_CHECK(running_.size() + waiting_.size() + remote_waiting_.size() + reserved_.size() +
+                       held_.size() == seqs_.size(),
+               "{} running + {} waiting + {} awaiting KV + {} held, but {} requests known",
+               running_.size(), waiting_.size(), remote_waiting_.size() + reserved_.size(),
+               held_.size(), seqs_.size());
   TANDEM_CHECK(used == used_pages_, "used pages: counted {}, counter {}", used, used_pages_);
   TANDEM_CHECK(allocator_.num_free() + used + cache_.total_pages() == allocator_.num_pages(),
                "pages: {} free + {} used + {} cached != {} total", allocator_.num_free(), used,
