@@ -3,6 +3,9 @@
 #include "disagg/cuda_ipc_transport.h"
 #include "disagg/staging.h"
 #include "disagg/tcp_transport.h"
+#ifdef TANDEM_DISAGG_UCX
+#include "disagg/ucx_transport.h"
+#endif
 
 namespace tandem::disagg {
 
@@ -19,6 +22,9 @@ Status TransferConfig::validate() const {
 std::vector<std::string> transfer_backends() {
   std::vector<std::string> names{"tcp"};
   if (staging_has_cuda()) names.push_back("cuda_ipc");
+#ifdef TANDEM_DISAGG_UCX
+  names.push_back("ucx");
+#endif
   return names;
 }
 
@@ -30,7 +36,12 @@ Status make_transfer_engine(const TransferConfig& config, std::unique_ptr<Transf
   } else if (config.backend == "cuda_ipc") {
     *out = make_cuda_ipc_transfer_engine(config, &s);
   } else if (config.backend == "ucx") {
-    s = {StatusCode::kInvalidArgument, "--transfer-backend ucx is not built yet (docs/disagg.md)"};
+#ifdef TANDEM_DISAGG_UCX
+    *out = make_ucx_transfer_engine(config, &s);
+#else
+    s = {StatusCode::kInvalidArgument,
+         "--transfer-backend ucx: this build has no UCX (install libucx-dev and rebuild)"};
+#endif
   } else {
     s = {StatusCode::kInvalidArgument,
          "--transfer-backend '" + config.backend + "': expected tcp, cuda_ipc or ucx"};

@@ -4,7 +4,7 @@
 // behind this one interface and are chosen by name (--transfer-backend):
 //   tcp       sockets, host memory (device memory staged through pinned buffers with CUDA)
 //   cuda_ipc  same-host GPU to GPU via CUDA IPC handles and cudaMemcpyAsync (CUDA builds)
-//   ucx       TODO (docs/disagg.md)
+//   ucx       UCX one-sided puts (builds with libucx-dev; device memory staged through host)
 // Thread-safety: every method may be called from any thread.
 #pragma once
 

@@ -1,0 +1,360 @@
+// The ucx transfer engine between in-process engines, once over UCX's tcp transport and once
+// over shared memory (UCX_TLS per test): random data over many batches, tiny and large
+// writes, two sending threads, bounds errors at submit, wrong tokens, a peer dying
+// mid-transfer, a peer that never answers (timeout, cancel), nobody listening. Skipped when
+// the build has no UCX; then "ucx" must be a clear error instead.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <thread>
+
+#include "disagg/socket.h"
+#include "tests/disagg/transfer_test_util.h"
+
+namespace tandem::disagg {
+namespace {
+
+using std::chrono::milliseconds;
+
+bool ucx_built() {
+  auto names = transfer_backends();
+  return std::find(names.begin(), names.end(), "ucx") != names.end();
+}
+
+TEST(DisaggUcxBuild, BackendListAndFactoryAgree) {
+  TransferConfig c = config_with("t", 5000, "ucx");
+  std::unique_ptr<TransferEngine> e;
+  Status s = make_transfer_engine(c, &e);
+  if (ucx_built()) {
+    ASSERT_TRUE(s.ok()) << s.message();
+    EXPECT_EQ(e->backend(), "ucx");
+  } else {
+    EXPECT_EQ(s.code(), StatusCode::kInvalidArgument);
+    EXPECT_NE(s.message().find("no UCX"), std::string::npos) << s.message();
+  }
+}
+
+// The parameter is UCX_TLS for both engines of a test.
+class DisaggUcx : public ::testing::TestWithParam<const char*> {
+ protected:
+  void SetUp() override {
+    if (!ucx_built()) GTEST_SKIP() << "this build has no UCX";
+    setenv("UCX_TLS", GetParam(), 1);
+    setenv("UCX_NET_DEVICES", "lo", 1);  // CI has loopback only
+    setenv("UCX_WARN_UNUSED_ENV_VARS", "n", 1);
+  }
+  void TearDown() override {
+    unsetenv("UCX_TLS");
+    unsetenv("UCX_NET_DEVICES");
+  }
+  static TransferConfig config(const std::string& token, int transfer_timeout_ms = 5000) {
+    return config_with(token, transfer_timeout_ms, "ucx");
+  }
+};
+
+TEST_P(DisaggUcx, ManyBatchesOfRandomWrites) {
+  auto a = make_engine(config("secret"));
+  auto b = make_engine(config("secret"));
+  constexpr size_t kBytes = 4 << 20;
+  std::vector<uint8_t> src = random_bytes(kBytes, 1);
+  std::vector<uint8_t> dst = random_bytes(kBytes, 2);  // poison
+  std::vector<uint8_t> expect = dst;
+  RegionHandle hs = reg(*a, src), hd = reg(*b, dst);
+  std::mt19937 rng(3);
+  std::vector<BatchId> ids;
+  for (int batch = 0; batch < 60; ++batch) {
+    std::vector<TransferWrite> writes(1 + rng() % 20);
+    for (TransferWrite& w : writes) {
+      int kind = int(rng() % 10);
+      w.length_bytes = kind == 0 ? rng() % 2 : kind < 8 ? 1 + rng() % 4096 : 1 + rng() % (1 << 20);
+      w.src_region = hs.region_id;
+      w.src_offset_bytes = rng() % (kBytes - w.length_bytes + 1);
+      // Disjoint destinations per batch: UCX does not order puts within a batch.
+      w.dst_offset_bytes = rng() % (kBytes - w.length_bytes + 1);
+    }
+    // Make the batch's destination ranges disjoint by dropping overlapping writes.
+    std::vector<TransferWrite> kept;
+    for (const TransferWrite& w : writes) {
+      bool overlaps = std::any_of(kept.begin(), kept.end(), [&](const TransferWrite& k) {
+        return w.dst_offset_bytes < k.dst_offset_bytes + k.length_bytes &&
+               k.dst_offset_bytes < w.dst_offset_bytes + w.length_bytes;
+      });
+      if (overlaps) continue;
+      kept.push_back(w);
+      std::memcpy(expect.data() + w.dst_offset_bytes, src.data() + w.src_offset_bytes,
+                  w.length_bytes);
+    }
+    BatchId id;
+    ASSERT_TRUE(a->submit({&hd, 1}, kept, &id).ok());
+    ids.push_back(id);  // batches to one peer complete in submission order
+  }
+  for (BatchId id : ids) {
+    Status s = a->wait(id, milliseconds(10000));
+    ASSERT_TRUE(s.ok()) << s.message();
+  }
+  EXPECT_TRUE(dst == expect);
+  bool done;
+  EXPECT_EQ(a->poll(ids[0], &done).code(), StatusCode::kNotFound);  // reported, so forgotten
+}
+
+TEST_P(DisaggUcx, TwoThreadsBothDirections) {
+  auto a = make_engine(config("t"));
+  auto b = make_engine(config("t"));
+  constexpr size_t kBytes = 4 << 20;
+  std::vector<uint8_t> a_src = random_bytes(kBytes, 4), b_src = random_bytes(kBytes, 5);
+  std::vector<uint8_t> a_dst(kBytes, 0xee), b_dst(kBytes, 0xdd);
+  RegionHandle a_s = reg(*a, a_src), b_s = reg(*b, b_src), a_d = reg(*a, a_dst),
+               b_d = reg(*b, b_dst);
+  auto pump = [](TransferEngine* from, RegionHandle src, RegionHandle dst, uint32_t seed,
+                 Status* result) {
+    std::mt19937 rng(seed);
+    for (size_t off = 0; off < kBytes;) {  // disjoint chunks in random sizes, whole region
+      size_t n = std::min<size_t>(kBytes - off, 1 + rng() % 100000);
+      *result = send_one(*from, dst, {src.region_id, off, 0, off, n});
+      if (!result->ok()) return;
+      off += n;
+    }
+  };
+  Status sa, sb;
+  std::thread ta(pump, a.get(), a_s, b_d, 6u, &sa), tb(pump, b.get(), b_s, a_d, 7u, &sb);
+  ta.join();
+  tb.join();
+  ASSERT_TRUE(sa.ok()) << sa.message();
+  ASSERT_TRUE(sb.ok()) << sb.message();
+  EXPECT_TRUE(b_dst == a_src);
+  EXPECT_TRUE(a_dst == b_src);
+}
+
+TEST_P(DisaggUcx, TinyAndLargeWritesAndSeveralRegions) {
+  auto a = make_engine(config("t"));
+  auto b = make_engine(config("t"));
+  constexpr size_t kBytes = 24 << 20;
+  std::vector<uint8_t> src = random_bytes(kBytes, 8), dst(kBytes, 0x5a);
+  RegionHandle hs = reg(*a, src), hd = reg(*b, dst);
+  ASSERT_TRUE(send_one(*a, hd, {hs.region_id, 17, 0, 3, 1}).ok());
+  EXPECT_EQ(dst[3], src[17]);
+  EXPECT_EQ(dst[2], 0x5a);
+  EXPECT_EQ(dst[4], 0x5a);
+  ASSERT_TRUE(send_one(*a, hd, {hs.region_id, 0, 0, kBytes, 0}).ok());  // empty, at the end
+  ASSERT_TRUE(send_one(*a, hd, {hs.region_id, 0, 0, 0, kBytes}).ok());
+  EXPECT_TRUE(dst == src);
+  BatchId id;  // an empty batch completes too
+  ASSERT_TRUE(a->submit({&hd, 1}, {}, &id).ok());
+  EXPECT_TRUE(a->wait(id, milliseconds(5000)).ok());
+  // One batch into three regions of the peer (like one KV region per layer).
+  std::vector<std::vector<uint8_t>> layers(3, std::vector<uint8_t>(64 << 10, 0x33));
+  std::vector<RegionHandle> hl;
+  for (auto& l : layers) hl.push_back(reg(*b, l));
+  std::vector<TransferWrite> writes;
+  for (uint32_t l = 0; l < 3; ++l) writes.push_back({hs.region_id, l * 4096u, l, 512, 4096});
+  ASSERT_TRUE(a->submit(hl, writes, &id).ok());
+  ASSERT_TRUE(a->wait(id, milliseconds(5000)).ok());
+  for (uint32_t l = 0; l < 3; ++l) {
+    EXPECT_EQ(std::memcmp(layers[l].data() + 512, src.data() + l * 4096, 4096), 0) << l;
+    EXPECT_EQ(layers[l][511], 0x33);
+    EXPECT_EQ(layers[l][512 + 4096], 0x33);
+  }
+}
+
+// One-sided writes cannot be checked by the receiver, so submit checks every range against
+// the handles; nothing is written for a rejected batch.
+TEST_P(DisaggUcx, BoundsAreCheckedAtSubmit) {
+  auto a = make_engine(config("t"));
+  auto b = make_engine(config("t"));
+  std::vector<uint8_t> src = random_bytes(1 << 16, 9);
+  std::vector<uint8_t> guarded(3 * 4096, 0xab);  // [guard | region | guard]
+  RegionHandle hs = reg(*a, src);
+  RegionHandle hd;
+  ASSERT_TRUE(b->register_region(guarded.data() + 4096, 4096, MemoryKind::kHost, 0, &hd).ok());
+  BatchId id;
+  for (TransferWrite w : {TransferWrite{hs.region_id, 0, 0, 4000, 100},      // past the end
+                          TransferWrite{hs.region_id, 0, 0, uint64_t(-200), 100},  // wraps
+                          TransferWrite{hs.region_id, 0, 0, 1, 4096},
+                          TransferWrite{hs.region_id, (1 << 16) - 8, 0, 0, 16},  // source
+                          TransferWrite{hs.region_id, 0, 1, 0, 16},  // no dst_regions[1]
+                          TransferWrite{hs.region_id + 1, 0, 0, 0, 16}})  // unknown source
+    EXPECT_EQ(a->submit({&hd, 1}, {&w, 1}, &id).code(), StatusCode::kInvalidArgument);
+  std::this_thread::sleep_for(milliseconds(20));
+  for (size_t i = 0; i < guarded.size(); ++i) ASSERT_EQ(guarded[i], 0xab) << "byte " << i;
+  ASSERT_TRUE(send_one(*a, hd, {hs.region_id, 0, 0, 0, 4096}).ok());
+  EXPECT_EQ(std::memcmp(guarded.data() + 4096, src.data(), 4096), 0);
+  EXPECT_EQ(guarded[4095], 0xab);
+  EXPECT_EQ(guarded[8192], 0xab);
+  // A source region in use by a batch waits for it; afterwards it is unknown to submit.
+  ASSERT_TRUE(a->unregister_region(hs.region_id).ok());
+  TransferWrite w{hs.region_id, 0, 0, 0, 16};
+  EXPECT_EQ(a->submit({&hd, 1}, {&w, 1}, &id).code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(a->unregister_region(hs.region_id).code(), StatusCode::kNotFound);
+}
+
+TEST_P(DisaggUcx, WrongTokenIsRefused) {
+  auto b = make_engine(config("right token"));
+  std::vector<uint8_t> dst(4096, 0x11), src = random_bytes(4096, 10);
+  RegionHandle hd = reg(*b, dst);
+  for (const char* token : {"wrong token", "", "right toke", "right token!"}) {
+    auto a = make_engine(config(token));
+    RegionHandle hs = reg(*a, src);
+    auto t0 = std::chrono::steady_clock::now();
+    Status s = send_one(*a, hd, {hs.region_id, 0, 0, 0, 4096});
+    EXPECT_FALSE(s.ok()) << "token '" << token << "' accepted";
+    EXPECT_NE(s.code(), StatusCode::kDeadlineExceeded) << s.message();
+    EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(3));
+  }
+  EXPECT_TRUE(std::all_of(dst.begin(), dst.end(), [](uint8_t x) { return x == 0x11; }));
+  auto good = make_engine(config("right token"));
+  RegionHandle hs = reg(*good, src);
+  Status s = send_one(*good, hd, {hs.region_id, 0, 0, 0, 4096});
+  EXPECT_TRUE(s.ok()) << s.message();
+  EXPECT_TRUE(dst == src);
+}
+
+TEST_P(DisaggUcx, PeerDyingMidTransferFailsWithinTheTimeout) {
+  auto a = make_engine(config("t", 8000));
+  auto b = make_engine(config("t"));
+  constexpr size_t kBytes = 64 << 20;
+  std::vector<uint8_t> src(kBytes, 1), dst(kBytes);
+  RegionHandle hs = reg(*a, src), hd = reg(*b, dst);
+  ASSERT_TRUE(send_one(*a, hd, {hs.region_id, 0, 0, 0, 4096}).ok());  // connected
+  std::vector<TransferWrite> writes;
+  for (int round = 0; round < 32; ++round)  // 2 GiB: far more than fits before b dies
+    for (size_t off = 0; off < kBytes; off += 1 << 20)
+      writes.push_back({hs.region_id, off, 0, off, 1 << 20});
+  BatchId id;
+  ASSERT_TRUE(a->submit({&hd, 1}, writes, &id).ok());
+  std::this_thread::sleep_for(milliseconds(30));
+  auto t0 = std::chrono::steady_clock::now();
+  b.reset();  // the decode side goes away mid-transfer
+  Status s = a->wait(id, milliseconds(20000));
+  auto elapsed = std::chrono::steady_clock::now() - t0;
+  EXPECT_FALSE(s.ok());
+  EXPECT_NE(s.code(), StatusCode::kDeadlineExceeded) << "should see the peer go, not time out";
+  EXPECT_LT(elapsed, std::chrono::seconds(3)) << s.message();
+}
+
+// A tcp listener nobody accepts on: UCX's connection never completes, the token is never
+// answered, so the batch must fail at its deadline.
+struct SilentListener {
+  Socket listener;
+  std::string endpoint;
+  SilentListener() {
+    uint16_t port;
+    EXPECT_TRUE(tcp_listen("127.0.0.1", 0, &listener, &port).ok());
+    endpoint = "127.0.0.1:" + std::to_string(port);
+  }
+  RegionHandle handle() const {
+    RegionHandle h;
+    h.backend = "ucx";
+    h.endpoint = endpoint;
+    h.region_id = 1;
+    h.length_bytes = 1ull << 40;
+    h.ipc_handle.assign(64, 0x7f);  // never unpacked: the handshake comes first
+    return h;
+  }
+};
+
+TEST_P(DisaggUcx, SilentPeerTimesOut) {
+  SilentListener peer;
+  TransferConfig c = config("t", 500);
+  c.connect_timeout_ms = 5000;  // the batch deadline comes first
+  auto a = make_engine(c);
+  std::vector<uint8_t> src(1 << 20, 3);
+  RegionHandle hs = reg(*a, src), hd = peer.handle();
+  auto t0 = std::chrono::steady_clock::now();
+  Status s = send_one(*a, hd, {hs.region_id, 0, 0, 0, src.size()});
+  EXPECT_EQ(s.code(), StatusCode::kDeadlineExceeded) << s.message();
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::milliseconds(2500));
+  // Waiting "forever" is bounded by the batch's own deadline.
+  BatchId id;
+  TransferWrite w{hs.region_id, 0, 0, 0, src.size()};
+  ASSERT_TRUE(a->submit({&hd, 1}, {&w, 1}, &id).ok());
+  t0 = std::chrono::steady_clock::now();
+  EXPECT_EQ(a->wait(id, milliseconds::max()).code(), StatusCode::kDeadlineExceeded);
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::milliseconds(2500));
+}
+
+TEST_P(DisaggUcx, WaitTimeoutThenCancelFreesTheBatch) {
+  SilentListener peer;
+  TransferConfig c = config("t", 60000);
+  c.connect_timeout_ms = 60000;
+  auto a = make_engine(c);
+  std::vector<uint8_t> src(1 << 20, 3);
+  RegionHandle hs = reg(*a, src), hd = peer.handle();
+  TransferWrite w{hs.region_id, 0, 0, 0, src.size()};
+  BatchId id, queued;
+  ASSERT_TRUE(a->submit({&hd, 1}, {&w, 1}, &id).ok());
+  ASSERT_TRUE(a->submit({&hd, 1}, {&w, 1}, &queued).ok());
+  EXPECT_EQ(a->wait(id, milliseconds(100)).code(), StatusCode::kDeadlineExceeded);
+  bool done = true;
+  EXPECT_TRUE(a->poll(id, &done).ok());  // still running
+  EXPECT_FALSE(done);
+  auto t0 = std::chrono::steady_clock::now();
+  a->cancel(id);
+  a->cancel(queued);
+  a->cancel(queued);  // twice is harmless
+  EXPECT_EQ(a->poll(id, &done).code(), StatusCode::kNotFound);
+  EXPECT_EQ(a->wait(queued, milliseconds(10)).code(), StatusCode::kNotFound);
+  // The engine lets go of the silent peer promptly; a fresh batch still runs after.
+  std::vector<uint8_t> dst(4096);
+  auto b = make_engine(config("t"));
+  RegionHandle hb = reg(*b, dst);
+  Status s = send_one(*a, hb, {hs.region_id, 0, 0, 0, 4096});
+  EXPECT_TRUE(s.ok()) << s.message();
+  EXPECT_EQ(std::memcmp(dst.data(), src.data(), 4096), 0);
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(3));
+  ASSERT_TRUE(a->submit({&hd, 1}, {&w, 1}, &id).ok());  // one more for the silent peer
+  std::this_thread::sleep_for(milliseconds(50));
+  a.reset();  // and the engine shuts down without waiting for it
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(5));
+}
+
+TEST_P(DisaggUcx, NobodyListeningIsUnavailable) {
+  uint16_t port;
+  {
+    Socket s;
+    ASSERT_TRUE(tcp_listen("127.0.0.1", 0, &s, &port).ok());
+  }  // closed: nothing listens there now
+  auto a = make_engine(config("t"));
+  std::vector<uint8_t> src(16);
+  RegionHandle hs = reg(*a, src), hd = SilentListener().handle();
+  hd.endpoint = "127.0.0.1:" + std::to_string(port);
+  hd.length_bytes = 16;
+  auto t0 = std::chrono::steady_clock::now();
+  Status s = send_one(*a, hd, {hs.region_id, 0, 0, 0, 16});
+  EXPECT_EQ(s.code(), StatusCode::kUnavailable) << s.message();
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(3));
+}
+
+TEST_P(DisaggUcx, SubmitAndRegisterErrors) {
+  auto a = make_engine(config("t"));
+  std::vector<uint8_t> src(64);
+  RegionHandle hs = reg(*a, src), other = hs, tcp = hs, bare = hs;
+  other.endpoint = "127.0.0.1:1";
+  tcp.backend = "tcp";
+  bare.ipc_handle.clear();
+  TransferWrite w{hs.region_id, 0, 0, 0, 8};
+  BatchId id;
+  EXPECT_FALSE(a->submit({}, {&w, 1}, &id).ok());
+  RegionHandle two[] = {hs, other};
+  EXPECT_EQ(a->submit(two, {&w, 1}, &id).code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(a->submit({&tcp, 1}, {&w, 1}, &id).code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(a->submit({&bare, 1}, {&w, 1}, &id).code(), StatusCode::kInvalidArgument);
+  RegionHandle h;
+  EXPECT_FALSE(a->register_region(nullptr, 8, MemoryKind::kHost, 0, &h).ok());
+  EXPECT_FALSE(a->register_region(src.data(), 0, MemoryKind::kHost, 0, &h).ok());
+  EXPECT_EQ(a->unregister_region(12345).code(), StatusCode::kNotFound);
+  EXPECT_EQ(hs.backend, "ucx");
+  EXPECT_GT(hs.ipc_handle.size(), 8u);  // address + packed rkey
+  TransferConfig c = config("t");
+  c.listen_host = "no.such.host.invalid";
+  std::unique_ptr<TransferEngine> e;
+  EXPECT_FALSE(make_transfer_engine(c, &e).ok());
+}
+
+INSTANTIATE_TEST_SUITE_P(Tls, DisaggUcx, ::testing::Values("tcp", "sm,self,tcp"),
+                         [](const auto& info) {
+                           return std::string(info.param[0] == 't' ? "tcp" : "shm");
+                         });
+
+}  // namespace
+}  // namespace tandem::disagg
