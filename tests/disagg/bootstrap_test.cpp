@@ -7,6 +7,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <numeric>
@@ -74,8 +75,9 @@ Tensor decode_step(DeepseekV3Model& model, KvCache& cache, const std::vector<int
   return model.forward(ForwardBatch::build(ForwardMode::kDecode, {s}, kPageSize), cache);
 }
 
-TransferConfig engine_config() {
+TransferConfig engine_config(const std::string& backend) {
   TransferConfig c;
+  c.backend = backend;
   c.token = "job-token";
   c.transfer_timeout_ms = 10000;
   return c;
@@ -93,12 +95,14 @@ std::vector<RegionHandle> register_layers(TransferEngine& e, KvCache& cache) {
 }
 
 // The prefill side: accept, take the request, push chunks, send the first token.
-std::string run_prefill_side(BootstrapListener& listener, bool wrong_room) {
+std::string run_prefill_side(BootstrapListener& listener, bool wrong_room,
+                             const std::string& backend) {
   TinyModels& m = TinyModels::get();
   const ModelConfig& cfg = m.prefill.config;
   KvCache cache = KvCache::create(cfg, kNumPages, kPageSize, DType::kF32);
   std::unique_ptr<TransferEngine> engine;
-  if (Status s = make_transfer_engine(engine_config(), &engine); !s.ok()) return s.message();
+  if (Status s = make_transfer_engine(engine_config(backend), &engine); !s.ok())
+    return s.message();
   std::vector<uint64_t> src_regions;
   for (const RegionHandle& h : register_layers(*engine, cache)) src_regions.push_back(h.region_id);
   const std::vector<int32_t> pages = {9, 4, 12, 7};
@@ -137,7 +141,7 @@ std::string run_prefill_side(BootstrapListener& listener, bool wrong_room) {
   return "";
 }
 
-void pd_round(bool wrong_room) {
+void pd_round(bool wrong_room, const std::string& backend = "tcp") {
   TinyModels& m = TinyModels::get();
   const ModelConfig& cfg = m.decode.config;
 
@@ -154,7 +158,7 @@ void pd_round(bool wrong_room) {
   std::string prefill_error = "not run";
   std::thread prefill_side([&] {
     try {
-      prefill_error = run_prefill_side(*listener, wrong_room);
+      prefill_error = run_prefill_side(*listener, wrong_room, backend);
     } catch (const std::exception& e) {
       prefill_error = e.what();
     }
@@ -164,7 +168,7 @@ void pd_round(bool wrong_room) {
   KvCache cache = KvCache::create(cfg, kNumPages, kPageSize, DType::kF32);
   for (Tensor& t : cache.layers) std::fill_n(t.data<float>(), t.numel(), std::nanf(""));
   std::unique_ptr<TransferEngine> engine;
-  ASSERT_TRUE(make_transfer_engine(engine_config(), &engine).ok());
+  ASSERT_TRUE(make_transfer_engine(engine_config(backend), &engine).ok());
   const std::vector<int32_t> pages = {3, 0, 11, 6};
   KvPagesRequest req;
   req.room_id = 0x1234abcd;
@@ -201,6 +205,14 @@ void pd_round(bool wrong_room) {
 TEST(DisaggBootstrap, DecodeOnTransferredPagesMatchesColocated) { pd_round(false); }
 
 TEST(DisaggBootstrap, MismatchedRoomIsRejectedByDecode) { pd_round(true); }
+
+// The same round with the ucx transfer engine (UCX's defaults pick shared memory here).
+TEST(DisaggBootstrap, DecodeOnTransferredPagesMatchesColocatedOverUcx) {
+  auto names = transfer_backends();
+  if (std::find(names.begin(), names.end(), "ucx") == names.end())
+    GTEST_SKIP() << "this build has no UCX";
+  pd_round(false, "ucx");
+}
 
 TEST(DisaggBootstrap, WrongTokenIsRefused) {
   std::unique_ptr<BootstrapListener> listener;
