@@ -42,7 +42,6 @@ class DisaggUcx : public ::testing::TestWithParam<const char*> {
     if (!ucx_built()) GTEST_SKIP() << "this build has no UCX";
     setenv("UCX_TLS", GetParam(), 1);
     setenv("UCX_NET_DEVICES", "lo", 1);  // CI has loopback only
-    setenv("UCX_WARN_UNUSED_ENV_VARS", "n", 1);
   }
   void TearDown() override {
     unsetenv("UCX_TLS");
