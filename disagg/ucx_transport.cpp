@@ -104,6 +104,17 @@ struct Batch {
   Status status;
 };
 
+// Completion of one request whose callback may run after its waiter gave up: the callback
+// owns a reference.
+struct Completion {
+  bool done = false;
+  ucs_status_t status = UCS_OK;
+};
+
+// Where the running batch of a peer stands: connect and handshake (first batch or after an
+// error), puts issued and flushing, device ranges committed.
+enum class Phase { kStart, kHandshake, kFlush, kCommit };
+
 // An unpacked rkey of one destination region, valid while its endpoint lives.
 struct RemoteKey {
   std::vector<uint8_t> packed;
@@ -123,14 +134,16 @@ struct Peer {
   std::unordered_map<uint64_t, RemoteKey> rkeys;
   uint64_t acked_batch = 0;         // from kAmCommitAck
   Status ack_status;
+  // Batches: queued, and the running one with where it stands.
+  std::deque<std::shared_ptr<Batch>> queue;
+  std::shared_ptr<Batch> current;
+  Phase phase = Phase::kStart;
+  Clock::time_point handshake_deadline;
+  std::vector<uint64_t> busy_regions;     // source regions the running batch holds
+  std::shared_ptr<Completion> flushed;    // the running batch's flush
+  std::vector<uint8_t> commit;            // its device ranges, sent after the flush
 };
 
-// Completion of one request whose callback may run after its waiter gave up: the callback
-// owns a reference.
-struct Completion {
-  bool done = false;
-  ucs_status_t status = UCS_OK;
-};
 
 void on_completion(void* request, ucs_status_t status, void* user_data) {
   auto* holder = static_cast<std::shared_ptr<Completion>*>(user_data);
@@ -456,42 +469,41 @@ class UcxTransferEngine final : public TransferEngine {
     auto last_busy = Clock::now();
     while (!stop_) {
       bool busy = progress_once();
-      std::shared_ptr<Batch> b;
+      std::deque<std::shared_ptr<Batch>> fresh;
       {
         std::lock_guard lock(batches_mu_);
-        if (!queue_.empty()) {
-          b = queue_.front();
-          queue_.pop_front();
-        }
+        fresh.swap(queue_);
       }
-      if (b) {
-        if (!b->cancel) {
-          Status s = Clock::now() >= b->deadline
-                         ? Status{StatusCode::kDeadlineExceeded, "transfer timed out in the queue"}
-                         : run_batch(*b);
-          if (!s.ok() && b->cancel) s = {StatusCode::kAborted, "transfer cancelled"};
-          if (!s.ok()) TANDEM_LOG_DEBUG("pd ucx: batch {} failed: {}", b->id, s.message());
-          finish(*b, s);
-        }
-        last_busy = Clock::now();
-        continue;
+      for (auto& b : fresh) peer_for(b->dst[0].endpoint).queue.push_back(std::move(b));
+      busy |= !fresh.empty();
+      bool in_flight = false;
+      for (auto& [endpoint, peer] : peers_) {
+        busy |= step(*peer);
+        in_flight |= peer->current != nullptr;
       }
       if (busy) {
         last_busy = Clock::now();
         continue;
       }
       // Poll hard for a moment after traffic (a peer's puts over tcp land only while this
-      // worker progresses), then nap until a submit or a millisecond passes.
+      // worker progresses), then nap until a submit or a short while passes.
       if (Clock::now() - last_busy < std::chrono::milliseconds(2)) {
         std::this_thread::yield();
         continue;
       }
       std::unique_lock lock(batches_mu_);
-      queue_cv_.wait_for(lock, std::chrono::milliseconds(1),
+      queue_cv_.wait_for(lock, in_flight ? std::chrono::microseconds(200)
+                                         : std::chrono::microseconds(1000),
                          [&] { return stop_ || !queue_.empty(); });
     }
+    const Status stopped{StatusCode::kAborted, "transfer engine stopped"};
+    for (auto& [endpoint, peer] : peers_) {
+      if (peer->current) fail_batch(*peer, stopped);
+      for (auto& b : peer->queue) finish(*b, stopped);
+      peer->queue.clear();
+    }
     std::lock_guard lock(batches_mu_);
-    for (auto& b : queue_) finish(*b, {StatusCode::kAborted, "transfer engine stopped"});
+    for (auto& b : queue_) finish(*b, stopped);
     queue_.clear();
   }
 
@@ -740,24 +752,124 @@ class UcxTransferEngine final : public TransferEngine {
     return *slot;
   }
 
-  // Progresses until `done()` or the batch must stop. The reason it stopped otherwise.
-  template <class Pred>
-  Status progress_until(const Batch& b, Clock::time_point deadline, const Peer& peer,
-                        Pred done) {
+  // Advances `peer`'s batches as far as they go without waiting; true if anything moved.
+  // Batches to one peer run in submission order, batches to different peers side by side.
+  bool step(Peer& peer) {
+    bool moved = false;
     for (;;) {
-      if (done()) return {};
-      if (peer.ep_error != UCS_OK)
-        return ucs_error(StatusCode::kUnavailable, "peer " + peer.endpoint, peer.ep_error);
-      if (b.cancel) return {StatusCode::kAborted, "transfer cancelled"};
-      if (stop_) return {StatusCode::kAborted, "transfer engine stopped"};
-      if (Clock::now() >= deadline)
-        return {StatusCode::kDeadlineExceeded, "pd ucx: transfer to " + peer.endpoint +
-                                                   " timed out"};
-      if (!progress_once()) std::this_thread::yield();
+      if (!peer.current) {
+        if (peer.queue.empty()) return moved;
+        peer.current = std::move(peer.queue.front());
+        peer.queue.pop_front();
+        moved = true;
+        if (peer.current->cancel) {  // cancel() already forgot it
+          peer.current.reset();
+          continue;
+        }
+        if (Clock::now() >= peer.current->deadline) {
+          end_batch(peer, {StatusCode::kDeadlineExceeded, "transfer timed out in the queue"});
+          continue;
+        }
+        peer.phase = Phase::kStart;
+      }
+      const Phase before = peer.phase;
+      bool finished = false;
+      Status s = advance(peer, &finished);
+      if (!s.ok()) {
+        fail_batch(peer, s);
+        moved = true;
+        continue;
+      }
+      if (finished) {
+        end_batch(peer, {});
+        moved = true;
+        continue;
+      }
+      return moved || peer.phase != before;  // waiting on the peer
     }
   }
 
-  Status connect(Peer& peer, const Batch& b) {
+  Status advance(Peer& peer, bool* finished) {
+    Batch& b = *peer.current;
+    if (b.cancel) return {StatusCode::kAborted, "transfer cancelled"};
+    if (stop_) return {StatusCode::kAborted, "transfer engine stopped"};
+    if (peer.ep_error != UCS_OK) {
+      std::string what = peer.ready ? "peer " + peer.endpoint : "connect " + peer.endpoint;
+      return ucs_error(StatusCode::kUnavailable, what, peer.ep_error);
+    }
+    const auto now = Clock::now();
+    if (now >= b.deadline)
+      return {StatusCode::kDeadlineExceeded, "pd ucx: transfer to " + peer.endpoint +
+                                                 " timed out"};
+    switch (peer.phase) {
+      case Phase::kStart:
+        if (!peer.ready) {
+          if (peer.ep) drop_connection(peer);
+          if (Status s = start_connect(peer); !s.ok()) return s;
+          peer.handshake_deadline =
+              std::min(b.deadline, now + std::chrono::milliseconds(config_.connect_timeout_ms));
+          peer.phase = Phase::kHandshake;
+          return {};
+        }
+        return issue(peer, b);
+      case Phase::kHandshake:
+        if (peer.verdict < 0) {
+          if (now >= peer.handshake_deadline)
+            return {StatusCode::kDeadlineExceeded, "pd ucx: no answer to the token handshake from " +
+                                                       peer.endpoint + " in time"};
+          return {};
+        }
+        if (peer.verdict != 1)
+          return {StatusCode::kInvalidArgument, "pd ucx: peer " + peer.endpoint +
+                                                    " refused the token"};
+        if (Status s = open_data_endpoint(peer); !s.ok()) return s;
+        peer.ready = true;
+        return issue(peer, b);
+      case Phase::kFlush:
+        if (!peer.flushed->done) return {};
+        if (peer.flushed->status != UCS_OK)
+          return ucs_error(StatusCode::kUnavailable, "flush to " + peer.endpoint,
+                           peer.flushed->status);
+        if (peer.commit.empty()) {
+          *finished = true;
+          return {};
+        }
+        peer.acked_batch = 0;
+        if (Status s = send_am(peer.ep, kAmCommit, u64s({peer.cookie, b.id}),
+                               std::move(peer.commit));
+            !s.ok())
+          return s;
+        peer.commit.clear();
+        peer.phase = Phase::kCommit;
+        return {};
+      case Phase::kCommit:
+        if (peer.acked_batch != b.id) return {};
+        *finished = true;
+        return peer.ack_status;
+    }
+    return {StatusCode::kInternal, "pd ucx: bad batch phase"};
+  }
+
+  // Ends the running batch of `peer` with `s`, after dropping the connection (it may be
+  // mid-batch: start clean next time; this also stops every put reading a source region).
+  void fail_batch(Peer& peer, Status s) {
+    if (peer.current->cancel) s = {StatusCode::kAborted, "transfer cancelled"};
+    TANDEM_LOG_DEBUG("pd ucx: batch {} to {} failed: {}", peer.current->id, peer.endpoint,
+                     s.message());
+    drop_connection(peer);
+    end_batch(peer, std::move(s));
+  }
+
+  void end_batch(Peer& peer, Status s) {
+    release_sources(peer);
+    finish(*peer.current, std::move(s));
+    peer.current.reset();
+    peer.phase = Phase::kStart;
+    peer.flushed.reset();
+    peer.commit.clear();
+  }
+
+  Status start_connect(Peer& peer) {
     std::string host;
     uint16_t port = 0;
     if (Status s = split_endpoint(peer.endpoint, &host, &port); !s.ok()) return s;
@@ -770,7 +882,7 @@ class UcxTransferEngine final : public TransferEngine {
     p.flags = UCP_EP_PARAMS_FLAGS_CLIENT_SERVER;
     p.sockaddr.addr = reinterpret_cast<const sockaddr*>(&addr);
     p.sockaddr.addrlen = addr_len;
-    p.err_mode = UCP_ERR_HANDLING_MODE_PEER;
+    p.err_mode = UCP_ERR_HANDLING_MODE_PEER;  // tells us when the peer goes
     p.err_handler.cb = &UcxTransferEngine::on_peer_ep_error;
     p.err_handler.arg = &peer;
     if (ucs_status_t s = ucp_ep_create(worker_, &p, &peer.ep); s != UCS_OK) {
@@ -780,36 +892,24 @@ class UcxTransferEngine final : public TransferEngine {
     peer.cookie = ++next_cookie_;
     peers_by_cookie_[peer.cookie] = &peer;
     std::vector<uint8_t> token(config_.token.begin(), config_.token.end());
-    if (Status s = send_am(peer.ep, kAmHello, u64s({peer.cookie}), std::move(token)); !s.ok())
-      return s;
-    auto deadline = std::min(b.deadline, Clock::now() + std::chrono::milliseconds(
-                                                            config_.connect_timeout_ms));
-    Status s = progress_until(b, deadline, peer, [&] { return peer.verdict >= 0; });
-    if (s.code() == StatusCode::kDeadlineExceeded)
-      return {s.code(), "pd ucx: no answer to the token handshake from " + peer.endpoint +
-                            " in time"};
-    if (s.code() == StatusCode::kUnavailable)
-      return {s.code(), "pd ucx: connect " + peer.endpoint + ": " + s.message()};
-    if (!s.ok()) return s;
-    if (peer.verdict != 1)
-      return {StatusCode::kInvalidArgument, "pd ucx: peer " + peer.endpoint +
-                                                " refused the token"};
-    // The listener's connection only uses transports of its network device; an endpoint
-    // to the worker address can use them all (shared memory on the same host).
-    ucp_ep_params_t dp{};
-    dp.field_mask = UCP_EP_PARAM_FIELD_REMOTE_ADDRESS | UCP_EP_PARAM_FIELD_ERR_HANDLER |
-                    UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE;
-    dp.address = reinterpret_cast<const ucp_address_t*>(peer.worker_address.data());
-    dp.err_mode = UCP_ERR_HANDLING_MODE_NONE;
-    dp.err_handler.cb = &UcxTransferEngine::on_peer_ep_error;
-    dp.err_handler.arg = &peer;
+    return send_am(peer.ep, kAmHello, u64s({peer.cookie}), std::move(token));
+  }
+
+  // The listener's connection only uses transports of its network device; an endpoint to
+  // the worker address can use them all (shared memory on the same host, an RDMA NIC). Its
+  // failures show on the listener's endpoint, so it needs no error mode of its own (which
+  // would rule out shared memory in UCX 1.13).
+  Status open_data_endpoint(Peer& peer) {
     if (peer.worker_address.empty())
       return {StatusCode::kInternal, "pd ucx: peer " + peer.endpoint + " sent no worker address"};
-    if (ucs_status_t st = ucp_ep_create(worker_, &dp, &peer.data_ep); st != UCS_OK) {
+    ucp_ep_params_t p{};
+    p.field_mask = UCP_EP_PARAM_FIELD_REMOTE_ADDRESS | UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE;
+    p.address = reinterpret_cast<const ucp_address_t*>(peer.worker_address.data());
+    p.err_mode = UCP_ERR_HANDLING_MODE_NONE;
+    if (ucs_status_t s = ucp_ep_create(worker_, &p, &peer.data_ep); s != UCS_OK) {
       peer.data_ep = nullptr;
-      return ucs_error(StatusCode::kUnavailable, "connect " + peer.endpoint + " (data)", st);
+      return ucs_error(StatusCode::kUnavailable, "connect " + peer.endpoint + " (data)", s);
     }
-    peer.ready = true;
     return {};
   }
 
@@ -833,52 +933,35 @@ class UcxTransferEngine final : public TransferEngine {
     return {};
   }
 
-  // Marks the batch's source regions busy for its lifetime, so unregister waits for it.
-  class BusyRegions {
-   public:
-    explicit BusyRegions(UcxTransferEngine& e) : e_(e) {}
-    ~BusyRegions() {
-      std::lock_guard lock(e_.regions_mu_);
-      for (uint64_t id : ids_) {
-        auto it = e_.regions_.find(id);
-        if (it != e_.regions_.end()) --it->second.busy;
-      }
-      e_.regions_cv_.notify_all();
+  // Marks the batch's source regions busy until it ends (unregister waits) and copies them.
+  Status acquire_sources(Peer& peer, const Batch& b, std::vector<Region>* out) {
+    std::lock_guard lock(regions_mu_);
+    for (const TransferWrite& w : b.writes) {
+      auto it = regions_.find(w.src_region);
+      if (it == regions_.end())
+        return {StatusCode::kInvalidArgument, "source region unregistered during the transfer"};
+      ++it->second.busy;
+      peer.busy_regions.push_back(w.src_region);
+      out->push_back(it->second);
     }
-    // Looks each source up once; unknown means it was unregistered after submit.
-    Status acquire(const std::vector<TransferWrite>& writes, std::vector<Region>* out) {
-      std::lock_guard lock(e_.regions_mu_);
-      for (const TransferWrite& w : writes) {
-        auto it = e_.regions_.find(w.src_region);
-        if (it == e_.regions_.end())
-          return {StatusCode::kInvalidArgument, "source region unregistered during the transfer"};
-        ++it->second.busy;
-        ids_.push_back(w.src_region);
-        out->push_back(it->second);
-      }
-      return {};
-    }
-
-   private:
-    UcxTransferEngine& e_;
-    std::vector<uint64_t> ids_;
-  };
-
-  Status run_batch(Batch& b) {
-    Peer& peer = peer_for(b.dst[0].endpoint);
-    Status s = run_batch_on(peer, b);
-    if (!s.ok()) drop_connection(peer);  // may be mid-batch: start clean next time
-    return s;
+    return {};
   }
 
-  Status run_batch_on(Peer& peer, Batch& b) {
-    if (!peer.ready) {
-      if (peer.ep) drop_connection(peer);
-      if (Status s = connect(peer, b); !s.ok()) return s;
+  void release_sources(Peer& peer) {
+    if (peer.busy_regions.empty()) return;
+    std::lock_guard lock(regions_mu_);
+    for (uint64_t id : peer.busy_regions) {
+      auto it = regions_.find(id);
+      if (it != regions_.end()) --it->second.busy;
     }
-    BusyRegions busy(*this);
+    peer.busy_regions.clear();
+    regions_cv_.notify_all();
+  }
+
+  // Puts every write of the batch and starts the flush that reports them landed.
+  Status issue(Peer& peer, Batch& b) {
     std::vector<Region> src;
-    if (Status s = busy.acquire(b.writes, &src); !s.ok()) return s;
+    if (Status s = acquire_sources(peer, b, &src); !s.ok()) return s;
     ByteWriter commit;  // device destinations of this batch
     uint32_t num_commits = 0;
     for (size_t i = 0; i < b.writes.size(); ++i) {
@@ -900,58 +983,41 @@ class UcxTransferEngine final : public TransferEngine {
       ucp_request_param_t p{};
       p.op_attr_mask = UCP_OP_ATTR_FIELD_MEMH;
       p.memh = r.memh;
-      void* req = ucp_put_nbx(peer.data_ep, from, w.length_bytes, remote_base + w.dst_offset_bytes,
-                              rkey, &p);
+      void* req = ucp_put_nbx(peer.data_ep, from, w.length_bytes,
+                              remote_base + w.dst_offset_bytes, rkey, &p);
       if (UCS_PTR_IS_ERR(req))
         return ucs_error(StatusCode::kUnavailable, "put to " + peer.endpoint,
                          UCS_PTR_STATUS(req));
-      if (UCS_PTR_IS_PTR(req)) ucp_request_free(req);  // the flush below reports errors
+      if (UCS_PTR_IS_PTR(req)) ucp_request_free(req);  // the flush reports errors
       if (dst.kind == MemoryKind::kDevice) {
         commit.u64(dst.region_id);
         commit.u64(w.dst_offset_bytes);
         commit.u64(w.length_bytes);
         ++num_commits;
       }
-      if (i % 16 == 15) {  // keep the pipe moving and notice cancel / peer death early
-        progress_once();
-        if (b.cancel) return {StatusCode::kAborted, "transfer cancelled"};
-        if (peer.ep_error != UCS_OK)
-          return ucs_error(StatusCode::kUnavailable, "peer " + peer.endpoint, peer.ep_error);
-        if (Clock::now() >= b.deadline)
-          return {StatusCode::kDeadlineExceeded,
-                  "pd ucx: transfer to " + peer.endpoint + " timed out"};
-      }
     }
-    auto flushed = std::make_shared<Completion>();
+    if (num_commits > 0) {
+      ByteWriter ranges;
+      ranges.u32(num_commits);
+      auto& body = commit.buffer();
+      ranges.buffer().insert(ranges.buffer().end(), body.begin(), body.end());
+      peer.commit = std::move(ranges.buffer());
+    }
+    peer.flushed = std::make_shared<Completion>();
     ucp_request_param_t p{};
     p.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
     p.cb.send = on_completion;
-    p.user_data = new std::shared_ptr<Completion>(flushed);
+    p.user_data = new std::shared_ptr<Completion>(peer.flushed);
     void* req = ucp_ep_flush_nbx(peer.data_ep, &p);
     if (!UCS_PTR_IS_PTR(req)) {
       delete static_cast<std::shared_ptr<Completion>*>(p.user_data);
-      flushed->done = true;
-      flushed->status = UCS_PTR_STATUS(req);
+      peer.flushed->done = true;
+      peer.flushed->status = UCS_PTR_STATUS(req);
     }
-    if (Status s = progress_until(b, b.deadline, peer, [&] { return flushed->done; }); !s.ok())
-      return s;
-    if (flushed->status != UCS_OK)
-      return ucs_error(StatusCode::kUnavailable, "flush to " + peer.endpoint, flushed->status);
-    if (num_commits == 0) return {};
-    ByteWriter ranges;
-    ranges.u32(num_commits);
-    auto& body = commit.buffer();
-    ranges.buffer().insert(ranges.buffer().end(), body.begin(), body.end());
-    peer.acked_batch = 0;
-    if (Status s = send_am(peer.ep, kAmCommit, u64s({peer.cookie, b.id}),
-                           std::move(ranges.buffer()));
-        !s.ok())
-      return s;
-    if (Status s = progress_until(b, b.deadline, peer, [&] { return peer.acked_batch == b.id; });
-        !s.ok())
-      return s;
-    return peer.ack_status;
+    peer.phase = Phase::kFlush;
+    return {};
   }
+
 
   TransferConfig config_;
   std::string endpoint_;
@@ -972,7 +1038,7 @@ class UcxTransferEngine final : public TransferEngine {
   std::mutex batches_mu_;
   std::condition_variable queue_cv_;
   std::unordered_map<BatchId, std::shared_ptr<Batch>> batches_;
-  std::deque<std::shared_ptr<Batch>> queue_;  // submission order, run one at a time
+  std::deque<std::shared_ptr<Batch>> queue_;  // submitted, not yet handed to their peer
   BatchId next_batch_id_ = 0;
 
   // Progress thread only (the destructor after it has joined).

@@ -1,5 +1,6 @@
 // The ucx transport (builds with UCX found by pkg-config; TANDEM_DISAGG_UCX): one UCP context,
-// worker and listener per engine, driven by one progress thread that also runs the batches.
+// worker and listener per engine, driven by one progress thread that also advances the
+// batches (in submission order per peer, different peers side by side).
 // A registered region is ucp_mem_map'ed; its handle carries the mapped address and the packed
 // rkey in RegionHandle::ipc_handle (u64 address | rkey bytes). A batch is one ucp_put_nbx per
 // write into the peer's memory and one ucp_ep_flush_nbx; the flush completing means every

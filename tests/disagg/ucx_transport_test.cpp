@@ -1,8 +1,8 @@
 // The ucx transfer engine between in-process engines, once over UCX's tcp transport and once
 // over shared memory (UCX_TLS per test): random data over many batches, tiny and large
 // writes, two sending threads, bounds errors at submit, wrong tokens, a peer dying
-// mid-transfer, a peer that never answers (timeout, cancel), nobody listening. Skipped when
-// the build has no UCX; then "ucx" must be a clear error instead.
+// mid-transfer, a peer that never answers (timeout, cancel, not holding up others), nobody
+// listening. Skipped when the build has no UCX; then "ucx" must be a clear error instead.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -305,6 +305,32 @@ TEST_P(DisaggUcx, WaitTimeoutThenCancelFreesTheBatch) {
   std::this_thread::sleep_for(milliseconds(50));
   a.reset();  // and the engine shuts down without waiting for it
   EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(5));
+}
+
+// Batches to different peers run side by side: a peer that never answers does not hold up
+// a live one.
+TEST_P(DisaggUcx, SilentPeerDoesNotHoldUpOthers) {
+  SilentListener silent;
+  TransferConfig c = config("t", 5000);
+  c.connect_timeout_ms = 5000;
+  auto a = make_engine(c);
+  auto b = make_engine(config("t"));
+  std::vector<uint8_t> src = random_bytes(1 << 20, 14), dst(1 << 20);
+  RegionHandle hs = reg(*a, src), hd = reg(*b, dst), hq = silent.handle();
+  TransferWrite w{hs.region_id, 0, 0, 0, src.size()};
+  BatchId stuck, live;
+  ASSERT_TRUE(a->submit({&hq, 1}, {&w, 1}, &stuck).ok());
+  std::this_thread::sleep_for(milliseconds(20));
+  auto t0 = std::chrono::steady_clock::now();
+  ASSERT_TRUE(a->submit({&hd, 1}, {&w, 1}, &live).ok());
+  Status s = a->wait(live, milliseconds(4000));
+  EXPECT_TRUE(s.ok()) << s.message();
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(2));
+  EXPECT_TRUE(dst == src);
+  bool done = true;
+  EXPECT_TRUE(a->poll(stuck, &done).ok());
+  EXPECT_FALSE(done);  // still waiting for its handshake
+  a->cancel(stuck);
 }
 
 TEST_P(DisaggUcx, NobodyListeningIsUnavailable) {
