@@ -31,13 +31,14 @@ enum class MemoryKind : uint8_t { kHost = 0, kDevice = 1 };
 // A registered memory region as a peer sees it: enough to address writes into it. Made by
 // TransferEngine::register_region on the owning side and sent to the writer in KvPagesRequest.
 struct RegionHandle {
-  std::string backend;        // "tcp", "cuda_ipc"
-  std::string endpoint;       // tcp: "host:port" of the owner's listener
+  std::string backend;        // "tcp", "cuda_ipc", "ucx"
+  std::string endpoint;       // tcp, ucx: "host:port" of the owner's listener
   uint64_t region_id = 0;     // the owner's id, unique per engine
   uint64_t length_bytes = 0;
   MemoryKind kind = MemoryKind::kHost;
   int32_t device_index = 0;              // kDevice: the owner's GPU
-  std::vector<uint8_t> ipc_handle;       // cuda_ipc: cudaIpcMemHandle_t bytes
+  std::vector<uint8_t> ipc_handle;       // cuda_ipc: cudaIpcMemHandle_t bytes;
+                                         // ucx: mapped address u64 | packed rkey (<= 256)
   uint64_t ipc_offset_bytes = 0;         // cuda_ipc: region start minus allocation base
   bool operator==(const RegionHandle&) const = default;
 };
