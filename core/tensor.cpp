@@ -86,6 +86,8 @@ Tensor Tensor::zeros(const Shape& shape, DType dtype, Device device) {
   Tensor t = empty(shape, dtype, device);
   if (device.is_cpu()) {
     std::memset(t.data_, 0, t.nbytes());
+  } else if (const DeviceAllocator& a = allocator_for(device); a.zero) {
+    a.zero(t.data_, t.nbytes(), device.index);
   } else {
     Tensor host = zeros(shape, dtype);
     t.copy_from(host);

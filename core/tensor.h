@@ -36,6 +36,8 @@ struct DeviceAllocator {
   std::function<void(void* ptr, int device_index)> free;
   std::function<void(void* dst, const void* src, size_t bytes, Device dst_dev, Device src_dev)>
       copy;
+  // Sets `bytes` at dst to zero, queued in the backend's stream order (no host round trip).
+  std::function<void(void* dst, size_t bytes, int device_index)> zero;
 };
 void register_device_allocator(DeviceType type, DeviceAllocator allocator);
 

@@ -1,12 +1,44 @@
 #include "runtime/model_runner.h"
 
+#include <algorithm>
+
+#include "runtime/cuda_graph_runner.h"
+
 namespace tandem::runtime {
 
+namespace {
+bool use_graphs(Device device, int32_t max_bs) {
+#ifdef TANDEM_WITH_CUDA
+  return device.is_cuda() && max_bs > 0;
+#else
+  (void)device;
+  (void)max_bs;
+  return false;
+#endif
+}
+}  // namespace
+
 DeepseekRunner::DeepseekRunner(DeepseekV3Model& model, int32_t num_pages, int32_t page_size,
-                               DType kv_dtype, Device device)
+                               DType kv_dtype, Device device, int32_t cuda_graph_max_bs)
     : model_(model),
-      cache_(KvCache::create(model.config(), num_pages, page_size, kv_dtype, device)),
-      device_(device) {}
+      cache_(KvCache::create(model.config(), num_pages + (use_graphs(device, cuda_graph_max_bs) ? 1 : 0),
+                             page_size, kv_dtype, device)),
+      device_(device),
+      num_pages_(num_pages) {
+#ifdef TANDEM_WITH_CUDA
+  if (use_graphs(device, cuda_graph_max_bs)) {
+    DecodeGraphOptions o;
+    o.max_batch = cuda_graph_max_bs;
+    const int64_t context_pages =
+        (model.config().max_position_embeddings + page_size - 1) / page_size;
+    o.max_pages = std::max<int64_t>(1, std::min<int64_t>(num_pages, context_pages));
+    o.scratch_page = num_pages;
+    graphs_ = std::make_unique<DecodeGraphs>(model, cache_, device, o);
+  }
+#endif
+}
+
+DeepseekRunner::~DeepseekRunner() = default;
 
 Tensor DeepseekRunner::run(const Decision& decision, const Scheduler& scheduler) {
   TANDEM_CHECK(!decision.empty(), "DeepseekRunner: empty decision");
@@ -27,6 +59,15 @@ Tensor DeepseekRunner::run(const Decision& decision, const Scheduler& scheduler)
   // A pure decode step takes the absorbed-MLA decode path; anything else (prefill chunks,
   // mixed steps, resumed requests) one extend batch.
   const ForwardMode mode = decision.decode_only ? ForwardMode::kDecode : ForwardMode::kExtend;
+#ifdef TANDEM_WITH_CUDA
+  if (graphs_ && mode == ForwardMode::kDecode) {
+    size_t pages = 0;
+    for (const SequenceStep& s : steps_) pages = std::max(pages, s.pages.size());
+    if (graphs_->fits(int64_t(steps_.size()), int64_t(pages))) {
+      return graphs_->run(steps_).to(Device::cpu());
+    }
+  }
+#endif
   Tensor logits = model_.forward(ForwardBatch::build(mode, steps_, ps, device_), cache_);
   return logits.device().is_cpu() ? logits : logits.to(Device::cpu());
 }
@@ -34,7 +75,7 @@ Tensor DeepseekRunner::run(const Decision& decision, const Scheduler& scheduler)
 KvMemory DeepseekRunner::kv_memory() {
   KvMemory m;
   m.page_size = int32_t(cache_.page_size);
-  m.num_pages = int32_t(cache_.num_pages);
+  m.num_pages = num_pages_;
   for (Tensor& t : cache_.layers) {
     m.layers.push_back({t.raw_data(), t.nbytes(), t.device()});
     m.bytes_per_token = t.nbytes() / size_t(cache_.num_pages * cache_.page_size);

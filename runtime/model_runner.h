@@ -41,19 +41,28 @@ class ModelRunner {
 
 // The KV pool: one MLA latent cache page set shared by all requests (576 values per token per
 // layer for V3). bf16 by default; f32 for bit-exact comparisons; fp8 once the model has it.
+//
+// On CUDA, decode steps of up to `cuda_graph_max_bs` sequences replay CUDA graphs
+// (runtime/cuda_graph_runner.h; 0 turns them off); the pool then holds one more page than
+// asked for, the graphs' scratch page for padding rows, which no request is given.
+class DecodeGraphs;
 class DeepseekRunner : public ModelRunner {
  public:
   DeepseekRunner(DeepseekV3Model& model, int32_t num_pages, int32_t page_size, DType kv_dtype,
-                 Device device);
+                 Device device, int32_t cuda_graph_max_bs = 0);
+  ~DeepseekRunner() override;
   Tensor run(const Decision& decision, const Scheduler& scheduler) override;
   KvMemory kv_memory() override;
   const KvCache& kv_cache() const { return cache_; }
+  const DecodeGraphs* graphs() const { return graphs_.get(); }  // null without CUDA graphs
 
  private:
   DeepseekV3Model& model_;
   KvCache cache_;
   Device device_;
+  int32_t num_pages_;                 // pages requests may use (the pool may hold a scratch one)
   std::vector<SequenceStep> steps_;  // reused across steps
+  std::unique_ptr<DecodeGraphs> graphs_;
 };
 
 }  // namespace tandem::runtime

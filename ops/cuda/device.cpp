@@ -2,6 +2,7 @@
 
 #include <array>
 #include <cstdlib>
+#include <iterator>
 #include <mutex>
 #include <unordered_map>
 #include <vector>
@@ -39,6 +40,7 @@ struct DeviceState {
   std::mutex mu;
   std::unordered_map<size_t, std::vector<void*>> free_lists;  // rounded size -> blocks
   std::unordered_map<void*, size_t> live;                     // block -> rounded size
+  std::unordered_map<void*, GraphPool*> pool_of;              // blocks of graph pools
   AllocatorStats stats;
   cudaStream_t stream = nullptr;
   KernelErrorWord* error_host = nullptr;
@@ -53,6 +55,7 @@ std::array<DeviceState, kMaxDevices>& states() {
 }
 
 thread_local std::array<cudaStream_t, kMaxDevices> t_stream_override{};
+thread_local std::array<GraphPool*, kMaxDevices> t_graph_pool{};
 
 // Frees every cached block of `st` (caller holds st.mu).
 void release_cached(DeviceState& st, int device) {
@@ -136,7 +139,11 @@ void init() {
     register_device_allocator(
         DeviceType::kCUDA,
         DeviceAllocator{[](size_t bytes, int device) { return device_alloc(bytes, device); },
-                        [](void* p, int device) { device_free(p, device); }, copy_registered});
+                        [](void* p, int device) { device_free(p, device); }, copy_registered,
+                        [](void* p, size_t bytes, int device) {
+                          DeviceGuard guard(device);
+                          TANDEM_CUDA_CHECK(cudaMemsetAsync(p, 0, bytes, current_stream(device)));
+                        }});
   });
 }
 
@@ -173,8 +180,19 @@ void set_current_stream(int device, cudaStream_t stream) {
 void* device_alloc(size_t bytes, int device) {
   DeviceState& st = states()[check_index(device)];
   const size_t size = round_size(std::max<size_t>(bytes, 1));
+  GraphPool* pool = t_graph_pool[device];
   std::lock_guard<std::mutex> lock(st.mu);
-  auto it = st.free_lists.find(size);
+  if (pool) {
+    auto pit = pool->free_lists_.find(size);
+    if (pit != pool->free_lists_.end() && !pit->second.empty()) {
+      void* p = pit->second.back();
+      pit->second.pop_back();
+      st.live.emplace(p, size);
+      st.stats.in_use_bytes += size;
+      return p;
+    }
+  }
+  auto it = pool ? st.free_lists.end() : st.free_lists.find(size);
   if (it != st.free_lists.end() && !it->second.empty()) {
     void* p = it->second.back();
     it->second.pop_back();
@@ -199,6 +217,10 @@ void* device_alloc(size_t bytes, int device) {
   ++st.stats.malloc_count;
   st.live.emplace(p, size);
   st.stats.in_use_bytes += size;
+  if (pool) {
+    st.pool_of.emplace(p, pool);
+    pool->bytes_ += size;
+  }
   return p;
 }
 
@@ -210,9 +232,77 @@ void device_free(void* ptr, int device) {
   TANDEM_CHECK(it != st.live.end(), "device_free: {} was not allocated on cuda:{}", ptr, device);
   const size_t size = it->second;
   st.live.erase(it);
-  st.free_lists[size].push_back(ptr);
   st.stats.in_use_bytes -= size;
+  if (auto pit = st.pool_of.find(ptr); pit != st.pool_of.end()) {
+    pit->second->free_lists_[size].push_back(ptr);
+    return;
+  }
+  st.free_lists[size].push_back(ptr);
   st.stats.cached_bytes += size;
+}
+
+GraphPool::GraphPool(int device) : device_(check_index(device)) {}
+
+GraphPool::~GraphPool() {
+  DeviceState& st = states()[device_];
+  DeviceGuard guard(device_);
+  cudaStreamSynchronize(current_stream(device_));
+  std::lock_guard<std::mutex> lock(st.mu);
+  for (auto& [size, blocks] : free_lists_) {
+    for (void* p : blocks) {
+      st.pool_of.erase(p);
+      cudaFree(p);  // no throw from a destructor
+    }
+  }
+  // Blocks still in use (a tensor outlived the pool) become ordinary blocks.
+  for (auto it = st.pool_of.begin(); it != st.pool_of.end();) {
+    it = it->second == this ? st.pool_of.erase(it) : std::next(it);
+  }
+}
+
+size_t GraphPool::bytes() const {
+  DeviceState& st = states()[device_];
+  std::lock_guard<std::mutex> lock(st.mu);
+  return bytes_;
+}
+
+ScopedGraphPool::ScopedGraphPool(GraphPool& pool)
+    : device_(pool.device()), previous_(t_graph_pool[pool.device()]) {
+  t_graph_pool[device_] = &pool;
+}
+
+ScopedGraphPool::~ScopedGraphPool() { t_graph_pool[device_] = previous_; }
+
+CudaGraph::~CudaGraph() {
+  if (exec_) cudaGraphExecDestroy(exec_);
+  if (graph_) cudaGraphDestroy(graph_);
+}
+
+void CudaGraph::begin_capture(int device) {
+  TANDEM_CHECK(!exec_ && device_ < 0, "CudaGraph: already captured");
+  device_ = check_index(device);
+  DeviceGuard guard(device_);
+  TANDEM_CUDA_CHECK(cudaStreamBeginCapture(current_stream(device_), cudaStreamCaptureModeRelaxed));
+}
+
+void CudaGraph::end_capture() {
+  DeviceGuard guard(device_);
+  cudaGraph_t graph = nullptr;
+  const cudaError_t err = cudaStreamEndCapture(current_stream(device_), &graph);
+  if (err != cudaSuccess || !graph) {
+    cudaGetLastError();
+    if (graph) cudaGraphDestroy(graph);
+    TANDEM_FAIL("CudaGraph: capture on cuda:{} failed: {} (an op synchronized or copied to "
+                "the host inside the captured region?)", device_, cudaGetErrorString(err));
+  }
+  graph_ = graph;
+  TANDEM_CUDA_CHECK(cudaGraphInstantiate(&exec_, graph_, 0));
+}
+
+void CudaGraph::replay() {
+  TANDEM_CHECK(exec_, "CudaGraph: replay before capture");
+  DeviceGuard guard(device_);
+  TANDEM_CUDA_CHECK(cudaGraphLaunch(exec_, current_stream(device_)));
 }
 
 void empty_cache(int device) {

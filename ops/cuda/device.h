@@ -16,6 +16,8 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <unordered_map>
+#include <vector>
 
 #include "ops/cuda/launch.h"
 
@@ -44,6 +46,59 @@ struct AllocatorStats {
   size_t malloc_count = 0;   // cudaMalloc calls so far
 };
 AllocatorStats allocator_stats(int device);
+
+// Memory for CUDA graphs. While a pool is current on this thread for its device
+// (ScopedGraphPool), allocations there come from the pool and frees of its blocks go back to
+// it, whenever they happen; its blocks are never handed to any other allocation, so the
+// addresses a captured graph uses stay its own. Graphs replayed one at a time on one stream may
+// share a pool (PyTorch's graph pools work the same way).
+class GraphPool {
+ public:
+  explicit GraphPool(int device);
+  ~GraphPool();  // synchronizes the device and returns the pool's free blocks to the driver
+  GraphPool(const GraphPool&) = delete;
+  GraphPool& operator=(const GraphPool&) = delete;
+  int device() const { return device_; }
+  size_t bytes() const;  // held by the pool, in use or free
+
+ private:
+  friend void* device_alloc(size_t, int);
+  friend void device_free(void*, int);
+  int device_;
+  size_t bytes_ = 0;
+  std::unordered_map<size_t, std::vector<void*>> free_lists_;  // guarded by the device's lock
+};
+class ScopedGraphPool {
+ public:
+  explicit ScopedGraphPool(GraphPool& pool);
+  ~ScopedGraphPool();
+  ScopedGraphPool(const ScopedGraphPool&) = delete;
+  ScopedGraphPool& operator=(const ScopedGraphPool&) = delete;
+
+ private:
+  int device_;
+  GraphPool* previous_;
+};
+
+// A CUDA graph of the work queued on a device's current stream between begin_capture and
+// end_capture (relaxed capture mode: allocations may happen inside; make a GraphPool current
+// around the capture). replay() queues the whole graph on the current stream again.
+class CudaGraph {
+ public:
+  CudaGraph() = default;
+  ~CudaGraph();
+  CudaGraph(const CudaGraph&) = delete;
+  CudaGraph& operator=(const CudaGraph&) = delete;
+  void begin_capture(int device);
+  void end_capture();  // throws (and leaves the stream usable) when the capture failed
+  void replay();
+  bool ready() const { return exec_ != nullptr; }
+
+ private:
+  int device_ = -1;
+  cudaGraph_t graph_ = nullptr;
+  cudaGraphExec_t exec_ = nullptr;
+};
 
 // Copies between host and device or within devices, queued on the device's current stream;
 // synchronizes when a host buffer is involved (so the caller may read or free it at once), and
