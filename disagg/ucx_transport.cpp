@@ -995,6 +995,18 @@ class UcxTransferEngine final : public TransferEngine {
         commit.u64(w.length_bytes);
         ++num_commits;
       }
+      // Shared-memory puts copy right here, so a long batch takes a while to issue: keep the
+      // worker moving and stop early on cancel, shutdown, peer death or the deadline.
+      if (i % 16 == 15) {
+        progress_once();
+        if (b.cancel) return {StatusCode::kAborted, "transfer cancelled"};
+        if (stop_) return {StatusCode::kAborted, "transfer engine stopped"};
+        if (peer.ep_error != UCS_OK)
+          return ucs_error(StatusCode::kUnavailable, "peer " + peer.endpoint, peer.ep_error);
+        if (Clock::now() >= b.deadline)
+          return {StatusCode::kDeadlineExceeded,
+                  "pd ucx: transfer to " + peer.endpoint + " timed out"};
+      }
     }
     if (num_commits > 0) {
       ByteWriter ranges;
