@@ -35,8 +35,7 @@ Generation::Generation(ServerState& state, ParsedRequest request)
 }
 
 std::optional<ApiError> Generation::start(ServerState& state, ParsedRequest request,
-                                          const std::string& remote_addr, int remote_port,
-                                          int local_port, std::unique_ptr<Generation>* out) {
+                                          std::unique_ptr<Generation>* out) {
   std::unique_ptr<Generation> g(new Generation(state, std::move(request)));
   g->n_ = g->request_.gen.params.n;
   g->prompt_tokens_ = int32_t(g->request_.gen.prompt_ids.size());
@@ -80,14 +79,12 @@ std::optional<ApiError> Generation::start(ServerState& state, ParsedRequest requ
   g->choices_.resize(size_t(g->n_));
   g->last_token_.resize(size_t(g->n_));
   g->open_ = g->n_;
-  g->watch_ = state.watcher.watch(find_connection_socket(remote_addr, remote_port, local_port),
-                                  g->stream_->id());
   *out = std::move(g);
   return std::nullopt;
 }
 
 Generation::~Generation() {
-  watch_.reset();
+  if (stream_) stream_->set_on_push(nullptr);  // the engine may keep the stream a while
   if (stream_ && open_ > 0) {
     // The handler is gone before the request ended (client left, write failed): abort it and
     // let the engine free its pages. The stream is not read any further.
@@ -98,8 +95,15 @@ Generation::~Generation() {
   if (admitted_) state_.tracker.release(n_);
 }
 
-bool Generation::next(runtime::StreamEvent& ev) {
-  if (open_ == 0 || !stream_->next(ev)) return false;
+bool Generation::try_next(runtime::StreamEvent& ev) {
+  if (open_ == 0 || !stream_->try_next(ev)) return false;
+  fold(ev);
+  return true;
+}
+
+void Generation::on_ready(std::function<void()> wake) { stream_->set_on_push(std::move(wake)); }
+
+void Generation::fold(const runtime::StreamEvent& ev) {
   const Clock::time_point now = Clock::now();
   TANDEM_CHECK(ev.index >= 0 && ev.index < n_, "stream event for choice {} of {}", ev.index, n_);
   Choice& c = choices_[size_t(ev.index)];
@@ -135,12 +139,6 @@ bool Generation::next(runtime::StreamEvent& ev) {
       state_.metrics.count_finished(overall);
     }
   }
-  return true;
-}
-
-void Generation::run_to_end() {
-  runtime::StreamEvent ev;
-  while (next(ev)) {}
 }
 
 void Generation::abort() {

@@ -1,13 +1,14 @@
 // Generation: one admitted request on its way through the engine, driven by the connection
-// thread that received it. It owns the request's admission slot, its client-visible id, its
-// disconnect watch and its engine stream; it folds the stream's events into per-choice state
-// and records the latency metrics. Destroying it before the request finished aborts the
-// request, so a handler that returns early (or a stream the client left) frees its pages.
-// Not thread-safe: one connection thread uses it (POST /abort and the watcher reach the
-// request through the engine, which is).
+// that received it. It owns the request's admission slot, its client-visible id and its
+// engine stream; it folds the stream's events into per-choice state and records the latency
+// metrics. Destroying it before the request finished aborts the request, so a handler that
+// returns early (or a connection whose client left) frees its pages.
+// Not thread-safe: one connection uses it at a time (POST /abort reaches the request through
+// the engine, which is); only the on_ready callback runs on the engine thread.
 #pragma once
 
 #include <chrono>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -31,16 +32,15 @@ struct Choice {
 class Generation {
  public:
   // Admits and submits `request`; an ApiError (and no Generation) when it cannot run.
-  // `remote_*`/`local_port` identify the connection for the disconnect watch.
   static std::optional<ApiError> start(ServerState& state, ParsedRequest request,
-                                       const std::string& remote_addr, int remote_port,
-                                       int local_port, std::unique_ptr<Generation>* out);
+                                       std::unique_ptr<Generation>* out);
   ~Generation();
 
-  // Blocks for the next event and folds it into choices(); false once every choice finished.
-  bool next(runtime::StreamEvent& event);
-  // Reads events until every choice finished.
-  void run_to_end();
+  // Never blocks: takes the next ready event and folds it into choices(); false when none is
+  // ready now or every choice finished.
+  bool try_next(runtime::StreamEvent& event);
+  // `wake` runs on the engine thread after each event it pushes (see RequestStream::set_on_push).
+  void on_ready(std::function<void()> wake);
   void abort();
 
   const std::string& id() const { return id_; }
@@ -66,8 +66,9 @@ class Generation {
   int32_t prompt_tokens_ = 0;
   bool admitted_ = false;
   bool bound_ = false;
+  void fold(const runtime::StreamEvent& ev);
+
   std::shared_ptr<runtime::RequestStream> stream_;
-  DisconnectWatcher::Handle watch_;
   std::vector<Choice> choices_;
   int32_t open_ = 0;
   Clock::time_point arrival_;

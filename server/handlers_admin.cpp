@@ -11,12 +11,12 @@ using nlohmann::json;
 
 namespace {
 
-void send_json(httplib::Response& res, const json& j) {
+void send_json(HttpResponse& res, const json& j) {
   res.set_content(j.dump(-1, ' ', false, json::error_handler_t::replace), "application/json");
 }
 
-std::optional<json> parse_object(ServerState& state, const httplib::Request& req,
-                                 httplib::Response& res) {
+std::optional<json> parse_object(ServerState& state, const HttpRequest& req,
+                                 HttpResponse& res) {
   json body = json::parse(req.body, nullptr, false);
   if (body.is_discarded() || !body.is_object()) {
     send_error(state, res, bad_request("the request body must be a JSON object"));
@@ -40,10 +40,10 @@ bool constant_time_equal(const std::string& a, const std::string& b) {
   return diff == 0;
 }
 
-bool check_api_key(ServerState& state, const httplib::Request& req, httplib::Response& res) {
+bool check_api_key(ServerState& state, const HttpRequest& req, HttpResponse& res) {
   const std::string& key = state.config.api_key;
   if (key.empty()) return true;
-  const std::string header = req.get_header_value("Authorization");
+  const std::string header = req.header("Authorization");
   const std::string prefix = "Bearer ";
   const std::string given = header.rfind(prefix, 0) == 0 ? header.substr(prefix.size()) : "";
   if (constant_time_equal(given, key)) return true;
@@ -57,7 +57,7 @@ bool check_api_key(ServerState& state, const httplib::Request& req, httplib::Res
   return false;
 }
 
-void handle_abort(ServerState& state, const httplib::Request& req, httplib::Response& res) {
+void handle_abort(ServerState& state, const HttpRequest& req, HttpResponse& res) {
   auto body = parse_object(state, req, res);
   if (!body) return;
   if (!body->contains("rid") || !(*body)["rid"].is_string()) {
@@ -78,7 +78,7 @@ void handle_abort(ServerState& state, const httplib::Request& req, httplib::Resp
   send_json(res, json{{"rid", rid}, {"aborted", true}});
 }
 
-void handle_slow_down(ServerState& state, const httplib::Request& req, httplib::Response& res) {
+void handle_slow_down(ServerState& state, const HttpRequest& req, HttpResponse& res) {
   auto body = parse_object(state, req, res);
   if (!body) return;
   const json v = body->value("forward_sleep_time", json(nullptr));
@@ -96,7 +96,7 @@ void handle_slow_down(ServerState& state, const httplib::Request& req, httplib::
   send_json(res, json{{"forward_sleep_time", seconds > 0.0 ? json(seconds) : json(nullptr)}});
 }
 
-void handle_models(ServerState& state, const httplib::Request&, httplib::Response& res) {
+void handle_models(ServerState& state, const HttpRequest&, HttpResponse& res) {
   send_json(res, json{{"object", "list"},
                       {"data", json::array({json{{"id", state.parse_context.model_name},
                                                  {"object", "model"},
@@ -106,7 +106,7 @@ void handle_models(ServerState& state, const httplib::Request&, httplib::Respons
                                                  {"max_model_len", state.parse_context.context_length}}})}});
 }
 
-void handle_health(ServerState& state, const httplib::Request&, httplib::Response& res) {
+void handle_health(ServerState& state, const HttpRequest&, HttpResponse& res) {
   if (state.tracker.draining()) {
     ApiError e;
     e.http_status = 503;
@@ -117,7 +117,7 @@ void handle_health(ServerState& state, const httplib::Request&, httplib::Respons
   send_json(res, json{{"status", "ok"}});
 }
 
-void handle_metrics(ServerState& state, const httplib::Request&, httplib::Response& res) {
+void handle_metrics(ServerState& state, const HttpRequest&, HttpResponse& res) {
   res.set_content(state.metrics.render(state.parse_context.model_name, state.engine.stats()),
                   "text/plain; version=0.0.4; charset=utf-8");
 }

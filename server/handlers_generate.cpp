@@ -1,5 +1,6 @@
-// The generation endpoints: parse -> Generation::start (admission, submit) -> read the stream,
-// as one JSON body or as SSE chunks written from the response's content provider.
+// The generation endpoints: parse -> Generation::start (admission, submit) -> a
+// GenerationResponse that the connection polls whenever the engine has pushed events, turning
+// them into one JSON body or into SSE chunks.
 #include <memory>
 
 #include "core/log.h"
@@ -11,7 +12,7 @@ namespace tandem::server {
 
 using nlohmann::json;
 
-void send_error(ServerState& state, httplib::Response& res, const ApiError& error) {
+void send_error(ServerState& state, HttpResponse& res, const ApiError& error) {
   res.status = error.http_status;
   if (error.http_status == 503) res.set_header("Retry-After", "1");
   if (error.http_status >= 500) {
@@ -24,75 +25,6 @@ void send_error(ServerState& state, httplib::Response& res, const ApiError& erro
 }
 
 namespace {
-
-// The SSE body of one streaming request. Each call writes what one stream event produced;
-// the last writes the usage chunk (when asked for) and [DONE]. Returning false (a failed
-// write: the client is gone) makes httplib drop the connection; the Generation's destructor
-// then aborts the request.
-class SseWriter {
- public:
-  SseWriter(ServerState& state, std::shared_ptr<Generation> g)
-      : state_(state), g_(std::move(g)), started_(g_->choices().size(), false) {}
-
-  bool operator()(httplib::DataSink& sink) {
-    try {
-      return write_next(sink);
-    } catch (const std::exception& e) {
-      TANDEM_LOG_ERROR("streaming response failed: {}", e.what());
-      return false;  // drops the connection; ~Generation aborts the request
-    }
-  }
-
- private:
-  bool write_next(httplib::DataSink& sink) {
-    runtime::StreamEvent ev;
-    if (!g_->next(ev)) {
-      if (g_->request().include_usage && g_->request().endpoint != Endpoint::kGenerate &&
-          !failed_) {
-        if (!write(sink, sse(usage_chunk(*g_)))) return false;
-      }
-      if (!write(sink, kSseDone)) return false;
-      sink.done();
-      return true;
-    }
-    if (ev.finished && ev.finish_reason == runtime::FinishReason::kError) {
-      // Headers are gone already: the error travels as an event, as OpenAI's API does.
-      failed_ = true;
-      ApiError e;
-      e.http_status = 500;
-      e.type = "server_error";
-      e.message = "the engine failed: " + ev.error;
-      return write(sink, sse(e.to_json()));
-    }
-    const tokenizer::Tokenizer* tok = state_.tokenizer;
-    std::string out;
-    switch (g_->request().endpoint) {
-      case Endpoint::kCompletions:
-        for (const json& c : completion_chunks(*g_, ev, tok)) out += sse(c);
-        break;
-      case Endpoint::kChat: {
-        const bool first = !started_[size_t(ev.index)];
-        started_[size_t(ev.index)] = true;
-        for (const json& c : chat_chunks(*g_, ev, first, tok)) out += sse(c);
-        break;
-      }
-      case Endpoint::kGenerate:
-        // As SGLang: each chunk carries the choice's whole output so far.
-        if (!ev.token_ids.empty() || ev.finished) out = sse(generate_response(*g_, size_t(ev.index)));
-        break;
-    }
-    return out.empty() || write(sink, out);
-  }
-
-  static bool write(httplib::DataSink& sink, const std::string& s) {
-    return sink.is_writable() && sink.write(s.data(), s.size());
-  }
-
-  ServerState& state_;
-  std::shared_ptr<Generation> g_;
-  std::vector<bool> started_;
-  bool failed_ = false;
-};
 
 std::optional<ApiError> parse(ServerState& state, Endpoint endpoint, const json& body,
                               ParsedRequest* out) {
@@ -118,33 +50,97 @@ json whole_response(ServerState& state, const Generation& g) {
 
 }  // namespace
 
-void handle_generation(ServerState& state, Endpoint endpoint, const httplib::Request& req,
-                       httplib::Response& res) {
+GenerationResponse::GenerationResponse(ServerState& state, std::unique_ptr<Generation> g)
+    : state_(state), g_(std::move(g)), started_(g_->choices().size(), false) {}
+
+// ~Generation aborts a request that has not finished.
+GenerationResponse::~GenerationResponse() = default;
+
+bool GenerationResponse::streaming() const { return g_->request().stream; }
+
+void GenerationResponse::on_ready(std::function<void()> wake) { g_->on_ready(std::move(wake)); }
+
+void GenerationResponse::abort() { g_->abort(); }
+
+bool GenerationResponse::poll(std::string* out, HttpResponse* res) {
+  if (streaming()) return poll_stream(out);
+  runtime::StreamEvent ev;
+  while (g_->try_next(ev)) {}
+  if (!g_->finished()) return false;
+  if (auto e = g_->error()) {
+    send_error(state_, *res, *e);
+  } else {
+    res->status = 200;
+    res->set_content(whole_response(state_, *g_).dump(-1, ' ', false, json::error_handler_t::replace),
+                     "application/json");
+  }
+  return true;
+}
+
+// Each event becomes what it produced in SSE chunks; the end adds the usage chunk (when asked
+// for) and [DONE].
+bool GenerationResponse::poll_stream(std::string* out) {
+  runtime::StreamEvent ev;
+  while (g_->try_next(ev)) {
+    if (ev.finished && ev.finish_reason == runtime::FinishReason::kError) {
+      // Headers are gone already: the error travels as an event, as OpenAI's API does.
+      failed_ = true;
+      ApiError e;
+      e.http_status = 500;
+      e.type = "server_error";
+      e.message = "the engine failed: " + ev.error;
+      *out += sse(e.to_json());
+      continue;
+    }
+    const tokenizer::Tokenizer* tok = state_.tokenizer;
+    switch (g_->request().endpoint) {
+      case Endpoint::kCompletions:
+        for (const json& c : completion_chunks(*g_, ev, tok)) *out += sse(c);
+        break;
+      case Endpoint::kChat: {
+        const bool first = !started_[size_t(ev.index)];
+        started_[size_t(ev.index)] = true;
+        for (const json& c : chat_chunks(*g_, ev, first, tok)) *out += sse(c);
+        break;
+      }
+      case Endpoint::kGenerate:
+        // As SGLang: each chunk carries the choice's whole output so far.
+        if (!ev.token_ids.empty() || ev.finished) *out += sse(generate_response(*g_, size_t(ev.index)));
+        break;
+    }
+  }
+  if (!g_->finished()) return false;
+  if (g_->request().include_usage && g_->request().endpoint != Endpoint::kGenerate && !failed_) {
+    *out += sse(usage_chunk(*g_));
+  }
+  *out += kSseDone;
+  return true;
+}
+
+std::unique_ptr<GenerationResponse> handle_generation(ServerState& state, Endpoint endpoint,
+                                                      const HttpRequest& req, HttpResponse& res) {
   const json body = json::parse(req.body, nullptr, /*allow_exceptions=*/false);
   if (body.is_discarded()) {
-    return send_error(state, res, bad_request("the request body is not valid JSON"));
+    send_error(state, res, bad_request("the request body is not valid JSON"));
+    return nullptr;
   }
   ParsedRequest parsed;
-  if (auto e = parse(state, endpoint, body, &parsed)) return send_error(state, res, *e);
-
+  if (auto e = parse(state, endpoint, body, &parsed)) {
+    send_error(state, res, *e);
+    return nullptr;
+  }
   std::unique_ptr<Generation> g;
-  if (auto e = Generation::start(state, std::move(parsed), req.remote_addr, req.remote_port,
-                                 req.local_port, &g)) {
-    return send_error(state, res, *e);
+  if (auto e = Generation::start(state, std::move(parsed), &g)) {
+    send_error(state, res, *e);
+    return nullptr;
   }
-  if (!g->request().stream) {
-    g->run_to_end();
-    if (auto e = g->error()) return send_error(state, res, *e);
-    res.set_content(whole_response(state, *g).dump(-1, ' ', false, json::error_handler_t::replace),
-                    "application/json");
-    return;
+  res.status = 200;
+  if (g->request().stream) {
+    res.content_type = "text/event-stream";
+    res.set_header("Cache-Control", "no-cache");
+    res.set_header("X-Accel-Buffering", "no");
   }
-  res.set_header("Cache-Control", "no-cache");
-  res.set_header("X-Accel-Buffering", "no");
-  auto writer = std::make_shared<SseWriter>(state, std::shared_ptr<Generation>(std::move(g)));
-  res.set_chunked_content_provider(
-      "text/event-stream",
-      [writer](size_t, httplib::DataSink& sink) { return (*writer)(sink); });
+  return std::make_unique<GenerationResponse>(state, std::move(g));
 }
 
 }  // namespace tandem::server

@@ -87,8 +87,7 @@ ServerState::ServerState(const ServerConfig& c, const ModelConfig& m, runtime::E
       parse_context{c.model_name(), tok, m.vocab_size, m.max_position_embeddings,
                     int64_t(c.engine.scheduler.num_pages()) * c.engine.scheduler.page_size},
       created_unix_s(int64_t(std::time(nullptr))),
-      tracker(c.max_in_flight()),
-      watcher([&e](runtime::RequestId id) { e.abort(id); }) {}
+      tracker(c.max_in_flight()) {}
 
 int run_serve(const ServerConfig& config_in) {
   ServerConfig config = config_in;

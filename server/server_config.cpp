@@ -1,12 +1,19 @@
 #include "server/server_config.h"
 
+#include <algorithm>
 #include <charconv>
+#include <thread>
 
 namespace tandem::server {
 
 namespace {
 Status invalid(std::string message) { return {StatusCode::kInvalidArgument, std::move(message)}; }
 }  // namespace
+
+int default_http_threads() {
+  const unsigned hw = std::thread::hardware_concurrency();
+  return int(std::clamp(hw, 1u, 4u));
+}
 
 Status parse_device(const std::string& name, Device* device) {
   if (name == "cpu") {
@@ -50,6 +57,9 @@ Status ServerConfig::validate() const {
   }
   if (!(shutdown_timeout_s >= 0.0)) {
     return invalid(fmt::format("--shutdown-timeout must be >= 0, got {}", shutdown_timeout_s));
+  }
+  if (http_threads < 1 || http_threads > 256) {
+    return invalid(fmt::format("--http-threads must be in [1, 256], got {}", http_threads));
   }
   Device d;
   if (Status s = parse_device(device, &d); !s.ok()) return s;

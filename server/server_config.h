@@ -11,6 +11,10 @@
 
 namespace tandem::server {
 
+// min(4, hardware threads): a few I/O threads serve thousands of connections, since no
+// connection holds a thread while its request runs.
+int default_http_threads();
+
 struct ServerConfig {
   std::string model_path;
   std::string tokenizer_path;      // empty: the model directory
@@ -28,6 +32,7 @@ struct ServerConfig {
   int32_t max_queued_requests = 256;
   int64_t max_body_bytes = 8 << 20;  // larger request bodies get 413
   double shutdown_timeout_s = 30.0;  // SIGTERM: in-flight requests get this long to finish
+  int http_threads = default_http_threads();  // I/O threads running every connection
   runtime::EngineConfig engine;
 
   // InvalidArgument naming the flag at fault.

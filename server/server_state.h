@@ -1,7 +1,7 @@
 // ServerState: what every HTTP handler shares. Handlers post work to the engine (submit,
 // abort) and read results from request streams; they never touch the model or the scheduler.
 // Thread-safety: the members are thread-safe objects (Engine's public API, the tokenizer's
-// const methods, RequestTracker, ServerMetrics, DisconnectWatcher, SleepyRunner::set_sleep)
+// const methods, RequestTracker, ServerMetrics, SleepyRunner::set_sleep)
 // or immutable after start-up.
 #pragma once
 
@@ -10,7 +10,6 @@
 
 #include "model/config.h"
 #include "runtime/engine.h"
-#include "server/disconnect_watcher.h"
 #include "server/forward_sleep.h"
 #include "server/metrics.h"
 #include "server/request_parser.h"
@@ -34,7 +33,6 @@ struct ServerState {
 
   ServerMetrics metrics;
   RequestTracker tracker;
-  DisconnectWatcher watcher;
 };
 
 }  // namespace tandem::server

@@ -503,6 +503,66 @@ TEST_F(ApiTest, BadInputGetsJsonErrors) {
   EXPECT_EQ(client().post("/v1/completions", completion({})).status, 200);
 }
 
+// The HTTP layer itself, over raw sockets: keep-alive, pipelining, HTTP/1.0 streaming,
+// Expect: 100-continue, and its own errors (405, 414, a malformed request) as JSON bodies.
+TEST_F(ApiTest, HttpTransport) {
+  auto status_of = [](const std::string& response) {
+    return response.size() > 12 ? std::atoi(response.c_str() + 9) : -1;
+  };
+  auto body_of = [](const std::string& response) {
+    const size_t end = response.find("\r\n\r\n");
+    return end == std::string::npos ? std::string() : response.substr(end + 4);
+  };
+  // Two requests pipelined on one connection: both answered, in order, the second closes it.
+  const std::string both =
+      raw_request(port(), "GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
+                          "GET /v1/models HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+  const size_t second = both.find("HTTP/1.1 ", 1);
+  ASSERT_NE(second, std::string::npos) << both;
+  EXPECT_EQ(status_of(both), 200) << both;
+  EXPECT_NE(both.find("\"status\":\"ok\""), std::string::npos) << both;
+  EXPECT_EQ(status_of(both.substr(second)), 200) << both;
+  EXPECT_NE(both.find("\"max_model_len\":256", second), std::string::npos) << both;
+
+  // HTTP/1.0 has no chunked encoding: the SSE body runs until the server closes.
+  json body = greedy_completion(3);
+  body["stream"] = true;
+  std::string req = http_post("/v1/completions", body.dump());
+  req.replace(req.find("HTTP/1.1"), 8, "HTTP/1.0");
+  std::string r = raw_request(port(), req);
+  EXPECT_EQ(r.rfind("HTTP/1.0 200", 0), 0u) << r;
+  EXPECT_EQ(r.find("chunked"), std::string::npos) << r;
+  std::vector<std::string> events = sse_events(body_of(r));
+  ASSERT_GE(events.size(), 2u) << r;
+  EXPECT_EQ(events.back(), "[DONE]");
+
+  // Expect: 100-continue gets the interim answer, then the real one.
+  r = raw_request(port(), http_post("/v1/completions", greedy_completion(2).dump(),
+                                    "Expect: 100-continue\r\n"));
+  EXPECT_EQ(r.rfind("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200", 0), 0u) << r;
+
+  // The transport's own errors carry the same JSON error bodies as the handlers'.
+  struct Case {
+    std::string request;
+    int status;
+  };
+  const std::vector<Case> cases = {
+      {"GET /v1/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", 405},
+      {"GET /" + std::string(10000, 'a') + " HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", 414},
+      {"NONSENSE\r\n\r\n", 400},
+      {"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: zebra\r\n\r\n", 400},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.request.substr(0, 60));
+    r = raw_request(port(), c.request);
+    EXPECT_EQ(status_of(r), c.status) << r;
+    const json j = json::parse(body_of(r), nullptr, false);
+    ASSERT_TRUE(j.is_object() && j.contains("error")) << r;
+    EXPECT_TRUE(j["error"]["message"].is_string());
+  }
+  EXPECT_EQ(client().get("/health").status, 200);
+}
+
 // The official OpenAI Python client against the server (skipped without the package).
 TEST_F(ApiTest, OpenAIPythonClient) {
   if (std::system("python3 -c 'import openai' > /dev/null 2>&1") != 0) {

@@ -5,7 +5,12 @@
 
 #include <signal.h>
 
+#include <algorithm>
+#include <atomic>
 #include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
 #include <thread>
 
 #include "app/bench_client.h"
@@ -176,24 +181,81 @@ TEST(ServerLimits, SecondSignalAbortsAtOnce) {
   EXPECT_LT(std::chrono::duration<double>(Clock::now() - t0).count(), 8.0);
 }
 
+// The server process's thread count ("Threads:" in /proc/PID/status), or -1.
+int process_threads(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("Threads:", 0) == 0) return std::stoi(line.substr(8));
+  }
+  return -1;
+}
+
+// The server process's open sockets (its connections and the listener).
+int process_sockets(pid_t pid) {
+  int n = 0;
+  std::error_code ec;
+  for (const auto& e : std::filesystem::directory_iterator("/proc/" + std::to_string(pid) + "/fd", ec)) {
+    std::error_code link_ec;
+    const std::filesystem::path target = std::filesystem::read_symlink(e.path(), link_ec);
+    if (!link_ec && target.string().rfind("socket:", 0) == 0) ++n;
+  }
+  return n;
+}
+
 // 1,000 clients stream at once (a burst of connections, as a load balancer or a benchmark
 // sends): every request completes with exactly its token count and the server returns to idle.
+// Slowed-down steps keep the streams open long enough to look at the server meanwhile: with
+// most of the thousand connections open, it still runs on a few threads (no thread per
+// connection).
 TEST(ServerLimits, ThousandConcurrentStreams) {
   REQUIRE_TOKENIZER();
   ServerProcess server({"--max-running-requests", "256", "--max-queued-requests", "1024",
-                        "--max-total-tokens", "32768", "--context-length", "256"});
+                        "--max-total-tokens", "32768", "--context-length", "256",
+                        "--http-threads", "4"});
   constexpr int kClients = 1000, kTokens = 4;
+  // One request first, so the I/O threads and the CPU backend's pool (one thread per core)
+  // exist: the bound is that baseline plus a little, never a thread per connection.
+  ASSERT_EQ(TestClient(server.port()).post("/v1/completions", json{{"prompt", "Hi"}, {"max_tokens", 1}}).status, 200);
+  const int baseline_threads = process_threads(server.pid());
+  ASSERT_GT(baseline_threads, 0);
+  const int max_server_threads = std::max(40, baseline_threads + 16);
+  ASSERT_EQ(TestClient(server.port()).post("/slow_down", json{{"forward_sleep_time", 0.05}}).status, 200);
   tandem::app::BenchTarget target{"127.0.0.1", server.port(), "", ""};
   std::vector<tandem::app::RequestTiming> results(kClients);
   std::vector<std::thread> clients;
+  std::atomic<int> finished{0};
+  int max_threads = 0, max_sockets = 0, threads_at_max_sockets = 0;
+  std::thread sampler([&] {
+    while (finished.load() < kClients) {
+      const int threads = process_threads(server.pid());
+      const int sockets = process_sockets(server.pid());
+      max_threads = std::max(max_threads, threads);
+      if (sockets > max_sockets) {
+        max_sockets = sockets;
+        threads_at_max_sockets = threads;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+  });
   const double start = tandem::app::now_seconds();
   for (int i = 0; i < kClients; ++i) {
     clients.emplace_back([&, i] {
       results[i] = tandem::app::run_streaming_completion(target, "Hello number " + std::to_string(i),
                                                          kTokens, start);
+      finished.fetch_add(1);
     });
   }
   for (auto& t : clients) t.join();
+  sampler.join();
+  // Most connections were open at one time, and the server kept its few threads (4 I/O
+  // threads, the engine's, the CPU backend's).
+  EXPECT_GE(max_sockets, kClients / 2) << "the streams did not overlap; the test proves nothing";
+  EXPECT_GT(threads_at_max_sockets, 0);
+  EXPECT_LT(max_threads, max_server_threads) << "with " << max_sockets << " sockets open";
+  std::printf("1000 streams: up to %d server sockets open at once, at most %d server threads "
+              "(%d when idle)\n", max_sockets, max_threads, baseline_threads);
+  ASSERT_EQ(TestClient(server.port()).post("/slow_down", json{{"forward_sleep_time", nullptr}}).status, 200);
   int ok = 0;
   for (const auto& r : results) {
     // Token chunks may be fewer than tokens: text that ends inside a UTF-8 character is held
