@@ -1,5 +1,7 @@
 #include "disagg/bootstrap.h"
 
+#include <algorithm>
+
 #include "core/log.h"
 
 namespace tandem::disagg {
@@ -35,7 +37,10 @@ Status BootstrapListener::accept(std::chrono::milliseconds timeout,
                                  std::unique_ptr<BootstrapChannel>* out) {
   auto deadline = Clock::now() + timeout;
   while (Clock::now() < deadline) {
-    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
+    // Never negative: poll() takes -1 as "wait forever".
+    const auto left = std::max(std::chrono::milliseconds(0),
+                               std::chrono::duration_cast<std::chrono::milliseconds>(
+                                   deadline - Clock::now()));
     Socket s;
     if (Status st = tcp_accept(listener_, left, &s); !st.ok()) return st;
     if (!s.valid()) continue;

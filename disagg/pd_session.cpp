@@ -1,5 +1,6 @@
 #include "disagg/pd_session.h"
 
+#include <algorithm>
 #include <string>
 
 namespace tandem::disagg {
@@ -34,12 +35,27 @@ Status decode_send_request(BootstrapChannel& ch, const KvPagesRequest& request,
 
 Status decode_receive(BootstrapChannel& ch, const KvPagesRequest& request,
                       std::chrono::milliseconds gap_timeout, PrefillMeta* meta,
-                      const std::function<void(const KvChunkDone&)>& on_chunk) {
+                      const std::function<void(const KvChunkDone&)>& on_chunk,
+                      const std::function<bool()>& cancelled) {
+  using std::chrono::milliseconds;
   uint32_t tokens = 0, chunk = 0;
   bool last_seen = false;
+  // Without a cancel check one wait covers the whole gap; with one, slices of 20 ms (a
+  // timed-out wait consumes nothing, so slicing does not disturb the stream).
+  const milliseconds slice = cancelled ? std::min(gap_timeout, milliseconds(20)) : gap_timeout;
   for (;;) {
     Message m;
-    if (Status s = ch.recv(&m, gap_timeout); !s.ok()) {
+    const auto gap_deadline = Clock::now() + gap_timeout;
+    Status s;
+    for (;;) {
+      if (cancelled && cancelled())
+        return abort_room(ch, request.room_id, {StatusCode::kAborted, "aborted by the client"});
+      const auto left =
+          std::chrono::duration_cast<milliseconds>(gap_deadline - Clock::now());
+      s = ch.recv(&m, std::clamp(left, milliseconds(0), slice));
+      if (s.code() != StatusCode::kDeadlineExceeded || Clock::now() >= gap_deadline) break;
+    }
+    if (!s.ok()) {
       if (s.code() == StatusCode::kDeadlineExceeded)
         return abort_room(ch, request.room_id,
                           {s.code(), "prefill sent nothing for " +

@@ -25,10 +25,13 @@ Status decode_send_request(BootstrapChannel& ch, const KvPagesRequest& request,
 
 // Decode: receives KvChunkDone messages (in order, covering the prompt) until PrefillMeta
 // for request.room_id; `gap_timeout` bounds the wait for each message. on_chunk sees each
-// chunk (to start using pages early, or for metrics).
+// chunk (to start using pages early, or for metrics). `cancelled`, when given, is polled
+// every few milliseconds: once it returns true, prefill is sent Abort(room, "aborted by the
+// client") and the result is kAborted.
 Status decode_receive(BootstrapChannel& ch, const KvPagesRequest& request,
                       std::chrono::milliseconds gap_timeout, PrefillMeta* meta,
-                      const std::function<void(const KvChunkDone&)>& on_chunk = {});
+                      const std::function<void(const KvChunkDone&)>& on_chunk = {},
+                      const std::function<bool()>& cancelled = {});
 
 // Prefill: receives one KvPagesRequest, checks it against `layout` (and that its pages hold
 // the prompt), and answers Ack ok or Ack with the reason.

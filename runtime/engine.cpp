@@ -273,7 +273,7 @@ void Engine::report_reserved(RequestId seq_id) {
   Sequence& seq = *seqs_.at(seq_id);
   const auto pages = scheduler_.pages(seq_id);
   seq.state = RequestState::kAwaitingKv;
-  seq.on_reserved(seq.request_id, std::vector<int32_t>(pages.begin(), pages.end()));
+  seq.on_reserved({seq.request_id, int32_t(seq.prompt.size()), {pages.begin(), pages.end()}});
 }
 
 void Engine::report_prefill(Sequence& seq, const ScheduledSeq& s, const SampleResult& sampled) {

@@ -56,9 +56,13 @@ struct PrefillChunk {
   SampleResult first;          // last only; logprobs as the request's params ask
 };
 using PrefillChunkFn = std::function<void(const PrefillChunk&)>;
-// PD decode role: the pages reserved for a submit_decode request, in token order (the prompt's
-// first, then the decode reserve).
-using KvReservedFn = std::function<void(RequestId request_id, const std::vector<int32_t>& pages)>;
+// PD decode role: the pages reserved for a submit_decode request.
+struct KvReservation {
+  RequestId request_id = 0;
+  int32_t num_prompt_tokens = 0;  // the prompt KV to receive: tokens [0, num_prompt_tokens)
+  std::vector<int32_t> pages;     // in token order: the prompt's, then the decode reserve
+};
+using KvReservedFn = std::function<void(const KvReservation&)>;
 
 struct GenerateRequest {
   std::vector<int32_t> prompt_ids;  // used when not empty
@@ -119,6 +123,8 @@ class Engine {
   void run_until_idle() { while (step()) {} }
 
   EngineStats stats() const;
+  // The KV pool's memory (for the PD layer's transfer engine); stable for the engine's life.
+  KvMemory kv_memory() const { return runner_->kv_memory(); }
   const Scheduler& scheduler() const { return scheduler_; }  // engine thread only
 
  private:

@@ -343,7 +343,10 @@ TEST(PdEngine, DecodeReservesThenStreamsTheFirstTokenAndDecodes) {
   std::shared_ptr<RequestStream> stream;
   ASSERT_TRUE(engine
                   .submit_decode(greedy(prompt, 12),
-                                 [&](RequestId, const std::vector<int32_t>& p) { pages = p; },
+                                 [&](const KvReservation& k) {
+                                   EXPECT_EQ(k.num_prompt_tokens, 21);
+                                   pages = k.pages;
+                                 },
                                  &stream)
                   .ok());
   engine.run_until_idle();
@@ -371,7 +374,7 @@ TEST(PdEngine, DecodeAbortErrorAndEarlyKvFreeReservedPages) {
   Engine engine = make_engine(engine_config(64, 64, 0));  // 16 pages
   std::shared_ptr<RequestStream> a, b, c, d;
   int reserved = 0;
-  auto on_reserved = [&](RequestId, const std::vector<int32_t>&) { ++reserved; };
+  auto on_reserved = [&](const KvReservation&) { ++reserved; };
   ASSERT_TRUE(engine.submit_decode(greedy(prompt_of(20, 1), 4), on_reserved, &a).ok());
   ASSERT_TRUE(engine.submit_decode(greedy(prompt_of(20, 2), 4), on_reserved, &b).ok());
   // Needs 8 pages + 2 kept free: waits until a or b lets go.
