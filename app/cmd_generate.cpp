@@ -1,6 +1,7 @@
 // tandem generate: offline generation through the runtime engine (scheduler, paged KV cache,
 // prefix cache, sampler). One prompt (--prompt text or --prompt-ids) prints one JSON line;
 // --prompts FILE (JSON lines) prints one JSON line per prompt, in input order.
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <fstream>
@@ -27,6 +28,7 @@ struct GenerateOptions {
   std::string prompts_file;
   std::string tokenizer_dir;  // default: the model directory
   std::string device = "cpu";
+  int32_t cuda_graph_max_bs = 256;
   std::string load_format = "auto";
   SamplingParams sampling;
   int32_t logprobs = -1;  // -1: none; N >= 0: each token's logprob and N alternatives
@@ -231,8 +233,11 @@ int run_generate(GenerateOptions o) {
   config.scheduler.max_total_tokens = total;
   if (Status s = config.validate(); !s.ok()) TANDEM_FAIL("{}", s.message());
 
-  auto runner = std::make_unique<DeepseekRunner>(*m.model, config.scheduler.num_pages(),
-                                                 o.page_size, config.kv_dtype, device);
+  TANDEM_CHECK(o.cuda_graph_max_bs >= 0 && o.cuda_graph_max_bs <= 4096,
+               "--cuda-graph-max-bs: expected 0..4096, got {}", o.cuda_graph_max_bs);
+  auto runner = std::make_unique<DeepseekRunner>(
+      *m.model, config.scheduler.num_pages(), o.page_size, config.kv_dtype, device,
+      std::min<int32_t>(o.cuda_graph_max_bs, o.max_running_requests));
   Engine engine(m.config, std::move(runner), tok.get(), config);
   engine.start();
   for (Job& j : jobs) {
@@ -285,6 +290,9 @@ void add_generate_command(CLI::App& app, int& exit_code) {
   cmd->add_option("--tokenizer", o->tokenizer_dir,
                   "Directory with tokenizer.json (default: the model directory)");
   cmd->add_option("--device", o->device, "cpu, cuda or cuda:N")->capture_default_str();
+  cmd->add_option("--cuda-graph-max-bs", o->cuda_graph_max_bs,
+                  "CUDA: decode batches up to this size replay CUDA graphs (0: off)")
+      ->capture_default_str();
   cmd->add_option("--load-format", o->load_format,
                   "auto: the safetensors checkpoint; dummy: random weights from config.json alone")
       ->capture_default_str()

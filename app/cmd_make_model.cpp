@@ -2,6 +2,7 @@
 // v2-lite, v3), optionally with fewer layers or FP8 weights, in the official layout.
 #include <chrono>
 #include <filesystem>
+#include <fstream>
 
 #include "app/commands.h"
 #include "core/log.h"
@@ -20,6 +21,7 @@ struct MakeModelArgs {
   uint64_t seed = 0;
   double shard_gb = 4.0;
   std::string tokenizer;  // copy tokenizer.json (+ tokenizer_config.json) from here
+  bool config_only = false;
 };
 
 int run_make_model(const MakeModelArgs& a) {
@@ -40,7 +42,15 @@ int run_make_model(const MakeModelArgs& a) {
   }
   const auto start = std::chrono::steady_clock::now();
   MakeModelOptions options{a.out, a.seed, uint64_t(a.shard_gb * 1e9)};
-  const uint64_t bytes = make_random_checkpoint(config, options);
+  uint64_t bytes = 0;
+  if (a.config_only) {  // for --load-format dummy: the weights are made at load time
+    std::filesystem::create_directories(a.out);
+    std::ofstream f(std::filesystem::path(a.out) / "config.json");
+    f << config.dump(2) << "\n";
+    TANDEM_CHECK(f.good(), "--out: cannot write {}/config.json", a.out);
+  } else {
+    bytes = make_random_checkpoint(config, options);
+  }
   if (!a.tokenizer.empty()) {
     const std::filesystem::path from = a.tokenizer;
     TANDEM_CHECK(std::filesystem::exists(from / "tokenizer.json"), "--tokenizer: no tokenizer.json in {}",
@@ -75,6 +85,8 @@ void add_make_model_command(CLI::App& app, int& exit_code) {
       ->check(CLI::IsMember({"bf16", "fp8"}));
   cmd->add_option("--out", a->out, "Output directory (created if missing)")->required();
   cmd->add_option("--seed", a->seed, "Random seed")->capture_default_str();
+  cmd->add_flag("--config-only", a->config_only,
+                "Write only config.json (and the tokenizer): a model for --load-format dummy");
   cmd->add_option("--shard-gb", a->shard_gb, "Maximum shard size in GB")
       ->capture_default_str()
       ->check(CLI::Range(0.001, 1000.0));

@@ -1,6 +1,8 @@
 #include "runtime/cuda_graph_runner.h"
 
 #include <algorithm>
+#include <chrono>
+#include <cstdlib>
 #include <map>
 
 #include "core/log.h"
@@ -151,9 +153,23 @@ Tensor DecodeGraphs::run(const std::vector<SequenceStep>& seqs) {
                  "DecodeGraphs: a sequence does not fit the graphs (tokens {}, pages {})",
                  s.new_tokens.size(), s.pages.size());
   }
+  // TANDEM_GRAPH_PROFILE=1: log the host input copy and the replay (synchronized) of each step.
+  static const bool profile = [] {
+    const char* v = std::getenv("TANDEM_GRAPH_PROFILE");
+    return v && v[0] == '1';
+  }();
+  const auto t0 = std::chrono::steady_clock::now();
   fill_inputs(seqs, *it);
+  const auto t1 = std::chrono::steady_clock::now();
   impl_->graphs.at(*it)->replay();
   ++replays_;
+  if (profile) {
+    ops::cuda::synchronize(device_.index);
+    const auto t2 = std::chrono::steady_clock::now();
+    TANDEM_LOG_INFO("graph step: batch {} (graph {}): inputs {:.3f} ms, replay {:.3f} ms", b, *it,
+                    std::chrono::duration<double>(t1 - t0).count() * 1e3,
+                    std::chrono::duration<double>(t2 - t1).count() * 1e3);
+  }
   return impl_->logits.at(*it).slice(0, 0, b);
 }
 

@@ -63,6 +63,13 @@ class DeepseekRunner : public ModelRunner {
   int32_t num_pages_;                 // pages requests may use (the pool may hold a scratch one)
   std::vector<SequenceStep> steps_;  // reused across steps
   std::unique_ptr<DecodeGraphs> graphs_;
+  Tensor to_host(const Tensor& logits);  // into pinned_ (CUDA), valid until the next step
+  std::shared_ptr<void> pinned_;          // page-locked logits buffer on CUDA
+  size_t pinned_bytes_ = 0;
+  struct StepTimes {
+    int64_t steps = 0;
+    double seconds = 0;
+  } eager_decode_, graph_decode_, extend_;  // wall time of run(), logged at destruction
 };
 
 }  // namespace tandem::runtime

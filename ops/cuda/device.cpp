@@ -331,6 +331,16 @@ void copy_bytes(void* dst, const void* src, size_t bytes, int dst_device, int sr
   if (dst_device < 0 || src_device < 0) synchronize(device);
 }
 
+void* pinned_host_alloc(size_t bytes) {
+  void* p = nullptr;
+  TANDEM_CUDA_CHECK(cudaHostAlloc(&p, std::max<size_t>(bytes, 1), cudaHostAllocDefault));
+  return p;
+}
+
+void pinned_host_free(void* ptr) {
+  if (ptr) cudaFreeHost(ptr);
+}
+
 KernelErrorWord* error_word(int device) {
   DeviceState& st = states()[check_index(device)];
   std::lock_guard<std::mutex> lock(st.mu);

@@ -73,18 +73,19 @@ TEST_F(CudaGraphs, DecodeMatchesEagerForEveryBatchSize) {
 
   // 24 sequences of random lengths, prefilled eagerly, on distinct pages.
   std::mt19937 rng(3);
+  const uint32_t vocab = uint32_t(m.config.vocab_size);
   std::vector<SequenceStep> seqs(24);
   int32_t next_page = 0;
   for (SequenceStep& s : seqs) {
     const int64_t len = 3 + int64_t(rng() % 150);
-    for (int64_t i = 0; i < len; ++i) s.new_tokens.push_back(int32_t(1 + rng() % 900));
+    for (int64_t i = 0; i < len; ++i) s.new_tokens.push_back(int32_t(1 + rng() % (vocab - 1)));
     for (int64_t p = 0; p * ps < len + 40; ++p) s.pages.push_back(next_page++);
   }
   ASSERT_LE(next_page, pages);
   m.model->forward(ForwardBatch::build(ForwardMode::kExtend, seqs, ps, kGpu), cache);
   for (SequenceStep& s : seqs) {
     s.cached_len = int64_t(s.new_tokens.size());
-    s.new_tokens = {int32_t(1 + rng() % 900)};
+    s.new_tokens = {int32_t(1 + rng() % (vocab - 1))};
   }
   // Every size, and sizes between the ladder's (padded): the graph's step, then the eager
   // step of the same sequences (both write the new token's KV into the same slot first).
@@ -111,11 +112,12 @@ TEST_F(CudaGraphs, EngineServesThroughGraphs) {
   const DeepseekRunner* r = runner.get();
   Engine engine(m.config, std::move(runner), nullptr, config);
   std::mt19937 rng(9);
+  const uint32_t vocab = uint32_t(m.config.vocab_size);
   std::vector<std::shared_ptr<RequestStream>> streams;
   std::vector<int32_t> lengths;
   for (int i = 0; i < 40; ++i) {
     GenerateRequest req;
-    for (int t = 0; t < 5 + int(rng() % 80); ++t) req.prompt_ids.push_back(int32_t(1 + rng() % 900));
+    for (int t = 0; t < 5 + int(rng() % 80); ++t) req.prompt_ids.push_back(int32_t(1 + rng() % (vocab - 1)));
     req.params.temperature = 0;
     req.params.max_tokens = 3 + int32_t(rng() % 20);
     req.params.ignore_eos = true;

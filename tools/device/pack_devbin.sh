@@ -7,6 +7,7 @@ cd "$(dirname "$0")/../.."
 build=${1:-build/cuda}
 rm -rf .devbin && mkdir -p .devbin/bin .devbin/lib
 cp "$build/tests/ops/op_harness_test" "$build/tests/model/golden_cuda_test" .devbin/bin/
+[[ -x $build/tests/runtime/cuda_graph_test ]] && cp "$build/tests/runtime/cuda_graph_test" .devbin/bin/
 for lib in libfmt.so.9 libspdlog.so.1.10; do cp -L "/usr/lib/x86_64-linux-gnu/$lib" .devbin/lib/; done
 grep -qx '/.devbin/' .git/info/exclude 2>/dev/null || echo '/.devbin/' >> .git/info/exclude
 du -sh .devbin

@@ -7,10 +7,11 @@ cd "$(dirname "$0")/../.."
 build=${1:-build/cuda}
 mkdir -p .devbin/bin .devbin/lib .devbin/tokenizer
 cp "$build/app/tandem" .devbin/bin/
-for lib in libfmt.so.9 libspdlog.so.1.10 libcpp-httplib.so.0.11 libpcre2-8.so.0 \
-           libbrotlidec.so.1 libbrotlienc.so.1 libbrotlicommon.so.1; do
-  cp -L "/usr/lib/x86_64-linux-gnu/$lib" .devbin/lib/
-done
+# Every Debian library the binary links, except the C/C++ runtime (the GPU machine's is newer)
+# and CUDA's own (it has the same toolkit).
+ldd "$build/app/tandem" | awk '$3 ~ /^\/(usr\/)?lib\/x86_64-linux-gnu\// {print $3}' |
+  grep -vE '/(libc|libm|libdl|librt|libpthread|libgcc_s|libstdc\+\+|ld-linux[^/]*)\.so' |
+  while read -r lib; do cp -L "$lib" .devbin/lib/; done
 tok=${TANDEM_TOKENIZER_DIR:-../shared/data/deepseek-v3}
 cp "$tok/tokenizer.json" "$tok/tokenizer_config.json" .devbin/tokenizer/
 grep -qx '/.devbin/' .git/info/exclude 2>/dev/null || echo '/.devbin/' >> .git/info/exclude
