@@ -84,6 +84,7 @@ struct PrefillWorker::Room {
   runtime::RequestId request_id = 0;  // 0 until submit has the engine's id
   Clock::time_point deadline;         // for the decode peer to connect
   bool connected = false;
+  bool aborted = false;  // by the client, while connected
   std::deque<runtime::PrefillChunk> chunks;  // reported by the engine, not yet sent
 };
 
@@ -172,6 +173,32 @@ Status PrefillWorker::submit(uint64_t room_id, runtime::GenerateRequest request,
 
 void PrefillWorker::reap_threads(bool all) { reap(threads_mu_, threads_, all); }
 
+void PrefillWorker::abort(runtime::RequestId id) {
+  uint64_t unconnected = 0;
+  bool found = false;
+  {
+    std::lock_guard lk(mu_);
+    for (auto it = rooms_.begin(); it != rooms_.end(); ++it) {
+      Room& r = *it->second;
+      if (r.request_id != id) continue;
+      found = true;
+      if (r.connected) {
+        r.aborted = true;  // the room thread ends it between transfers
+      } else {
+        unconnected = r.id;
+        rooms_.erase(it);
+      }
+      break;
+    }
+  }
+  cv_.notify_all();
+  if (!found) return engine_.abort(id);  // no room (yet or any more): a plain abort
+  if (unconnected) {
+    engine_.pd_done(id, {StatusCode::kAborted, fmt::format("PD prefill, {}: aborted by the client",
+                                                           room_str(unconnected))});
+  }
+}
+
 void PrefillWorker::accept_loop() {
   while (!stop_) {
     std::unique_ptr<BootstrapChannel> ch;
@@ -256,8 +283,10 @@ Status PrefillWorker::run_room(BootstrapChannel& ch, const KvPagesRequest& reque
     std::optional<runtime::PrefillChunk> chunk;
     {
       std::unique_lock lk(mu_);
-      cv_.wait_for(lk, milliseconds(20), [&] { return stop_ || !room.chunks.empty(); });
+      cv_.wait_for(lk, milliseconds(20),
+                   [&] { return stop_ || room.aborted || !room.chunks.empty(); });
       if (stop_) return {StatusCode::kUnavailable, "prefill server shutting down"};
+      if (room.aborted) return {StatusCode::kAborted, "aborted by the client"};
       if (!room.chunks.empty()) {
         chunk = std::move(room.chunks.front());
         room.chunks.pop_front();

@@ -62,6 +62,9 @@ class PrefillWorker {
   // ends once the KV is sent ("length") or with the error that stopped it.
   Status submit(uint64_t room, runtime::GenerateRequest request,
                 std::shared_ptr<runtime::RequestStream>* stream);
+  // Client abort: decode is sent Abort and the request ends with an error once no transfer
+  // reads its pages any more (never free them under a running transfer with Engine::abort).
+  void abort(runtime::RequestId id);
   int32_t rooms_in_flight() const;
 
  private:

@@ -429,5 +429,41 @@ TEST(PdWorker, ClientAbortOnDecodeReachesPrefill) {
   expect_serves(*decode);
 }
 
+// The client aborts on the prefill side (the router gave up): decode hears Abort and frees its
+// pages; prefill ends the request once no transfer reads its pages. Also an abort before any
+// decode peer connected.
+TEST(PdWorker, ClientAbortOnPrefillReachesDecode) {
+  Models& m = Models::get();
+  auto prefill = make_engine(m.prefill), decode = make_engine(m.decode);
+  decode->start();
+  std::unique_ptr<PrefillWorker> pw;
+  std::unique_ptr<DecodeWorker> dw;
+  ASSERT_TRUE(PrefillWorker::create(*prefill, pd_config(), &pw).ok());
+  ASSERT_TRUE(DecodeWorker::create(*decode, pd_config(), &dw).ok());
+  std::mt19937 rng(8);
+  const GenerateRequest r = greedy(random_prompt(rng, 50), 5);
+  std::shared_ptr<RequestStream> p, d, q;
+  ASSERT_TRUE(pw->submit(0x55, r, &p).ok());
+  ASSERT_TRUE(pw->submit(0x56, r, &q).ok());
+  ASSERT_TRUE(dw->submit(0x55, pw->bootstrap_endpoint(), r, &d).ok());
+  ASSERT_TRUE(prefill->step());  // the first chunk of both
+  std::this_thread::sleep_for(milliseconds(300));
+  pw->abort(p->id());
+  pw->abort(q->id());  // room 0x56 has no decode peer
+  const Read rd = read_all(*d);
+  EXPECT_EQ(rd.reason, FinishReason::kError);
+  EXPECT_NE(rd.error.find("prefill aborted: aborted by the client"), std::string::npos)
+      << rd.error;
+  EXPECT_TRUE(idle(*decode));
+  prefill->start();
+  const Read rp = read_all(*p), rq = read_all(*q);
+  EXPECT_EQ(rp.reason, FinishReason::kError);
+  EXPECT_NE(rp.error.find("room 0x55: aborted by the client"), std::string::npos) << rp.error;
+  EXPECT_NE(rq.error.find("room 0x56: aborted by the client"), std::string::npos) << rq.error;
+  EXPECT_TRUE(idle(*prefill));
+  EXPECT_EQ(pw->rooms_in_flight(), 0);
+  expect_serves(*decode);
+}
+
 }  // namespace
 }  // namespace tandem::disagg
