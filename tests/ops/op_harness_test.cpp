@@ -639,7 +639,7 @@ void check_moe_experts(const std::string& label, int64_t tokens, int64_t experts
 TEST_F(OpHarness, MoeExpertsGrouped) {
   const DType f8 = DType::kF8E4M3, b16 = DType::kBF16;
   check_moe_experts("fp8 T=1 E=64 k=6 H=2048 I=1408", 1, 64, 6, 2048, 1408, f8, 0);
-  check_moe_experts("fp8 T=37 E=64 k=6 H=512 I=320 hot", 37, 64, 6, 512, 320, f8, 37);
+  check_moe_experts("fp8 T=37 E=64 k=6 H=512 I=384 hot", 37, 64, 6, 512, 384, f8, 37);
   check_moe_experts("bf16 T=130 E=16 k=4 H=256 I=192 hot", 130, 16, 4, 256, 192, b16, 50);
   check_moe_experts("bf16 T=3 E=64 k=6 H=2048 I=1408", 3, 64, 6, 2048, 1408, b16, 0);
   check_moe_experts("fp8 T=128 E=32 k=8 H=7168 I=256", 128, 32, 8, 7168, 256, f8, 10);
@@ -836,6 +836,54 @@ Tensor tiled_random(const Shape& shape, DType dtype, float stddev) {
   for (size_t off = 0; off < total; off += chunk)
     std::memcpy(static_cast<char*>(t.raw_data()) + off, src.raw_data(), std::min(chunk, total - off));
   return t;
+}
+
+// Grouped experts at full DeepSeek-V3 width (256 experts, top-8, H 7168, I 2048), decode batch
+// sizes: "OPPERF moe_experts <dtype> T=<n> ..." with the bytes of the experts the batch touches
+// (their gate, up and down weights, read once) as the traffic. Weights are zeros: the time of
+// the memory traffic and the MMAs does not depend on the values.
+TEST_F(OpHarness, PerfMoeV3) {
+  const char* on = std::getenv("TANDEM_OP_PERF");
+  if (!on || on[0] != '1') GTEST_SKIP() << "set TANDEM_OP_PERF=1 for timings";
+  const int64_t experts = 256, top_k = 8, hidden = 7168, inter = 2048;
+  for (DType wdt : {DType::kF8E4M3, DType::kBF16}) {
+    ops::ExpertWeights ex;
+    const int64_t b = LinearWeight::kBlock;
+    const auto make = [&](int64_t n, int64_t k) {
+      LinearWeight w;
+      w.weight = Tensor::zeros({n, k}, wdt, kGpu);
+      if (wdt == DType::kF8E4M3) w.scale_inv = Tensor::zeros({(n + b - 1) / b, (k + b - 1) / b}, DType::kF32, kGpu);
+      return w;
+    };
+    for (int64_t e = 0; e < experts; ++e) {
+      ex.gate.push_back(make(inter, hidden));
+      ex.up.push_back(make(inter, hidden));
+      ex.down.push_back(make(hidden, inter));
+    }
+    ops::prepare_experts(ex);
+    for (int64_t tokens : {1, 8, 32, 64, 128, 256}) {
+      Tensor ids = Tensor::empty({tokens, top_k}, DType::kI32);
+      std::vector<bool> used(experts, false);
+      for (int64_t t = 0; t < tokens; ++t) {
+        const Tensor row = permutation_prefix(top_k, int32_t(experts));
+        for (int64_t j = 0; j < top_k; ++j) {
+          ids.data<int32_t>()[t * top_k + j] = row.data<int32_t>()[j];
+          used[size_t(row.data<int32_t>()[j])] = true;
+        }
+      }
+      const int64_t active = std::count(used.begin(), used.end(), true);
+      const Tensor x = randn({tokens, hidden}, 1.0f, DType::kBF16).to(kGpu);
+      const Tensor idsg = ids.to(kGpu), wg = randn({tokens, top_k}, 0.3f).to(kGpu);
+      Tensor out = Tensor::zeros({tokens, hidden}, DType::kF32, kGpu);
+      bool grouped = true;
+      const double us = median_us([&] { grouped &= ops::cuda::moe_experts_grouped(x, idsg, wg, ex, out); });
+      ASSERT_TRUE(grouped);
+      const double bytes = double(active) * 3.0 * double(inter * hidden) * double(dtype_size_bytes(wdt));
+      const std::string label = std::string(dtype_name(wdt)) + " T=" + std::to_string(tokens) +
+                                " active=" + std::to_string(active);
+      report_perf("moe_experts", label.c_str(), us, bytes);
+    }
+  }
 }
 
 TEST_F(OpHarness, PerfGemmV3) {
