@@ -68,6 +68,10 @@ Status decode_receive(BootstrapChannel& ch, const KvPagesRequest& request,
       return abort_room(ch, request.room_id,
                         {StatusCode::kInvalidArgument, "abort for another room"});
     }
+    if (const Ack* a = std::get_if<Ack>(&m);
+        a && a->ok && a->room_id == request.room_id && a->message == kKeepalive) {
+      continue;
+    }
     if (const KvChunkDone* d = std::get_if<KvChunkDone>(&m)) {
       if (d->room_id != request.room_id)
         return abort_room(ch, request.room_id,

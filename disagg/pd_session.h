@@ -23,6 +23,10 @@ struct KvLayout {
 Status decode_send_request(BootstrapChannel& ch, const KvPagesRequest& request,
                            std::chrono::milliseconds timeout);
 
+// Prefill → decode while a room waits for its prefill (queued or computing): Ack(room, ok,
+// kKeepalive) restarts decode's gap timeout, which so bounds silence, not prefill time.
+inline constexpr const char* kKeepalive = "keepalive";
+
 // Decode: receives KvChunkDone messages (in order, covering the prompt) until PrefillMeta
 // for request.room_id; `gap_timeout` bounds the wait for each message. on_chunk sees each
 // chunk (to start using pages early, or for metrics). `cancelled`, when given, is polled

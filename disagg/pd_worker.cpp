@@ -278,7 +278,10 @@ Status PrefillWorker::run_room(BootstrapChannel& ch, const KvPagesRequest& reque
   const milliseconds transfer_timeout(config_.transfer_timeout_ms);
   const milliseconds boot(config_.bootstrap_timeout_ms);
   uint32_t index = 0;
-  auto last_progress = Clock::now();
+  // While the request waits in the engine (queued behind others, or between long chunks),
+  // a keepalive every quarter of decode's gap timeout tells decode this side is alive.
+  const auto keepalive_every = std::max(milliseconds(10), transfer_timeout / 4);
+  auto last_sent = Clock::now();
   for (;;) {
     std::optional<runtime::PrefillChunk> chunk;
     {
@@ -303,13 +306,17 @@ Status PrefillWorker::run_room(BootstrapChannel& ch, const KvPagesRequest& reque
       }
       if (s.code() != StatusCode::kDeadlineExceeded)
         return {s.code(), "decode side: " + s.message()};
-      if (Clock::now() - last_progress > transfer_timeout)
-        return {StatusCode::kDeadlineExceeded,
-                fmt::format("no prefill progress for {} ms", config_.transfer_timeout_ms)};
+      if (Clock::now() - last_sent >= keepalive_every) {
+        if (Status k = ch.send(Ack{request.room_id, true, kKeepalive}, boot); !k.ok())
+          return {k.code(), "decode side: " + k.message()};
+        last_sent = Clock::now();
+      }
       continue;
     }
-    last_progress = Clock::now();
     const runtime::PrefillChunk& c = *chunk;
+    if (c.ended) {
+      return {StatusCode::kAborted, "the prefill request ended before its KV was sent"};
+    }
     const uint64_t end = uint64_t(c.first_token) + uint64_t(c.num_tokens);
     if (end > request.num_prompt_tokens || (c.last && end != request.num_prompt_tokens)) {
       return {StatusCode::kInvalidArgument,
@@ -336,6 +343,7 @@ Status PrefillWorker::run_room(BootstrapChannel& ch, const KvPagesRequest& reque
     const KvChunkDone done{request.room_id, index++, uint32_t(c.first_token),
                            uint32_t(c.num_tokens), c.last};
     if (Status s = prefill_chunk_done(ch, done, boot); !s.ok()) return s;
+    last_sent = Clock::now();
     if (!c.last) continue;
     PrefillMeta meta;
     meta.room_id = request.room_id;

@@ -394,6 +394,13 @@ void Engine::finish(Sequence& seq, FinishReason reason, StreamEvent ev, bool in_
     ev.text += r.text;
     if (!r.stopped) ev.text += seq.stop->flush();
   }
+  if (seq.pd == PdRole::kPrefill &&
+      (reason == FinishReason::kError || reason == FinishReason::kAbort)) {
+    PrefillChunk c;  // the PD layer stops waiting for this request's KV
+    c.request_id = seq.request_id;
+    c.ended = true;
+    seq.on_chunk(c);
+  }
   ev.index = seq.index;
   ev.finished = true;
   ev.finish_reason = reason;

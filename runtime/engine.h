@@ -54,6 +54,7 @@ struct PrefillChunk {
   std::vector<int32_t> pages;  // page ids of tokens [0, first_token + num_tokens), in order
   bool last = false;           // the prompt is complete and `first` was sampled
   SampleResult first;          // last only; logprobs as the request's params ask
+  bool ended = false;          // instead: the engine ended the request (error, abort)
 };
 using PrefillChunkFn = std::function<void(const PrefillChunk&)>;
 // PD decode role: the pages reserved for a submit_decode request.

@@ -465,5 +465,32 @@ TEST(PdWorker, ClientAbortOnPrefillReachesDecode) {
   expect_serves(*decode);
 }
 
+// A prefill that waits in its engine's queue for three times decode's gap timeout: the
+// prefill side's keepalives keep decode waiting, so the gap timeout bounds silence only.
+TEST(PdWorker, QueuedPrefillKeepsDecodeAliveWithKeepalives) {
+  Models& m = Models::get();
+  auto prefill = make_engine(m.prefill), decode = make_engine(m.decode);
+  decode->start();
+  std::unique_ptr<PrefillWorker> pw;
+  std::unique_ptr<DecodeWorker> dw;
+  ASSERT_TRUE(PrefillWorker::create(*prefill, pd_config(2000, 300), &pw).ok());
+  ASSERT_TRUE(DecodeWorker::create(*decode, pd_config(2000, 300), &dw).ok());
+  std::mt19937 rng(9);
+  const GenerateRequest r = greedy(random_prompt(rng, 45), 6);
+  std::shared_ptr<RequestStream> p, d;
+  ASSERT_TRUE(pw->submit(0x66, r, &p).ok());
+  ASSERT_TRUE(dw->submit(0x66, pw->bootstrap_endpoint(), r, &d).ok());
+  std::this_thread::sleep_for(milliseconds(900));  // the prefill engine is not running yet
+  prefill->start();
+  const Read rd = read_all(*d), rp = read_all(*p);
+  EXPECT_EQ(rd.error, "");
+  EXPECT_EQ(rd.ids.size(), 6u);
+  EXPECT_EQ(rp.error, "");
+  ASSERT_EQ(rp.ids.size(), 1u);
+  EXPECT_EQ(rp.ids[0], rd.ids[0]);
+  EXPECT_TRUE(idle(*prefill));
+  EXPECT_TRUE(idle(*decode));
+}
+
 }  // namespace
 }  // namespace tandem::disagg

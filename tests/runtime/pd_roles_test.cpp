@@ -277,7 +277,9 @@ TEST(PdEngine, PrefillReportsChunksAndHoldsPagesUntilReleased) {
     next += c.num_tokens;
     EXPECT_EQ(c.pages.size(), size_t((next + 3) / 4));
     EXPECT_EQ(c.last, next == 37);
-    if (!c.last) EXPECT_EQ(next % 4, 0);
+    if (!c.last) {
+      EXPECT_EQ(next % 4, 0);
+    }
   }
   EXPECT_EQ(next, 37);
   const auto held_pages = engine.scheduler().pages(stream->id() << 8);  // n = 1: index 0
@@ -302,11 +304,14 @@ TEST(PdEngine, PrefillReportsChunksAndHoldsPagesUntilReleased) {
 TEST(PdEngine, PrefillFailureEndsTheRequestWithAnErrorAndFreesPages) {
   Engine engine = make_engine(engine_config(256, 8));
   std::shared_ptr<RequestStream> mid, held;
+  int ended = 0;
   // Fails after its first chunk (the PD layer's transfer failed), while still prefilling.
   ASSERT_TRUE(engine
                   .submit_prefill(greedy(prompt_of(30, 1), 5),
                                   [&](const PrefillChunk& c) {
-                                    if (c.first_token == 0)
+                                    if (c.ended) {
+                                      ++ended;  // the engine says so when it ends the request
+                                    } else if (c.first_token == 0)
                                       engine.pd_done(c.request_id,
                                                      {StatusCode::kUnavailable, "peer gone"});
                                   },
@@ -325,6 +330,7 @@ TEST(PdEngine, PrefillFailureEndsTheRequestWithAnErrorAndFreesPages) {
   EXPECT_EQ(b.reason, FinishReason::kError);
   EXPECT_EQ(b.error, "transfer timed out");
   EXPECT_EQ(b.ids.size(), 1u);
+  EXPECT_EQ(ended, 1);
   EXPECT_EQ(engine.stats().kv_pages_used, 0);
   // n > 1 and a missing callback are refused, naming the problem.
   GenerateRequest r = greedy(prompt_of(5, 1), 3);
