@@ -33,6 +33,7 @@ void add_serve_command(CLI::App& app, int& exit_code) {
   cmd->add_flag("!--disable-radix-cache", sc.enable_prefix_cache, "Do not reuse KV pages of shared prompt prefixes");
   cmd->add_option("--kv-cache-dtype", c->kv_cache_dtype, "KV cache element type: auto (bf16), bf16 or f32")->capture_default_str();
   cmd->add_option("--max-body-bytes", c->max_body_bytes, "Largest request body accepted; larger ones get 413")->capture_default_str();
+  cmd->add_option("--cuda-graph-max-bs", c->cuda_graph_max_bs, "With --device cuda: decode batches of up to this many requests replay CUDA graphs captured at startup (0: off)")->capture_default_str();
   cmd->add_option("--http-threads", c->http_threads, "I/O threads serving every HTTP connection (no thread per connection); default min(4, hardware threads)")->capture_default_str();
   cmd->add_option("--shutdown-timeout", c->shutdown_timeout_s, "Seconds in-flight requests get to finish after SIGTERM/SIGINT before they are aborted")->capture_default_str();
   // clang-format on

@@ -1,8 +1,6 @@
 #include "runtime/cuda_graph_runner.h"
 
 #include <algorithm>
-#include <chrono>
-#include <cstdlib>
 #include <map>
 
 #include "core/log.h"
@@ -142,35 +140,33 @@ ForwardBatch DecodeGraphs::batch_view(int32_t size) const {
   return fb;
 }
 
-Tensor DecodeGraphs::run(const std::vector<SequenceStep>& seqs) {
-  const int64_t b = int64_t(seqs.size());
-  const auto it = std::lower_bound(sizes_.begin(), sizes_.end(), int32_t(b));
-  TANDEM_CHECK(it != sizes_.end(), "DecodeGraphs: batch {} above the largest graph {}", b,
+int32_t DecodeGraphs::graph_size(int64_t batch) const {
+  const auto it = std::lower_bound(sizes_.begin(), sizes_.end(), int32_t(batch));
+  TANDEM_CHECK(batch >= 1 && it != sizes_.end(), "DecodeGraphs: batch {} outside 1..{}", batch,
                options_.max_batch);
+  return *it;
+}
+
+void DecodeGraphs::fill_inputs(const std::vector<SequenceStep>& seqs) {
   for (const SequenceStep& s : seqs) {
     TANDEM_CHECK(s.new_tokens.size() == 1 && int64_t(s.pages.size()) <= options_.max_pages &&
                      int64_t(s.pages.size()) * cache_.page_size > s.cached_len,
                  "DecodeGraphs: a sequence does not fit the graphs (tokens {}, pages {})",
                  s.new_tokens.size(), s.pages.size());
   }
-  // TANDEM_GRAPH_PROFILE=1: log the host input copy and the replay (synchronized) of each step.
-  static const bool profile = [] {
-    const char* v = std::getenv("TANDEM_GRAPH_PROFILE");
-    return v && v[0] == '1';
-  }();
-  const auto t0 = std::chrono::steady_clock::now();
-  fill_inputs(seqs, *it);
-  const auto t1 = std::chrono::steady_clock::now();
-  impl_->graphs.at(*it)->replay();
+  fill_inputs(seqs, graph_size(int64_t(seqs.size())));
+}
+
+Tensor DecodeGraphs::replay(int64_t batch) {
+  const int32_t size = graph_size(batch);
+  impl_->graphs.at(size)->replay();
   ++replays_;
-  if (profile) {
-    ops::cuda::synchronize(device_.index);
-    const auto t2 = std::chrono::steady_clock::now();
-    TANDEM_LOG_INFO("graph step: batch {} (graph {}): inputs {:.3f} ms, replay {:.3f} ms", b, *it,
-                    std::chrono::duration<double>(t1 - t0).count() * 1e3,
-                    std::chrono::duration<double>(t2 - t1).count() * 1e3);
-  }
-  return impl_->logits.at(*it).slice(0, 0, b);
+  return impl_->logits.at(size).slice(0, 0, batch);
+}
+
+Tensor DecodeGraphs::run(const std::vector<SequenceStep>& seqs) {
+  fill_inputs(seqs);
+  return replay(int64_t(seqs.size()));
 }
 
 #else  // a build without the CUDA backend: no graphs to make
@@ -186,6 +182,9 @@ DecodeGraphs::~DecodeGraphs() = default;
 size_t DecodeGraphs::pool_bytes() const { return 0; }
 bool DecodeGraphs::fits(int64_t, int64_t) const { return false; }
 Tensor DecodeGraphs::run(const std::vector<SequenceStep>&) { return {}; }
+void DecodeGraphs::fill_inputs(const std::vector<SequenceStep>&) {}
+Tensor DecodeGraphs::replay(int64_t) { return {}; }
+int32_t DecodeGraphs::graph_size(int64_t) const { return 0; }
 void DecodeGraphs::fill_inputs(const std::vector<SequenceStep>&, int32_t) {}
 ForwardBatch DecodeGraphs::batch_view(int32_t) const { return {}; }
 

@@ -36,12 +36,17 @@ class DecodeGraphs {
   bool fits(int64_t batch, int64_t pages) const;
   // Replays the step; f32 logits [seqs.size(), vocab] on the device, valid until the next run.
   Tensor run(const std::vector<SequenceStep>& seqs);
+  // run() in two parts, so that a caller can time the replay alone: copy the step's inputs
+  // (synchronous), then queue the graph of the smallest size >= batch.
+  void fill_inputs(const std::vector<SequenceStep>& seqs);
+  Tensor replay(int64_t batch);
 
   const std::vector<int32_t>& batch_sizes() const { return sizes_; }
   int64_t replays() const { return replays_; }
   size_t pool_bytes() const;
 
  private:
+  int32_t graph_size(int64_t batch) const;  // the smallest captured size >= batch
   void fill_inputs(const std::vector<SequenceStep>& seqs, int32_t size);
   ForwardBatch batch_view(int32_t size) const;
 

@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <chrono>
-#include <cstdlib>
 
 #include "core/log.h"
 
@@ -47,25 +46,19 @@ DeepseekRunner::DeepseekRunner(DeepseekV3Model& model, int32_t num_pages, int32_
 }
 
 DeepseekRunner::~DeepseekRunner() {
-  const auto line = [](const char* what, const StepTimes& t) {
-    if (t.steps > 0) {
-      TANDEM_LOG_INFO("runner: {} {} steps, {:.3f} ms per step", t.steps, what,
-                      t.seconds * 1e3 / double(t.steps));
-    }
-  };
-  line("eager decode", eager_decode_);
-  line("CUDA-graph decode", graph_decode_);
-  line("prefill/mixed", extend_);
+  // Per kind of step and batch size: wall time of run() and, on CUDA, GPU time of the forward
+  // (kernels back to back on the stream, from CUDA events); benchmarks read these lines.
+  static const char* const kKinds[] = {"eager decode", "CUDA-graph decode", "prefill/mixed"};
+  for (const auto& [key, st] : stats_) {
+    const double n = double(st.steps);
+    TANDEM_LOG_INFO("runner: {} batch {}: {} steps, wall {:.3f} ms/step, GPU {:.3f} ms/step",
+                    kKinds[key.first], key.second, st.steps, st.wall_s * 1e3 / n, st.gpu_ms / n);
+  }
 }
 
 Tensor DeepseekRunner::run(const Decision& decision, const Scheduler& scheduler) {
   TANDEM_CHECK(!decision.empty(), "DeepseekRunner: empty decision");
   const auto start = std::chrono::steady_clock::now();
-  const auto timed = [&](StepTimes& t, Tensor logits) {
-    ++t.steps;
-    t.seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    return logits;
-  };
   const int32_t ps = int32_t(cache_.page_size);
   steps_.resize(decision.seqs.size());
   for (size_t i = 0; i < decision.seqs.size(); ++i) {
@@ -83,30 +76,37 @@ Tensor DeepseekRunner::run(const Decision& decision, const Scheduler& scheduler)
   // A pure decode step takes the absorbed-MLA decode path; anything else (prefill chunks,
   // mixed steps, resumed requests) one extend batch.
   const ForwardMode mode = decision.decode_only ? ForwardMode::kDecode : ForwardMode::kExtend;
+  int kind = mode == ForwardMode::kDecode ? 0 : 2;
+  Tensor logits;
 #ifdef TANDEM_WITH_CUDA
+  if (device_.is_cuda() && !timer_) timer_ = std::make_shared<ops::cuda::StreamTimer>(device_.index);
   if (graphs_ && mode == ForwardMode::kDecode) {
     size_t pages = 0;
     for (const SequenceStep& s : steps_) pages = std::max(pages, s.pages.size());
     if (graphs_->fits(int64_t(steps_.size()), int64_t(pages))) {
-      Tensor on_device = graphs_->run(steps_);
-      static const bool profile = [] {
-        const char* v = std::getenv("TANDEM_GRAPH_PROFILE");
-        return v && v[0] == '1';
-      }();
-      const auto t_copy = std::chrono::steady_clock::now();
-      Tensor host = to_host(on_device);
-      if (profile) {
-        TANDEM_LOG_INFO("graph step: logits to host {:.3f} ms, step {:.3f} ms",
-                        std::chrono::duration<double>(std::chrono::steady_clock::now() - t_copy).count() * 1e3,
-                        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() * 1e3);
-      }
-      return timed(graph_decode_, host);
+      kind = 1;
+      graphs_->fill_inputs(steps_);
+      timer_->start();
+      logits = graphs_->replay(int64_t(steps_.size()));
+      timer_->stop();
     }
   }
+  if (!logits.defined() && device_.is_cuda()) {
+    const ForwardBatch batch = ForwardBatch::build(mode, steps_, ps, device_);
+    timer_->start();
+    logits = model_.forward(batch, cache_);
+    timer_->stop();
+  }
 #endif
-  Tensor logits = model_.forward(ForwardBatch::build(mode, steps_, ps, device_), cache_);
-  return timed(mode == ForwardMode::kDecode ? eager_decode_ : extend_,
-               logits.device().is_cpu() ? logits : to_host(logits));
+  if (!logits.defined()) logits = model_.forward(ForwardBatch::build(mode, steps_, ps, device_), cache_);
+  Tensor host = logits.device().is_cpu() ? logits : to_host(logits);
+  StepStats& st = stats_[{kind, int64_t(steps_.size())}];
+  ++st.steps;
+  st.wall_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+#ifdef TANDEM_WITH_CUDA
+  if (device_.is_cuda()) st.gpu_ms += timer_->elapsed_ms();
+#endif
+  return host;
 }
 
 // Logits of a large batch are tens of MB (vocab 129k x 4 bytes per row): copied into pageable

@@ -4,7 +4,9 @@
 // Not thread-safe: the engine thread calls it.
 #pragma once
 
+#include <map>
 #include <memory>
+#include <utility>
 #include <vector>
 
 #include "model/deepseek_v3.h"
@@ -46,6 +48,12 @@ class ModelRunner {
 // (runtime/cuda_graph_runner.h; 0 turns them off); the pool then holds one more page than
 // asked for, the graphs' scratch page for padding rows, which no request is given.
 class DecodeGraphs;
+}  // namespace tandem::runtime
+namespace tandem::ops::cuda {
+class StreamTimer;
+}  // namespace tandem::ops::cuda
+namespace tandem::runtime {
+
 class DeepseekRunner : public ModelRunner {
  public:
   DeepseekRunner(DeepseekV3Model& model, int32_t num_pages, int32_t page_size, DType kv_dtype,
@@ -66,10 +74,13 @@ class DeepseekRunner : public ModelRunner {
   Tensor to_host(const Tensor& logits);  // into pinned_ (CUDA), valid until the next step
   std::shared_ptr<void> pinned_;          // page-locked logits buffer on CUDA
   size_t pinned_bytes_ = 0;
-  struct StepTimes {
+  struct StepStats {
     int64_t steps = 0;
-    double seconds = 0;
-  } eager_decode_, graph_decode_, extend_;  // wall time of run(), logged at destruction
+    double wall_s = 0, gpu_ms = 0;
+  };
+  // (0 eager decode | 1 graph decode | 2 prefill/mixed, batch size) -> totals, logged at exit.
+  std::map<std::pair<int, int64_t>, StepStats> stats_;
+  std::shared_ptr<ops::cuda::StreamTimer> timer_;  // CUDA: GPU time of each forward
 };
 
 }  // namespace tandem::runtime

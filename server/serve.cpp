@@ -1,5 +1,7 @@
 #include "server/serve.h"
 
+#include <algorithm>
+
 #include <fcntl.h>
 #include <signal.h>
 #include <unistd.h>
@@ -118,7 +120,8 @@ int run_serve(const ServerConfig& config_in) {
 
   const runtime::SchedulerConfig& sc = config.engine.scheduler;
   auto sleepy = std::make_unique<SleepyRunner>(std::make_unique<runtime::DeepseekRunner>(
-      *m.model, sc.num_pages(), sc.page_size, config.engine.kv_dtype, device));
+      *m.model, sc.num_pages(), sc.page_size, config.engine.kv_dtype, device,
+      std::min<int32_t>(config.cuda_graph_max_bs, sc.max_running_requests)));
   SleepyRunner& runner = *sleepy;
   runtime::Engine engine(served, std::move(sleepy), tok.get(), config.engine);
   engine.start();

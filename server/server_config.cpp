@@ -58,6 +58,9 @@ Status ServerConfig::validate() const {
   if (!(shutdown_timeout_s >= 0.0)) {
     return invalid(fmt::format("--shutdown-timeout must be >= 0, got {}", shutdown_timeout_s));
   }
+  if (cuda_graph_max_bs < 0 || cuda_graph_max_bs > 4096) {
+    return invalid(fmt::format("--cuda-graph-max-bs must be in [0, 4096], got {}", cuda_graph_max_bs));
+  }
   if (http_threads < 1 || http_threads > 256) {
     return invalid(fmt::format("--http-threads must be in [1, 256], got {}", http_threads));
   }

@@ -33,6 +33,7 @@ struct ServerConfig {
   int64_t max_body_bytes = 8 << 20;  // larger request bodies get 413
   double shutdown_timeout_s = 30.0;  // SIGTERM: in-flight requests get this long to finish
   int http_threads = default_http_threads();  // I/O threads running every connection
+  int32_t cuda_graph_max_bs = 256;  // CUDA: decode batches up to this replay CUDA graphs; 0 off
   runtime::EngineConfig engine;
 
   // InvalidArgument naming the flag at fault.

@@ -331,6 +331,35 @@ void copy_bytes(void* dst, const void* src, size_t bytes, int dst_device, int sr
   if (dst_device < 0 || src_device < 0) synchronize(device);
 }
 
+StreamTimer::StreamTimer(int device) : device_(check_index(device)) {
+  DeviceGuard guard(device_);
+  TANDEM_CUDA_CHECK(cudaEventCreate(&start_));
+  TANDEM_CUDA_CHECK(cudaEventCreate(&stop_));
+}
+
+StreamTimer::~StreamTimer() {
+  if (start_) cudaEventDestroy(start_);
+  if (stop_) cudaEventDestroy(stop_);
+}
+
+void StreamTimer::start() {
+  DeviceGuard guard(device_);
+  TANDEM_CUDA_CHECK(cudaEventRecord(start_, current_stream(device_)));
+}
+
+void StreamTimer::stop() {
+  DeviceGuard guard(device_);
+  TANDEM_CUDA_CHECK(cudaEventRecord(stop_, current_stream(device_)));
+}
+
+double StreamTimer::elapsed_ms() {
+  DeviceGuard guard(device_);
+  TANDEM_CUDA_CHECK(cudaEventSynchronize(stop_));
+  float ms = 0;
+  TANDEM_CUDA_CHECK(cudaEventElapsedTime(&ms, start_, stop_));
+  return double(ms);
+}
+
 void* pinned_host_alloc(size_t bytes) {
   void* p = nullptr;
   TANDEM_CUDA_CHECK(cudaHostAlloc(&p, std::max<size_t>(bytes, 1), cudaHostAllocDefault));

@@ -105,6 +105,22 @@ class CudaGraph {
 // then reports errors that kernels recorded in the error word.
 void copy_bytes(void* dst, const void* src, size_t bytes, int dst_device, int src_device);
 
+// GPU time between start() and stop() on a device's current stream (CUDA events).
+class StreamTimer {
+ public:
+  explicit StreamTimer(int device);
+  ~StreamTimer();
+  StreamTimer(const StreamTimer&) = delete;
+  StreamTimer& operator=(const StreamTimer&) = delete;
+  void start();
+  void stop();
+  double elapsed_ms();  // waits for the stop event
+
+ private:
+  int device_;
+  cudaEvent_t start_ = nullptr, stop_ = nullptr;
+};
+
 // Page-locked host memory (cudaHostAlloc): device-to-host copies into it run at DMA speed
 // (about 4x pageable memory for large copies). Freed with pinned_host_free.
 void* pinned_host_alloc(size_t bytes);

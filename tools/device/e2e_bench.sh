@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# End-to-end decode benchmark on one H200 (device tool, carry .devbin from pack_serve.sh):
+# `tandem serve --device cuda --load-format dummy` on a V2-Lite-shaped model (bf16) and on a
+# full-width DeepSeek-V3 shape with 4 layers (fp8), `tandem bench --mode one-batch` with input
+# 2000 / output 100 at each batch size, then the server's per-batch runner lines (wall and GPU
+# time of each decode step). Prints one table per model: decode tok/s, step time, GPU time of
+# the step's kernels and the share of the step spent outside them (host work, launch gaps).
+# Env: MODELS ("v2lite v3l4"), BATCHES (1,8,32,64,128,256), GRAPH_BS (256; 0 = eager).
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+OUT=${OUT:-$PWD/out}
+mkdir -p "$OUT"
+export LD_LIBRARY_PATH=$PWD/.devbin/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
+T=$PWD/.devbin/bin/tandem
+tok=$PWD/.devbin/tokenizer
+BATCHES=${BATCHES:-1,8,32,64,128,256}
+GRAPH_BS=${GRAPH_BS:-256}
+port=30100
+for name in ${MODELS:-v2lite v3l4}; do
+  case $name in
+    v2lite) args=(--preset v2-lite) ;;
+    v3l4) args=(--preset v3 --layers 4 --dtype fp8) ;;
+  esac
+  "$T" --log-level warn make-model "${args[@]}" --config-only --tokenizer "$tok" --out "/tmp/$name" \
+    > "$OUT/make_$name.log" 2>&1 || { echo "make-model $name failed"; continue; }
+  tag=${name}_g$GRAPH_BS
+  "$T" serve --model-path "/tmp/$name" --load-format dummy --device cuda --port $port \
+    --max-running-requests 256 --max-total-tokens 600000 --cuda-graph-max-bs "$GRAPH_BS" \
+    > "$OUT/serve_$tag.log" 2>&1 &
+  pid=$!
+  for _ in $(seq 1500); do
+    curl -sf "http://127.0.0.1:$port/health" > /dev/null && break
+    kill -0 $pid 2> /dev/null || break
+    sleep 0.2
+  done
+  timeout 420 "$T" bench --base-url "http://127.0.0.1:$port" --tokenizer "/tmp/$name" \
+    --mode one-batch --input-len 2000 --output-len 100 --batch-size "$BATCHES" \
+    --output-file "$OUT/one_batch_$tag.json" > "$OUT/bench_$tag.log" 2>&1
+  echo "bench $tag rc=$?"
+  kill -TERM $pid
+  wait $pid
+  python3 - "$OUT/one_batch_$tag.json" "$OUT/serve_$tag.log" "$tag" << 'PY'
+import json, re, sys
+res = json.load(open(sys.argv[1]))["results"]
+gpu = {}
+for line in open(sys.argv[2]):
+    m = re.search(r"runner: (eager decode|CUDA-graph decode) batch (\d+): (\d+) steps, wall ([\d.]+) ms/step, GPU ([\d.]+) ms/step", line)
+    if m and int(m.group(3)) >= 5:
+        gpu[int(m.group(2))] = (m.group(1), float(m.group(4)), float(m.group(5)))
+print(f"== {sys.argv[3]}: one-batch, input 2000, output 100")
+print(f"{'batch':>6} {'prefill tok/s':>14} {'decode tok/s':>13} {'step ms':>8} {'runner ms':>10} {'GPU ms':>8} {'outside GPU':>12}  path")
+for r in res:
+    b = r["batch_size"]; d = r["decode_throughput"]
+    step = b / d * 1e3 if d > 0 else float("nan")
+    kind, wall, g = gpu.get(b, ("?", float("nan"), float("nan")))
+    print(f"{b:>6} {r['prefill_throughput']:>14.0f} {d:>13.1f} {step:>8.2f} {wall:>10.2f} {g:>8.2f} {1 - g / step:>11.1%}  {kind}")
+PY
+  port=$((port + 1))
+done
