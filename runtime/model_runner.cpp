@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstring>
 
 #include "core/log.h"
 
@@ -51,14 +52,18 @@ DeepseekRunner::~DeepseekRunner() {
   static const char* const kKinds[] = {"eager decode", "CUDA-graph decode", "prefill/mixed"};
   for (const auto& [key, st] : stats_) {
     const double n = double(st.steps);
-    TANDEM_LOG_INFO("runner: {} batch {}: {} steps, wall {:.3f} ms/step, GPU {:.3f} ms/step",
-                    kKinds[key.first], key.second, st.steps, st.wall_s * 1e3 / n, st.gpu_ms / n);
+    TANDEM_LOG_INFO("runner: {} batch {}: {} steps, wall {:.3f} ms/step, GPU {:.3f} ms/step, "
+                    "host before the step {:.3f} ms/step",
+                    kKinds[key.first], key.second, st.steps, st.wall_s * 1e3 / n, st.gpu_ms / n,
+                    st.gap_s * 1e3 / n);
   }
 }
 
 Tensor DeepseekRunner::run(const Decision& decision, const Scheduler& scheduler) {
   TANDEM_CHECK(!decision.empty(), "DeepseekRunner: empty decision");
   const auto start = std::chrono::steady_clock::now();
+  // The engine's host work since the previous step (sampling, stop checks, streams, scheduling).
+  const double gap_s = last_end_ ? std::chrono::duration<double>(start - *last_end_).count() : 0.0;
   const int32_t ps = int32_t(cache_.page_size);
   steps_.resize(decision.seqs.size());
   for (size_t i = 0; i < decision.seqs.size(); ++i) {
@@ -73,36 +78,76 @@ Tensor DeepseekRunner::run(const Decision& decision, const Scheduler& scheduler)
     step.pages.assign(pages.begin(), pages.begin() + long(used_pages));
     step.need_all_logits = false;
   }
-  // A pure decode step takes the absorbed-MLA decode path; anything else (prefill chunks,
-  // mixed steps, resumed requests) one extend batch.
-  const ForwardMode mode = decision.decode_only ? ForwardMode::kDecode : ForwardMode::kExtend;
+  Tensor out;
+  if (decision.decode_only) {
+    out = forward_steps(steps_, ForwardMode::kDecode, gap_s);
+  } else {
+    // A mixed step: sequences computing one token after a cached prefix take the absorbed
+    // decode path (as in a pure decode step), the others one extend batch. One extend batch
+    // for all would expand every decoding sequence's whole cache to per-head keys and values:
+    // 256 decoding 2k-token requests beside one prefill chunk asked for 60 GB on full V3.
+    std::vector<size_t> dec, ext;
+    for (size_t i = 0; i < steps_.size(); ++i) {
+      (steps_[i].new_tokens.size() == 1 && steps_[i].cached_len > 0 ? dec : ext).push_back(i);
+    }
+    if (dec.empty() || ext.empty()) {
+      out = forward_steps(steps_, dec.empty() ? ForwardMode::kExtend : ForwardMode::kDecode, gap_s);
+    } else {
+      const auto pick = [&](const std::vector<size_t>& idx) {
+        std::vector<SequenceStep> v;
+        for (size_t i : idx) v.push_back(steps_[i]);
+        return v;
+      };
+      const Tensor d = forward_steps(pick(dec), ForwardMode::kDecode, gap_s).clone();
+      const Tensor e = forward_steps(pick(ext), ForwardMode::kExtend, 0.0);
+      const int64_t vocab = d.size(1);
+      out = Tensor::empty({int64_t(steps_.size()), vocab}, DType::kF32);
+      const auto place = [&](const Tensor& src, const std::vector<size_t>& idx) {
+        for (size_t r = 0; r < idx.size(); ++r) {
+          std::memcpy(out.data<float>() + int64_t(idx[r]) * vocab,
+                      src.data<float>() + int64_t(r) * vocab, size_t(vocab) * sizeof(float));
+        }
+      };
+      place(d, dec);
+      place(e, ext);
+    }
+  }
+  last_end_ = std::chrono::steady_clock::now();
+  return out;
+}
+
+Tensor DeepseekRunner::forward_steps(const std::vector<SequenceStep>& steps, ForwardMode mode,
+                                     double gap_s) {
+  const auto start = std::chrono::steady_clock::now();
+  const int32_t ps = int32_t(cache_.page_size);
   int kind = mode == ForwardMode::kDecode ? 0 : 2;
   Tensor logits;
 #ifdef TANDEM_WITH_CUDA
   if (device_.is_cuda() && !timer_) timer_ = std::make_shared<ops::cuda::StreamTimer>(device_.index);
   if (graphs_ && mode == ForwardMode::kDecode) {
     size_t pages = 0;
-    for (const SequenceStep& s : steps_) pages = std::max(pages, s.pages.size());
-    if (graphs_->fits(int64_t(steps_.size()), int64_t(pages))) {
+    for (const SequenceStep& s : steps) pages = std::max(pages, s.pages.size());
+    if (graphs_->fits(int64_t(steps.size()), int64_t(pages))) {
       kind = 1;
-      graphs_->fill_inputs(steps_);
+      graphs_->fill_inputs(steps);
       timer_->start();
-      logits = graphs_->replay(int64_t(steps_.size()));
+      logits = graphs_->replay(int64_t(steps.size()));
       timer_->stop();
     }
   }
   if (!logits.defined() && device_.is_cuda()) {
-    const ForwardBatch batch = ForwardBatch::build(mode, steps_, ps, device_);
+    const ForwardBatch batch = ForwardBatch::build(mode, steps, ps, device_);
     timer_->start();
     logits = model_.forward(batch, cache_);
     timer_->stop();
   }
 #endif
-  if (!logits.defined()) logits = model_.forward(ForwardBatch::build(mode, steps_, ps, device_), cache_);
+  if (!logits.defined()) logits = model_.forward(ForwardBatch::build(mode, steps, ps, device_), cache_);
   Tensor host = logits.device().is_cpu() ? logits : to_host(logits);
-  StepStats& st = stats_[{kind, int64_t(steps_.size())}];
+  StepStats& st = stats_[{kind, int64_t(steps.size())}];
   ++st.steps;
   st.wall_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  st.gap_s += gap_s;
 #ifdef TANDEM_WITH_CUDA
   if (device_.is_cuda()) st.gpu_ms += timer_->elapsed_ms();
 #endif

@@ -4,7 +4,9 @@
 // Not thread-safe: the engine thread calls it.
 #pragma once
 
+#include <chrono>
 #include <map>
+#include <optional>
 #include <memory>
 #include <utility>
 #include <vector>
@@ -76,8 +78,10 @@ class DeepseekRunner : public ModelRunner {
   size_t pinned_bytes_ = 0;
   struct StepStats {
     int64_t steps = 0;
-    double wall_s = 0, gpu_ms = 0;
+    double wall_s = 0, gpu_ms = 0, gap_s = 0;  // gap: engine host work before the step
   };
+  Tensor forward_steps(const std::vector<SequenceStep>& steps, ForwardMode mode, double gap_s);
+  std::optional<std::chrono::steady_clock::time_point> last_end_;
   // (0 eager decode | 1 graph decode | 2 prefill/mixed, batch size) -> totals, logged at exit.
   std::map<std::pair<int, int64_t>, StepStats> stats_;
   std::shared_ptr<ops::cuda::StreamTimer> timer_;  // CUDA: GPU time of each forward

@@ -42,18 +42,21 @@ for name in ${MODELS:-v2lite v3l4}; do
   python3 - "$OUT/one_batch_$tag.json" "$OUT/serve_$tag.log" "$tag" << 'PY'
 import json, re, sys
 res = json.load(open(sys.argv[1]))["results"]
-gpu = {}
-for line in open(sys.argv[2]):
-    m = re.search(r"runner: (eager decode|CUDA-graph decode) batch (\d+): (\d+) steps, wall ([\d.]+) ms/step, GPU ([\d.]+) ms/step", line)
-    if m and int(m.group(3)) >= 5:
-        gpu[int(m.group(2))] = (m.group(1), float(m.group(4)), float(m.group(5)))
-print(f"== {sys.argv[3]}: one-batch, input 2000, output 100")
-print(f"{'batch':>6} {'prefill tok/s':>14} {'decode tok/s':>13} {'step ms':>8} {'runner ms':>10} {'GPU ms':>8} {'outside GPU':>12}  path")
+print(f"== {sys.argv[3]}: tandem bench one-batch, input 2000, output 100")
+print(f"{'batch':>6} {'prefill tok/s':>14} {'decode tok/s':>13} {'TTFT ms':>9} {'latency s':>10}")
 for r in res:
-    b = r["batch_size"]; d = r["decode_throughput"]
-    step = b / d * 1e3 if d > 0 else float("nan")
-    kind, wall, g = gpu.get(b, ("?", float("nan"), float("nan")))
-    print(f"{b:>6} {r['prefill_throughput']:>14.0f} {d:>13.1f} {step:>8.2f} {wall:>10.2f} {g:>8.2f} {1 - g / step:>11.1%}  {kind}")
+    print(f"{r['batch_size']:>6} {r['prefill_throughput']:>14.0f} {r['decode_throughput']:>13.1f} {r['ttft_ms']:>9.0f} {r['latency_s']:>10.2f}")
+print("server decode steps by batch size (>= 20 steps): runner wall, GPU time of the forward,"
+      " engine host work before the step, share of the whole step outside the GPU")
+print(f"{'batch':>6} {'steps':>6} {'path':>18} {'step ms':>8} {'GPU ms':>8} {'host ms':>8} {'outside':>8} {'tok/s':>8}")
+for line in open(sys.argv[2]):
+    m = re.search(r"runner: (eager decode|CUDA-graph decode) batch (\d+): (\d+) steps, wall ([\d.]+) ms/step, "
+                  r"GPU ([\d.]+) ms/step, host before the step ([\d.]+) ms/step", line)
+    if not m or int(m.group(3)) < 20:
+        continue
+    b, n, wall, gpu, gap = int(m.group(2)), int(m.group(3)), float(m.group(4)), float(m.group(5)), float(m.group(6))
+    step = wall + gap
+    print(f"{b:>6} {n:>6} {m.group(1):>18} {step:>8.2f} {gpu:>8.2f} {gap:>8.2f} {1 - gpu / step:>7.1%} {b / step * 1e3:>8.0f}")
 PY
   port=$((port + 1))
 done
