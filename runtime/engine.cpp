@@ -1,5 +1,7 @@
 #include "runtime/engine.h"
 
+#include "core/thread_pool.h"
+
 #include <algorithm>
 #include <random>
 
@@ -333,13 +335,21 @@ void Engine::process(const Decision& d, const Tensor& logits) {
   const float* rows = logits.data<float>();
   std::vector<int32_t> next(d.seqs.size(), -1);
   std::vector<SampleResult> sampled(d.seqs.size());
+  std::vector<Sequence*> seqs(d.seqs.size());
   for (size_t i = 0; i < d.seqs.size(); ++i) {
-    Sequence& seq = *seqs_.at(d.seqs[i].id);
-    seq.state = RequestState::kPrefilling;
-    if (!d.seqs[i].sample) continue;
-    sampled[i] = seq.sampler->sample(std::span<const float>(rows + int64_t(i) * vocab, size_t(vocab)));
-    next[i] = sampled[i].token;
+    seqs[i] = seqs_.at(d.seqs[i].id).get();
+    seqs[i]->state = RequestState::kPrefilling;
   }
+  // Each sequence samples with its own sampler (own RNG and penalty state), so rows go to the
+  // thread pool: a batch of 256 V3 rows (128k logits each) took tens of ms on one thread.
+  parallel_for(int64_t(d.seqs.size()), 8, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      if (!d.seqs[size_t(i)].sample) continue;
+      sampled[size_t(i)] = seqs[size_t(i)]->sampler->sample(
+          std::span<const float>(rows + i * vocab, size_t(vocab)));
+      next[size_t(i)] = sampled[size_t(i)].token;
+    }
+  });
   scheduler_.complete(d, next);
   for (size_t i = 0; i < d.seqs.size(); ++i) {
     Sequence& seq = *seqs_.at(d.seqs[i].id);

@@ -77,11 +77,18 @@ int32_t Sampler::draw(const std::vector<float>& w) {
 
 SampleResult Sampler::sample(std::span<const float> logits) {
   SampleResult r;
-  work_.assign(logits.begin(), logits.end());
-  apply_penalties(work_);
-  if (params_.greedy()) {
+  const bool penalties = params_.repetition_penalty != 1.0f || params_.frequency_penalty != 0.0f ||
+                         params_.presence_penalty != 0.0f;
+  if (params_.greedy() && !penalties) {
+    // The common benchmark case: no copy of the row (128k floats for DeepSeek-V3).
+    r.token = int32_t(std::max_element(logits.begin(), logits.end()) - logits.begin());
+  } else if (params_.greedy()) {
+    work_.assign(logits.begin(), logits.end());
+    apply_penalties(work_);
     r.token = int32_t(std::max_element(work_.begin(), work_.end()) - work_.begin());
   } else {
+    work_.assign(logits.begin(), logits.end());
+    apply_penalties(work_);
     const float inv_t = 1.0f / params_.temperature;
     for (float& v : work_) v *= inv_t;
     r.token = draw(work_);
