@@ -21,6 +21,7 @@ int main(int argc, char** argv) {
   tandem::app::add_tokenize_command(app, exit_code);
   tandem::app::add_bench_command(app, exit_code);
   tandem::app::add_serve_command(app, exit_code);
+  tandem::app::add_router_command(app, exit_code);
   app.parse_complete_callback([&] {
     if (!tandem::log_init(log_level)) {
       throw CLI::ValidationError("--log-level", "unknown level '" + log_level + "'");
