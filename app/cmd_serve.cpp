@@ -36,6 +36,14 @@ void add_serve_command(CLI::App& app, int& exit_code) {
   cmd->add_option("--cuda-graph-max-bs", c->cuda_graph_max_bs, "With --device cuda: decode batches of up to this many requests replay CUDA graphs captured at startup (0: off)")->capture_default_str();
   cmd->add_option("--http-threads", c->http_threads, "I/O threads serving every HTTP connection (no thread per connection); default min(4, hardware threads)")->capture_default_str();
   cmd->add_option("--shutdown-timeout", c->shutdown_timeout_s, "Seconds in-flight requests get to finish after SIGTERM/SIGINT before they are aborted")->capture_default_str();
+  // PD disaggregation (docs/disagg.md "HTTP"; SGLang's names).
+  cmd->add_option("--role", c->role, "colocated: prefill and decode here; prefill or decode: one side of a PD pair, behind `tandem router`")->capture_default_str()->check(CLI::IsMember({"colocated", "prefill", "decode"}));
+  cmd->add_option("--disaggregation-bootstrap-port", c->pd.bootstrap_port, "--role prefill: port of the bootstrap endpoint decode servers connect to (0: any free; GET /pd_info tells)")->capture_default_str();
+  cmd->add_option("--transfer-backend", c->pd.transfer.backend, "PD KV transfer: tcp, ucx or cuda_ipc")->capture_default_str()->check(CLI::IsMember({"tcp", "ucx", "cuda_ipc"}));
+  cmd->add_option("--pd-token", c->pd.transfer.token, "Shared secret of a PD job's prefill and decode servers (bootstrap and transfer handshakes)")->envname("TANDEM_PD_TOKEN");
+  cmd->add_option("--disaggregation-decode-reserve", c->engine.pd_decode_reserve_tokens, "--role decode: KV tokens reserved per request beyond its prompt (up to its max_tokens)")->capture_default_str();
+  cmd->add_option("--bootstrap-timeout-ms", c->pd.bootstrap_timeout_ms, "PD: how long a room waits for its peer (connect, handshake, page reservation)")->capture_default_str();
+  cmd->add_option("--transfer-timeout-ms", c->pd.transfer_timeout_ms, "PD: how long a KV chunk's transfer, or decode's wait between prefill messages, may take")->capture_default_str();
   // clang-format on
   cmd->callback([c, &exit_code] { exit_code = server::run_serve(*c); });
 }

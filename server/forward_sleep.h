@@ -26,6 +26,8 @@ class SleepyRunner : public runtime::ModelRunner {
     }
     return inner_->run(decision, scheduler);
   }
+  // The PD workers register the real runner's KV pool with the transfer engine.
+  runtime::KvMemory kv_memory() override { return inner_->kv_memory(); }
 
  private:
   std::unique_ptr<runtime::ModelRunner> inner_;

@@ -68,10 +68,10 @@ std::optional<ApiError> Generation::start(ServerState& state, ParsedRequest requ
   }
   g->admitted_ = true;  // from here the destructor gives the slot back
 
-  const Status s = state.engine.submit(g->request_.gen, &g->stream_);
+  const Status s = g->submit();
   if (!s.ok()) return from_status(s);
   if (!state.tracker.bind(g->id_, g->stream_->id())) {
-    state.engine.abort(g->stream_->id());
+    state.abort(g->stream_->id());
     g->stream_.reset();
     return bad_request(fmt::format("rid '{}' is already in use", g->id_), "rid");
   }
@@ -83,12 +83,28 @@ std::optional<ApiError> Generation::start(ServerState& state, ParsedRequest requ
   return std::nullopt;
 }
 
+// A PD request goes to its role's worker (which hands it to the engine); any other straight to
+// the engine.
+Status Generation::submit() {
+  const std::optional<PdBootstrap>& b = request_.bootstrap;
+  if (b && state_.prefill_worker) {
+    return state_.prefill_worker->submit(b->room, request_.gen, &stream_);
+  }
+  if (b && state_.decode_worker) {
+    const bool v6 = b->host.find(':') != std::string::npos;
+    const std::string endpoint = v6 ? fmt::format("[{}]:{}", b->host, b->port)
+                                    : fmt::format("{}:{}", b->host, b->port);
+    return state_.decode_worker->submit(b->room, endpoint, request_.gen, &stream_);
+  }
+  return state_.engine.submit(request_.gen, &stream_);
+}
+
 Generation::~Generation() {
   if (stream_) stream_->set_on_push(nullptr);  // the engine may keep the stream a while
   if (stream_ && open_ > 0) {
     // The handler is gone before the request ended (client left, write failed): abort it and
     // let the engine free its pages. The stream is not read any further.
-    state_.engine.abort(stream_->id());
+    state_.abort(stream_->id());
     state_.metrics.count_finished(runtime::FinishReason::kAbort);
   }
   if (bound_) state_.tracker.unbind(id_);
@@ -142,7 +158,7 @@ void Generation::fold(const runtime::StreamEvent& ev) {
 }
 
 void Generation::abort() {
-  if (stream_ && open_ > 0) state_.engine.abort(stream_->id());
+  if (stream_ && open_ > 0) state_.abort(stream_->id());
 }
 
 int64_t Generation::completion_tokens() const {
@@ -153,14 +169,28 @@ int64_t Generation::completion_tokens() const {
 
 std::optional<ApiError> Generation::error() const {
   for (const Choice& c : choices_) {
-    if (c.finish_reason != runtime::FinishReason::kError) continue;
-    ApiError e;
-    e.http_status = 500;
-    e.type = "server_error";
-    e.message = c.error.empty() ? "the engine failed" : "the engine failed: " + c.error;
-    return e;
+    if (c.finish_reason == runtime::FinishReason::kError) return stream_error(c.error);
   }
   return std::nullopt;
+}
+
+ApiError Generation::stream_error(const std::string& message) const {
+  ApiError e;
+  e.http_status = 500;
+  e.type = "server_error";
+  e.message = message.empty() ? "the engine failed" : "the engine failed: " + message;
+  if (request_.bootstrap && state_.disaggregated()) {
+    // The PD layer's failures are the peer's or the network's (docs/server.md): a timeout is
+    // 504, anything else (peer gone, refused, mismatched, transfer error) 502.
+    const bool timeout = message.find("timed out") != std::string::npos ||
+                         message.find("timeout") != std::string::npos ||
+                         message.find(" within ") != std::string::npos;
+    e.http_status = timeout ? 504 : 502;
+    e.code = timeout ? "pd_timeout" : "pd_peer_failed";
+    e.message = fmt::format("PD {} failed: {}", state_.config.role,
+                            message.empty() ? "unknown error" : message);
+  }
+  return e;
 }
 
 }  // namespace tandem::server

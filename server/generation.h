@@ -51,12 +51,15 @@ class Generation {
   int64_t completion_tokens() const;
   const std::vector<Choice>& choices() const { return choices_; }
   bool finished() const { return open_ == 0; }
-  // The first error a choice ended with, as an ApiError (500), if any.
+  // The first error a choice ended with, as an ApiError (500; 502/504 for a PD failure), if any.
   std::optional<ApiError> error() const;
+  // A stream's error message as the ApiError the client gets.
+  ApiError stream_error(const std::string& message) const;
 
  private:
   using Clock = std::chrono::steady_clock;
   Generation(ServerState& state, ParsedRequest request);
+  Status submit();
 
   ServerState& state_;
   ParsedRequest request_;

@@ -61,6 +61,8 @@ void handle_slow_down(ServerState& state, const HttpRequest& req, HttpResponse& 
 void handle_models(ServerState& state, const HttpRequest& req, HttpResponse& res);
 void handle_health(ServerState& state, const HttpRequest& req, HttpResponse& res);
 void handle_metrics(ServerState& state, const HttpRequest& req, HttpResponse& res);
+// GET /pd_info: {"role", "bootstrap_port"} (the prefill's bootstrap port; 0 on other roles).
+void handle_pd_info(ServerState& state, const HttpRequest& req, HttpResponse& res);
 
 // Answers 401 (and returns false) unless the request carries `Authorization: Bearer <key>`.
 // The key is compared in constant time.

@@ -73,7 +73,7 @@ void handle_abort(ServerState& state, const HttpRequest& req, HttpResponse& res)
     e.code = "not_found";
     return send_error(state, res, e);
   }
-  state.engine.abort(*id);
+  state.abort(*id);
   TANDEM_LOG_INFO("aborted request {} on request", rid);
   send_json(res, json{{"rid", rid}, {"aborted", true}});
 }
@@ -118,8 +118,21 @@ void handle_health(ServerState& state, const HttpRequest&, HttpResponse& res) {
 }
 
 void handle_metrics(ServerState& state, const HttpRequest&, HttpResponse& res) {
-  res.set_content(state.metrics.render(state.parse_context.model_name, state.engine.stats()),
-                  "text/plain; version=0.0.4; charset=utf-8");
+  std::string text = state.metrics.render(state.parse_context.model_name, state.engine.stats());
+  if (state.disaggregated()) {
+    const int32_t rooms = state.prefill_worker ? state.prefill_worker->rooms_in_flight()
+                                               : state.decode_worker->rooms_in_flight();
+    text += fmt::format(
+        "# HELP tandem:pd_rooms_in_flight PD rooms (requests) this server's worker still "
+        "handles.\n# TYPE tandem:pd_rooms_in_flight gauge\n"
+        "tandem:pd_rooms_in_flight{{model_name=\"{}\",role=\"{}\"}} {}\n",
+        prometheus_escape(state.parse_context.model_name), state.config.role, rooms);
+  }
+  res.set_content(text, "text/plain; version=0.0.4; charset=utf-8");
+}
+
+void handle_pd_info(ServerState& state, const HttpRequest&, HttpResponse& res) {
+  send_json(res, json{{"role", state.config.role}, {"bootstrap_port", state.bootstrap_port}});
 }
 
 }  // namespace tandem::server

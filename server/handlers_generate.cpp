@@ -85,11 +85,7 @@ bool GenerationResponse::poll_stream(std::string* out) {
     if (ev.finished && ev.finish_reason == runtime::FinishReason::kError) {
       // Headers are gone already: the error travels as an event, as OpenAI's API does.
       failed_ = true;
-      ApiError e;
-      e.http_status = 500;
-      e.type = "server_error";
-      e.message = "the engine failed: " + ev.error;
-      *out += sse(e.to_json());
+      *out += sse(g_->stream_error(ev.error).to_json());
       continue;
     }
     const tokenizer::Tokenizer* tok = state_.tokenizer;
@@ -119,15 +115,42 @@ bool GenerationResponse::poll_stream(std::string* out) {
 
 std::unique_ptr<GenerationResponse> handle_generation(ServerState& state, Endpoint endpoint,
                                                       const HttpRequest& req, HttpResponse& res) {
-  const json body = json::parse(req.body, nullptr, /*allow_exceptions=*/false);
+  json body = json::parse(req.body, nullptr, /*allow_exceptions=*/false);
   if (body.is_discarded()) {
     send_error(state, res, bad_request("the request body is not valid JSON"));
+    return nullptr;
+  }
+  // PD (docs/disagg.md "HTTP"): the router's bootstrap fields; a colocated server ignores them.
+  std::optional<PdBootstrap> bootstrap;
+  if (auto e = take_pd_bootstrap(body, &bootstrap)) {
+    send_error(state, res, *e);
+    return nullptr;
+  }
+  if (state.disaggregated() && !bootstrap) {
+    send_error(state, res, bad_request(fmt::format("this server runs --role {}: send requests "
+                                                   "through tandem router", state.config.role),
+                                       "bootstrap_room"));
     return nullptr;
   }
   ParsedRequest parsed;
   if (auto e = parse(state, endpoint, body, &parsed)) {
     send_error(state, res, *e);
     return nullptr;
+  }
+  if (state.disaggregated()) {
+    if (parsed.gen.params.n != 1) {
+      send_error(state, res, bad_request(fmt::format("n: --role {} serves n = 1 only, got {}",
+                                                     state.config.role, parsed.gen.params.n),
+                                         "n"));
+      return nullptr;
+    }
+    parsed.bootstrap = bootstrap;
+    if (state.prefill_worker) {
+      // The prefill's answer is one non-streaming completion of the first token, whatever
+      // the client asked for: the router discards it.
+      parsed.stream = false;
+      parsed.include_usage = false;
+    }
   }
   std::unique_ptr<Generation> g;
   if (auto e = Generation::start(state, std::move(parsed), &g)) {

@@ -123,14 +123,16 @@ constexpr Route kRoutes[] = {
     {"/v1/models", "GET", false, Endpoint::kGenerate, handle_models},
     {"/health", "GET", false, Endpoint::kGenerate, handle_health},
     {"/metrics", "GET", false, Endpoint::kGenerate, handle_metrics},
+    {"/pd_info", "GET", false, Endpoint::kGenerate, handle_pd_info},
 };
 
 // Runs the route's handler: either `res` is the whole answer, or a GenerationResponse comes
-// back to be driven. Every route but /health and /metrics (scraped by orchestrators) needs
-// the API key.
+// back to be driven. Every route but /health, /metrics (scraped by orchestrators) and
+// /pd_info (read by tandem router, which holds no key) needs the API key.
 std::unique_ptr<GenerationResponse> dispatch(ServerState& st, const HttpRequest& req,
                                              HttpResponse& res) {
-  if (req.path != "/health" && req.path != "/metrics" && !check_api_key(st, req, res)) {
+  if (req.path != "/health" && req.path != "/metrics" && req.path != "/pd_info" &&
+      !check_api_key(st, req, res)) {
     return nullptr;
   }
   const Route* route = nullptr;
@@ -497,7 +499,7 @@ void HttpServer::shutdown(double timeout_s) {
     const std::vector<runtime::RequestId> ids = st.tracker.all();
     TANDEM_LOG_WARN("shutdown: aborting {} requests still in flight", ids.size());
     st.runner.set_sleep(0.0);  // a slowed-down step would hold the aborts back
-    for (const runtime::RequestId id : ids) st.engine.abort(id);
+    for (const runtime::RequestId id : ids) st.abort(id);
     // Aborted streams end at the engine's next step; their connections then write the end.
     for (int i = 0; i < 3000 && st.tracker.in_flight() > 0; ++i) {
       std::this_thread::sleep_for(std::chrono::milliseconds(10));

@@ -405,4 +405,41 @@ std::optional<ApiError> parse_generate_request(const json& body, const ParseCont
   return check_limits(ctx, has_ids ? "input_ids" : "text", "max_new_tokens", max_given, out);
 }
 
+std::optional<ApiError> take_pd_bootstrap(json& body, std::optional<PdBootstrap>* out) {
+  out->reset();
+  if (!body.is_object()) return std::nullopt;  // the endpoint's parser says what is wrong
+  static const char* const kFields[] = {"bootstrap_host", "bootstrap_port", "bootstrap_room"};
+  int present = 0;
+  for (const char* f : kFields) present += body.contains(f) ? 1 : 0;
+  if (present == 0) return std::nullopt;
+  for (const char* f : kFields) {
+    if (!body.contains(f)) {
+      return bad_request(fmt::format("{}: missing (bootstrap_host, bootstrap_port and "
+                                     "bootstrap_room come together)", f), f);
+    }
+  }
+  PdBootstrap b;
+  const json& host = body["bootstrap_host"];
+  if (!host.is_string() || host.get<std::string>().empty()) {
+    return bad_request("bootstrap_host: expected a non-empty string", "bootstrap_host");
+  }
+  b.host = host.get<std::string>();
+  const json& port = body["bootstrap_port"];
+  if (!port.is_number_integer() || port.get<int64_t>() < 1 || port.get<int64_t>() > 65535) {
+    return bad_request("bootstrap_port: expected an integer in [1, 65535]", "bootstrap_port");
+  }
+  b.port = int(port.get<int64_t>());
+  const json& room = body["bootstrap_room"];
+  if (room.is_number_unsigned()) {
+    b.room = room.get<uint64_t>();
+  } else if (room.is_number_integer() && room.get<int64_t>() >= 0) {
+    b.room = uint64_t(room.get<int64_t>());
+  } else {
+    return bad_request("bootstrap_room: expected an integer in [0, 2^64)", "bootstrap_room");
+  }
+  for (const char* f : kFields) body.erase(f);
+  *out = std::move(b);
+  return std::nullopt;
+}
+
 }  // namespace tandem::server

@@ -28,13 +28,26 @@ struct ParseContext {
   int64_t kv_pool_tokens = 0;  // a sequence can never hold more than the whole pool
 };
 
+// The fields `tandem router` adds for a PD pair (docs/disagg.md "HTTP"): the prefill server's
+// bootstrap endpoint and the room id both sides share.
+struct PdBootstrap {
+  std::string host;
+  int port = 0;
+  uint64_t room = 0;
+};
+
 struct ParsedRequest {
   Endpoint endpoint = Endpoint::kCompletions;
   runtime::GenerateRequest gen;  // prompt_ids always filled
   bool stream = false;
   bool include_usage = false;    // stream_options.include_usage
   std::string rid;               // /generate's "rid"; empty: the server makes one
+  std::optional<PdBootstrap> bootstrap;  // set on --role prefill|decode servers only
 };
+
+// Takes "bootstrap_host", "bootstrap_port" and "bootstrap_room" out of `body` (all three or
+// none); *out stays empty when none is there. An ApiError names a missing or bad field.
+std::optional<ApiError> take_pd_bootstrap(nlohmann::json& body, std::optional<PdBootstrap>* out);
 
 // `body` is the parsed JSON of the request.
 std::optional<ApiError> parse_completion_request(const nlohmann::json& body,

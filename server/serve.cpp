@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <thread>
 
@@ -77,6 +78,28 @@ std::unique_ptr<tokenizer::Tokenizer> load_tokenizer(const ServerConfig& c) {
 
 DType kv_dtype_of(const std::string& name) { return name == "f32" ? DType::kF32 : DType::kBF16; }
 
+// The port of a "host:port" endpoint.
+int endpoint_port(const std::string& endpoint) {
+  const size_t colon = endpoint.rfind(':');
+  return colon == std::string::npos ? 0 : std::atoi(endpoint.c_str() + colon + 1);
+}
+
+// --role prefill|decode: the PD worker over `engine`, listening (bootstrap, transfer) on the
+// server's --host; nothing for colocated.
+Status start_pd_worker(const ServerConfig& config, const Device& device, runtime::Engine& engine,
+                       std::unique_ptr<disagg::PrefillWorker>* prefill,
+                       std::unique_ptr<disagg::DecodeWorker>* decode) {
+  if (config.role == "colocated") return {};
+  disagg::PdWorkerConfig pd = config.pd;
+  pd.bootstrap_host = config.host;
+  pd.transfer.listen_host = config.host;
+  pd.transfer.transfer_timeout_ms = pd.transfer_timeout_ms;
+  pd.transfer.connect_timeout_ms = pd.bootstrap_timeout_ms;
+  if (device.is_cuda()) pd.transfer.device_index = device.index;
+  if (config.is_prefill()) return disagg::PrefillWorker::create(engine, pd, prefill);
+  return disagg::DecodeWorker::create(engine, pd, decode);
+}
+
 }  // namespace
 
 ServerState::ServerState(const ServerConfig& c, const ModelConfig& m, runtime::Engine& e,
@@ -127,15 +150,36 @@ int run_serve(const ServerConfig& config_in) {
   engine.start();
 
   ServerState state(config, served, engine, tok.get(), runner);
+  // PD roles (docs/disagg.md "HTTP"): the worker beside the engine; destroyed before it.
+  std::unique_ptr<disagg::PrefillWorker> prefill_worker;
+  std::unique_ptr<disagg::DecodeWorker> decode_worker;
+  if (Status s = start_pd_worker(config, device, engine, &prefill_worker, &decode_worker);
+      !s.ok()) {
+    std::fprintf(stderr, "error: --role %s: %s\n", config.role.c_str(), s.message().c_str());
+    engine.stop();
+    return 1;
+  }
+  state.prefill_worker = prefill_worker.get();
+  state.decode_worker = decode_worker.get();
+  if (prefill_worker) state.bootstrap_port = endpoint_port(prefill_worker->bootstrap_endpoint());
   HttpServer http(state);
   if (Status s = http.bind(); !s.ok()) {
     std::fprintf(stderr, "error: %s\n", s.message().c_str());
+    prefill_worker.reset();
+    decode_worker.reset();
     engine.stop();
     return 1;
   }
   TANDEM_LOG_INFO("serving '{}' ({} layers, context {}, KV pool {} tokens in pages of {}) on {}",
                   config.model_name(), served.num_hidden_layers, served.max_position_embeddings,
                   int64_t(sc.num_pages()) * sc.page_size, sc.page_size, device.name());
+  if (prefill_worker) {
+    TANDEM_LOG_INFO("--role prefill: bootstrap endpoint {} (transfer backend {})",
+                    prefill_worker->bootstrap_endpoint(), config.pd.transfer.backend);
+  } else if (decode_worker) {
+    TANDEM_LOG_INFO("--role decode: transfer backend {}, decode reserve {} tokens",
+                    config.pd.transfer.backend, config.engine.pd_decode_reserve_tokens);
+  }
   std::printf("tandem serve: listening on http://%s:%d\n", config.host.c_str(), http.port());
   std::fflush(stdout);
 
@@ -161,6 +205,8 @@ int run_serve(const ServerConfig& config_in) {
   signals.wake();
   stopper.join();
   if (drainer.joinable()) drainer.join();
+  prefill_worker.reset();  // fails the rooms still in flight, before the engine goes
+  decode_worker.reset();
   engine.stop();
   TANDEM_LOG_INFO("stopped");
   return 0;

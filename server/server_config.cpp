@@ -83,6 +83,27 @@ Status ServerConfig::validate() const {
     return invalid(fmt::format("--chunked-prefill-size must be >= 1, got {}", sc.max_batch_tokens));
   }
   if (Status s = engine.validate(); !s.ok()) return invalid("engine settings: " + s.message());
+  if (role != "colocated" && role != "prefill" && role != "decode") {
+    return invalid(fmt::format("--role must be colocated, prefill or decode, got '{}'", role));
+  }
+  if (engine.pd_decode_reserve_tokens < 0) {
+    return invalid(fmt::format("--disaggregation-decode-reserve must be >= 0, got {}",
+                               engine.pd_decode_reserve_tokens));
+  }
+  if (pd.bootstrap_timeout_ms <= 0) {
+    return invalid(fmt::format("--bootstrap-timeout-ms must be > 0, got {}", pd.bootstrap_timeout_ms));
+  }
+  if (pd.transfer_timeout_ms <= 0) {
+    return invalid(fmt::format("--transfer-timeout-ms must be > 0, got {}", pd.transfer_timeout_ms));
+  }
+  if (pd.transfer.backend != "tcp" && pd.transfer.backend != "ucx" &&
+      pd.transfer.backend != "cuda_ipc") {
+    return invalid(fmt::format("--transfer-backend must be tcp, ucx or cuda_ipc, got '{}'",
+                               pd.transfer.backend));
+  }
+  if (role != "colocated") {
+    if (Status s = pd.validate(); !s.ok()) return invalid("PD settings (--role " + role + "): " + s.message());
+  }
   return {};
 }
 

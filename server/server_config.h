@@ -7,6 +7,7 @@
 #include <string>
 
 #include "core/error.h"
+#include "disagg/pd_worker.h"
 #include "runtime/engine.h"
 
 namespace tandem::server {
@@ -35,6 +36,19 @@ struct ServerConfig {
   int http_threads = default_http_threads();  // I/O threads running every connection
   int32_t cuda_graph_max_bs = 256;  // CUDA: decode batches up to this replay CUDA graphs; 0 off
   runtime::EngineConfig engine;
+  // PD disaggregation (docs/disagg.md "HTTP"): colocated (both phases here), prefill or decode.
+  std::string role = "colocated";  // --role
+  // --transfer-backend, --pd-token, --disaggregation-bootstrap-port, --bootstrap-timeout-ms,
+  // --transfer-timeout-ms; the decode reserve is engine.pd_decode_reserve_tokens.
+  disagg::PdWorkerConfig pd = default_pd_config();
+
+  static disagg::PdWorkerConfig default_pd_config() {
+    disagg::PdWorkerConfig c;
+    c.bootstrap_port = 8998;  // SGLang's default bootstrap port
+    return c;
+  }
+  bool is_prefill() const { return role == "prefill"; }
+  bool is_decode() const { return role == "decode"; }
 
   // InvalidArgument naming the flag at fault.
   Status validate() const;

@@ -2,12 +2,13 @@
 // abort) and read results from request streams; they never touch the model or the scheduler.
 // Thread-safety: the members are thread-safe objects (Engine's public API, the tokenizer's
 // const methods, RequestTracker, ServerMetrics, SleepyRunner::set_sleep)
-// or immutable after start-up.
+// or immutable after start-up; the PD worker pointers are set before the server takes requests.
 #pragma once
 
 #include <memory>
 #include <string>
 
+#include "disagg/pd_worker.h"
 #include "model/config.h"
 #include "runtime/engine.h"
 #include "server/forward_sleep.h"
@@ -33,6 +34,22 @@ struct ServerState {
 
   ServerMetrics metrics;
   RequestTracker tracker;
+
+  // --role prefill|decode: the PD worker beside the engine (null otherwise) and, on a prefill
+  // server, the port its bootstrap endpoint listens on (GET /pd_info).
+  disagg::PrefillWorker* prefill_worker = nullptr;
+  disagg::DecodeWorker* decode_worker = nullptr;
+  int bootstrap_port = 0;
+
+  bool disaggregated() const { return prefill_worker != nullptr || decode_worker != nullptr; }
+  // Ends request `id` early (client gone, POST /abort, shutdown): through the PD worker when
+  // there is one (it tells the peer and never frees pages under a running transfer), else
+  // through the engine.
+  void abort(runtime::RequestId id) {
+    if (prefill_worker) return prefill_worker->abort(id);
+    if (decode_worker) return decode_worker->abort(id);
+    engine.abort(id);
+  }
 };
 
 }  // namespace tandem::server
