@@ -82,13 +82,13 @@ Status ServerConfig::validate() const {
   if (sc.max_batch_tokens < 1) {
     return invalid(fmt::format("--chunked-prefill-size must be >= 1, got {}", sc.max_batch_tokens));
   }
-  if (Status s = engine.validate(); !s.ok()) return invalid("engine settings: " + s.message());
-  if (role != "colocated" && role != "prefill" && role != "decode") {
-    return invalid(fmt::format("--role must be colocated, prefill or decode, got '{}'", role));
-  }
   if (engine.pd_decode_reserve_tokens < 0) {
     return invalid(fmt::format("--disaggregation-decode-reserve must be >= 0, got {}",
                                engine.pd_decode_reserve_tokens));
+  }
+  if (Status s = engine.validate(); !s.ok()) return invalid("engine settings: " + s.message());
+  if (role != "colocated" && role != "prefill" && role != "decode") {
+    return invalid(fmt::format("--role must be colocated, prefill or decode, got '{}'", role));
   }
   if (pd.bootstrap_timeout_ms <= 0) {
     return invalid(fmt::format("--bootstrap-timeout-ms must be > 0, got {}", pd.bootstrap_timeout_ms));

@@ -10,6 +10,8 @@
 #include <gtest/gtest.h>
 
 #include <signal.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <chrono>
@@ -28,7 +30,8 @@ using Clock = std::chrono::steady_clock;
 
 constexpr int kChunk = 48;  // --chunked-prefill-size: longer prompts are prefilled in chunks
 const std::vector<std::string> kCommon{
-    "--context-length", "512", "--max-total-tokens", "16384", "--chunked-prefill-size",
+    "--served-model-name", "tiny", "--context-length", "512", "--max-total-tokens", "16384",
+    "--chunked-prefill-size",
     std::to_string(kChunk), "--kv-cache-dtype", "f32", "--max-running-requests", "16"};
 const std::vector<std::string> kPd{"--pd-token", "pd-server-test", "--bootstrap-timeout-ms",
                                    "1500", "--transfer-timeout-ms", "3000"};
@@ -92,6 +95,10 @@ class PdServerTest : public ::testing::Test {
     ADD_FAILURE() << "server on port " << s.port() << " still busy:\n" << c.get("/metrics").body;
     return false;
   }
+
+  static void expect_pd_matches_colocated(const ServerProcess& prefill,
+                                          const ServerProcess& decode, int bootstrap_port,
+                                          int count);
 
   static ServerProcess *prefill_, *decode_, *colocated_;
   static int bootstrap_port_;
@@ -186,15 +193,19 @@ TEST_F(PdServerTest, PdInfoAndRequestsWithoutBootstrapFields) {
   EXPECT_TRUE(idle(*decode_));
 }
 
-TEST_F(PdServerTest, FortyRequestsMatchColocatedTokenForToken) {
-  std::mt19937 rng(11);
+// Sends `count` requests of mixed endpoints and prompt lengths to `prefill` + `decode` as the
+// router would and to the colocated server; D's output must equal the colocated one.
+void PdServerTest::expect_pd_matches_colocated(const ServerProcess& prefill,
+                                               const ServerProcess& decode, int bootstrap_port,
+                                               int count) {
+  std::mt19937 rng(11 + uint32_t(count));
   struct Job {
     std::string path;
     bool stream;
     json body;
   };
   std::vector<Job> jobs;
-  for (int i = 0; i < 44; ++i) {
+  for (int i = 0; i < count; ++i) {
     const int len = i % 3 == 0 ? kChunk + 1 + int(rng() % 150) : 1 + int(rng() % kChunk);
     std::vector<int32_t> prompt(static_cast<size_t>(len));
     for (int32_t& t : prompt) t = int32_t(100 + rng() % 20000);
@@ -219,12 +230,12 @@ TEST_F(PdServerTest, FortyRequestsMatchColocatedTokenForToken) {
     for (size_t i; (i = next.fetch_add(1)) < jobs.size();) {
       const Job& j = jobs[i];
       expected[i] = read_output(j.path, TestClient(colocated_->port()).post(j.path, j.body), j.stream);
-      const json pd = with_bootstrap(j.body, new_room());
+      const json pd = with_bootstrap(j.body, new_room(), bootstrap_port);
       // As the router does: both at once; P answers once its part is done.
       auto p = std::async(std::launch::async, [&] {
-        return TestClient(prefill_->port()).post(j.path, pd);
+        return TestClient(prefill.port()).post(j.path, pd);
       });
-      got[i] = read_output(j.path, TestClient(decode_->port()).post(j.path, pd), j.stream);
+      got[i] = read_output(j.path, TestClient(decode.port()).post(j.path, pd), j.stream);
       first[i] = read_output(j.path, p.get(), /*stream=*/false);  // P never streams
     }
   };
@@ -252,9 +263,83 @@ TEST_F(PdServerTest, FortyRequestsMatchColocatedTokenForToken) {
                                                             : jobs[i].body["prompt"];
     chunked += prompt.size() > size_t(kChunk);
   }
-  EXPECT_GE(chunked, 10);
-  EXPECT_TRUE(idle(*prefill_));
+  EXPECT_GE(chunked, count / 4);
+  EXPECT_TRUE(idle(prefill));
+  EXPECT_TRUE(idle(decode));
+}
+
+TEST_F(PdServerTest, FortyRequestsMatchColocatedTokenForToken) {
+  expect_pd_matches_colocated(*prefill_, *decode_, bootstrap_port_, 44);
+}
+
+#ifdef TANDEM_TEST_UCX
+TEST_F(PdServerTest, UcxTransferBackendMatchesColocated) {
+  ServerProcess p(args({"--role", "prefill", "--disaggregation-bootstrap-port", "0",
+                        "--transfer-backend", "ucx"}));
+  ServerProcess d(args({"--role", "decode", "--transfer-backend", "ucx"}));
+  const int port = TestClient(p.port()).get("/pd_info").json()["bootstrap_port"];
+  expect_pd_matches_colocated(p, d, port, 12);
+}
+#endif
+
+// The client leaves: before the prefill came (decode's abort tells the prefill side), and
+// mid-stream. Both sides free everything.
+TEST_F(PdServerTest, ClientLeavingAbortsBothSides) {
+  const json body{{"input_ids", {5, 6, 7, 8, 9, 10, 11, 12}},
+                  {"stream", true},
+                  {"sampling_params", {{"max_new_tokens", 400}, {"temperature", 0}, {"ignore_eos", true}}}};
+  auto aborted = [] {
+    return metric_value(TestClient(decode_->port()).get("/metrics").body,
+                        "tandem:request_success_total{model_name=\"tiny\",finished_reason=\"abort\"}")
+        .value_or(-1);
+  };
+  const double aborted_before = aborted();
+  // Before its prefill: D has reserved and connected to P, which waits for the room.
+  int fd = raw_send(decode_->port(), http_post("/generate", with_bootstrap(body, new_room()).dump()));
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  ::close(fd);
   EXPECT_TRUE(idle(*decode_));
+  EXPECT_TRUE(idle(*prefill_));
+  // Mid-stream: the first SSE bytes arrived, then the client goes.
+  const json pd = with_bootstrap(body, new_room());
+  auto p = std::async(std::launch::async, [&] { return TestClient(prefill_->port()).post("/generate", pd); });
+  fd = raw_send(decode_->port(), http_post("/generate", pd.dump()));
+  std::string got;
+  char buf[4096];
+  while (got.find("output_ids") == std::string::npos) {
+    const ssize_t n = ::recv(fd, buf, sizeof(buf), 0);
+    ASSERT_GT(n, 0) << got;
+    got.append(buf, size_t(n));
+  }
+  ::close(fd);
+  EXPECT_EQ(p.get().status, 200);  // P's part was done before D streamed
+  EXPECT_TRUE(idle(*decode_));
+  EXPECT_TRUE(idle(*prefill_));
+  EXPECT_EQ(aborted(), aborted_before + 2);
+}
+
+// Bad PD flags stop `tandem serve` at start-up with an error naming the flag.
+TEST_F(PdServerTest, BadPdFlagsAreRefusedNamingTheFlag) {
+  const std::vector<std::pair<std::vector<std::string>, std::string>> cases{
+      {{"--role", "bogus"}, "--role"},
+      {{"--role", "decode", "--bootstrap-timeout-ms", "0"}, "--bootstrap-timeout-ms must be > 0"},
+      {{"--role", "decode", "--transfer-timeout-ms", "-5"}, "--transfer-timeout-ms must be > 0"},
+      {{"--role", "decode", "--disaggregation-decode-reserve", "-1"},
+       "--disaggregation-decode-reserve must be >= 0"},
+      {{"--transfer-backend", "carrier-pigeon"}, "--transfer-backend"},
+      // The bootstrap port is taken (by the suite's prefill server).
+      {{"--role", "prefill", "--disaggregation-bootstrap-port", std::to_string(bootstrap_port_)},
+       "--role prefill"},
+  };
+  for (const auto& [flags, want] : cases) {
+    try {
+      ServerProcess s(flags);
+      ADD_FAILURE() << "started with " << json(flags).dump();
+    } catch (const std::runtime_error& e) {
+      EXPECT_NE(std::string(e.what()).find(want), std::string::npos)
+          << json(flags).dump() << ":\n" << e.what();
+    }
+  }
 }
 
 TEST_F(PdServerTest, DecodeRequestWhosePrefillNeverComesEndsWithAnError) {
