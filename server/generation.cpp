@@ -184,7 +184,8 @@ ApiError Generation::stream_error(const std::string& message) const {
     // 504, anything else (peer gone, refused, mismatched, transfer error) 502.
     const bool timeout = message.find("timed out") != std::string::npos ||
                          message.find("timeout") != std::string::npos ||
-                         message.find(" within ") != std::string::npos;
+                         message.find(" within ") != std::string::npos ||
+                         message.find(" in time") != std::string::npos;
     e.http_status = timeout ? 504 : 502;
     e.code = timeout ? "pd_timeout" : "pd_peer_failed";
     e.message = fmt::format("PD {} failed: {}", state_.config.role,

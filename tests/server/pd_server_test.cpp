@@ -9,6 +9,8 @@
 // shows no KV page used and no PD room in flight on either side.
 #include <gtest/gtest.h>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <signal.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -345,17 +347,39 @@ TEST_F(PdServerTest, BadPdFlagsAreRefusedNamingTheFlag) {
 TEST_F(PdServerTest, DecodeRequestWhosePrefillNeverComesEndsWithAnError) {
   const json body{{"input_ids", {5, 6, 7, 8, 9, 10, 11}},
                   {"sampling_params", {{"max_new_tokens", 4}, {"temperature", 0}}}};
-  // P is reachable but never gets this room's request; then a port where nobody listens.
-  for (int port : {bootstrap_port_, 1}) {
+  // A socket that accepts connections (the kernel's backlog) and never answers.
+  const int silent = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof(addr);
+  ASSERT_EQ(::bind(silent, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+  ASSERT_EQ(::listen(silent, 8), 0);
+  ASSERT_EQ(::getsockname(silent, reinterpret_cast<sockaddr*>(&addr), &len), 0);
+  struct Case {
+    int port;
+    int status;
+    std::string message;
+  };
+  const Case cases[] = {
+      // P is reachable but never gets this room's request: it gives up at its bootstrap timeout.
+      {bootstrap_port_, 502, "prefill has no request for room"},
+      {1, 502, "cannot reach the prefill bootstrap endpoint 127.0.0.1:1"},  // nobody listens
+      {ntohs(addr.sin_port), 504, "cannot reach the prefill bootstrap endpoint"},  // silent
+  };
+  for (const Case& c : cases) {
     const auto t0 = Clock::now();
-    const Reply r = TestClient(decode_->port()).post("/generate", with_bootstrap(body, new_room(), port));
-    EXPECT_TRUE(r.status == 502 || r.status == 504) << r.status << " " << r.body;
-    EXPECT_NE(r.json()["error"].value("message", "").find("PD decode failed"), std::string::npos)
-        << r.body;
-    EXPECT_LT(seconds_since(t0), 6.0);
+    const Reply r = TestClient(decode_->port()).post("/generate", with_bootstrap(body, new_room(), c.port));
+    EXPECT_EQ(r.status, c.status) << r.body;
+    const std::string message = r.json()["error"].value("message", "");
+    EXPECT_EQ(message.rfind("PD decode failed: ", 0), 0u) << r.body;
+    EXPECT_NE(message.find(c.message), std::string::npos) << r.body;
+    EXPECT_EQ(r.json()["error"]["code"], c.status == 504 ? "pd_timeout" : "pd_peer_failed");
+    EXPECT_LT(seconds_since(t0), 5.0);
     EXPECT_TRUE(idle(*decode_));
     EXPECT_TRUE(idle(*prefill_));
   }
+  ::close(silent);
   // Streaming: the headers are out, so the error comes as an SSE event.
   json s = body;
   s["stream"] = true;
