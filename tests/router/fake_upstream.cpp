@@ -64,6 +64,7 @@ std::string FakeUpstream::stream_bytes(const nlohmann::json& body) {
 }
 
 void FakeUpstream::generation(const httplib::Request& req, httplib::Response& res) {
+  const int delay = delay_ms;  // as when the request came: the test may change it meanwhile
   requests++;
   nlohmann::json body = nlohmann::json::parse(req.body, nullptr, false);
   if (!body.is_object() || !body.contains("bootstrap_room")) {
@@ -98,7 +99,7 @@ void FakeUpstream::generation(const httplib::Request& req, httplib::Response& re
       return;
     }
   }
-  sleep_ms(delay_ms);
+  sleep_ms(delay);
   if (endless) {
     // Writes until the router closes the connection (a prefill's filler is JSON whitespace).
     const bool sse = role_ == "decode";
