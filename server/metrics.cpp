@@ -74,6 +74,12 @@ std::string ServerMetrics::render(const std::string& model_name,
          s.running);
   metric(out, "gauge", "tandem:num_requests_waiting", "Sequences waiting to be scheduled.",
          labels, s.waiting);
+  metric(out, "gauge", "tandem:num_requests_awaiting_kv",
+         "PD decode: requests holding reserved pages until their prompt KV arrives.", labels,
+         s.awaiting_kv);
+  metric(out, "gauge", "tandem:num_requests_transferring",
+         "PD prefill: requests done computing whose KV is still being sent.", labels,
+         s.transferring);
   metric(out, "gauge", "tandem:token_usage",
          "Fraction of the KV cache pool held by requests (0 to 1).", labels, s.kv_usage);
   metric(out, "gauge", "tandem:kv_pages_used", "KV cache pages held by requests.", labels,
