@@ -74,7 +74,7 @@ Router::Router(const RouterConfig& config) : impl_(std::make_unique<Impl>(config
     res.set_content(m.ctx.metrics.render(m.ctx.pool), "text/plain; version=0.0.4");
   });
   m.server.set_error_handler([](const httplib::Request& req, httplib::Response& res) {
-    if (res.status == 404) set_api_error(res, 404, "no route " + req.method + " " + req.path, "not_found");
+    if (res.status == 404 && res.body.empty()) set_api_error(res, 404, "no route " + req.method + " " + req.path, "not_found");
   });
 }
 

@@ -54,7 +54,7 @@ class RouterTest : public ::testing::Test {
     c.port = 0;
     c.policy = policy;
     c.health_interval_s = 60;  // the tests poll explicitly
-    c.request_timeout_s = 20;
+    c.request_timeout_s = request_timeout_s_;
     c.api_key = api_key;
     c.http_threads = 32;
     ASSERT_TRUE(c.validate().ok()) << c.validate().message();
@@ -83,6 +83,7 @@ class RouterTest : public ::testing::Test {
     return r ? r->body : "";
   }
 
+  double request_timeout_s_ = 20;
   RoomRegistry registry_;
   std::vector<std::unique_ptr<FakeUpstream>> prefills_, decodes_;
   std::unique_ptr<Router> router_;
@@ -228,6 +229,19 @@ TEST_F(RouterTest, PrefillErrorReachesClientAndClosesDecode) {
   EXPECT_TRUE(eventually([&] { return decodes_[0]->closed_by_router == 1; }));
   EXPECT_TRUE(eventually([&] { return decodes_[0]->in_flight == 0; }));
   EXPECT_NE(metrics().find("tandem_router_requests_failed_total{reason=\"prefill_error\"} 1"), std::string::npos);
+}
+
+TEST_F(RouterTest, TimeoutIs504AndClosesBothUpstreams) {
+  make_upstreams(1, 1);
+  request_timeout_s_ = 0.3;
+  start_router();
+  prefills_[0]->endless = true;
+  decodes_[0]->endless = true;
+  auto r = post({{"prompt", "x"}});
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 504);
+  EXPECT_TRUE(eventually([&] { return prefills_[0]->closed_by_router == 1 && decodes_[0]->closed_by_router == 1; }));
+  EXPECT_NE(metrics().find("tandem_router_requests_failed_total{reason=\"timeout\"} 1"), std::string::npos);
 }
 
 // Sends a request on a raw socket and closes it after `wait_ms` (reading what came first).
