@@ -154,6 +154,9 @@ struct Exchange {
     httplib::Error err = httplib::Error::Success;
     const bool sent = !cancelled && leg.client->send(req, res, err);
     ctx->pool.release(leg.upstream);
+    if (!sent && err == httplib::Error::Connection) {
+      ctx->pool.mark_down(leg.upstream, "connection failed: " + httplib::to_string(err));
+    }
     std::lock_guard lock(mu);
     leg.done = true;
     if (!sent) {
