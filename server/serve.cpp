@@ -90,6 +90,10 @@ Status start_pd_worker(const ServerConfig& config, const Device& device, runtime
                        std::unique_ptr<disagg::PrefillWorker>* prefill,
                        std::unique_ptr<disagg::DecodeWorker>* decode) {
   if (config.role == "colocated") return {};
+  if (config.pd.transfer.token.empty()) {
+    TANDEM_LOG_WARN("--role {} without --pd-token: any process that reaches the bootstrap and "
+                    "transfer ports can join this PD job", config.role);
+  }
   disagg::PdWorkerConfig pd = config.pd;
   pd.bootstrap_host = config.host;
   pd.transfer.listen_host = config.host;
