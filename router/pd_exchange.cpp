@@ -152,6 +152,7 @@ struct Exchange {
     };
     httplib::Response res;
     httplib::Error err = httplib::Error::Success;
+    leg.upstream->requests_total.fetch_add(1);
     const bool sent = !cancelled && leg.client->send(req, res, err);
     ctx->pool.release(leg.upstream);
     if (!sent && err == httplib::Error::Connection) {

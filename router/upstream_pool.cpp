@@ -131,7 +131,6 @@ Upstream* UpstreamPool::acquire(Role role, const Upstream* exclude) {
     }
   }
   pick->in_flight.fetch_add(1);
-  pick->requests_total.fetch_add(1);
   return pick;
 }
 

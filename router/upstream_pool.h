@@ -27,7 +27,7 @@ struct Upstream {
   std::atomic<bool> healthy{false};
   std::atomic<int> bootstrap_port{0};  // from /pd_info; prefill only
   std::atomic<int64_t> in_flight{0};   // requests through this router now
-  std::atomic<int64_t> requests_total{0};
+  std::atomic<int64_t> requests_total{0};  // generation requests sent to it
   std::string last_problem;  // guarded by UpstreamPool's mutex; logged when it changes
 };
 

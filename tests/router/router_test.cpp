@@ -193,6 +193,9 @@ TEST_F(RouterTest, DownServerIsSkippedAnd503WhenNoneLeftThenRoutedAgain) {
   EXPECT_EQ(client_->Get("/health")->status, 503);
   EXPECT_EQ(decodes_[0]->requests, 3);
   EXPECT_EQ(prefills_[0]->requests, 3);
+  EXPECT_NE(metrics().find("tandem_router_upstream_requests_total{role=\"prefill\",url=\"" + prefills_[0]->url() +
+                           "\"} 3"),
+            std::string::npos);
   // Both come back.
   decodes_[0]->healthy = true;
   decodes_[1]->start(port1);
