@@ -52,6 +52,12 @@ DeepseekRunner::~DeepseekRunner() {
   static const char* const kKinds[] = {"eager decode", "CUDA-graph decode", "prefill/mixed"};
   for (const auto& [key, st] : stats_) {
     const double n = double(st.steps);
+    if (device_.is_cpu()) {
+      TANDEM_LOG_INFO("runner: {} batch {}: {} steps, wall {:.3f} ms/step, host before the step "
+                      "{:.3f} ms/step", kKinds[key.first], key.second, st.steps,
+                      st.wall_s * 1e3 / n, st.gap_s * 1e3 / n);
+      continue;
+    }
     TANDEM_LOG_INFO("runner: {} batch {}: {} steps, wall {:.3f} ms/step, GPU {:.3f} ms/step, "
                     "host before the step {:.3f} ms/step",
                     kKinds[key.first], key.second, st.steps, st.wall_s * 1e3 / n, st.gpu_ms / n,
