@@ -14,6 +14,7 @@
 #include "core/log.h"
 #include "disagg/socket.h"
 #include "disagg/staging.h"
+#include "disagg/transfer_batches.h"
 #include "disagg/wire.h"
 
 namespace tandem::disagg {
@@ -55,17 +56,7 @@ struct Region {
   int device = 0;
 };
 
-struct Batch {
-  BatchId id = 0;
-  std::vector<RegionHandle> dst;
-  std::vector<TransferWrite> writes;
-  Clock::time_point deadline;
-  std::atomic<bool> cancel{false};
-  std::mutex mu;
-  std::condition_variable cv;
-  bool finished = false;
-  Status status;
-};
+using Batch = TransferBatch;
 
 struct Peer {
   std::string endpoint;
@@ -112,10 +103,7 @@ class TcpTransferEngine final : public TransferEngine {
 
   ~TcpTransferEngine() override {
     stop_ = true;
-    {
-      std::lock_guard lock(batches_mu_);
-      for (auto& [id, b] : batches_) b->cancel = true;
-    }
+    batches_.cancel_all();
     if (accept_thread_.joinable()) accept_thread_.join();
     {
       std::lock_guard lock(conns_mu_);
@@ -183,15 +171,7 @@ class TcpTransferEngine final : public TransferEngine {
           return {StatusCode::kInvalidArgument, "submit: destination range outside its region"};
       }
     }
-    auto batch = std::make_shared<Batch>();
-    batch->dst.assign(dst.begin(), dst.end());
-    batch->writes.assign(writes.begin(), writes.end());
-    batch->deadline = Clock::now() + std::chrono::milliseconds(config_.transfer_timeout_ms);
-    {
-      std::lock_guard lock(batches_mu_);
-      batch->id = ++next_batch_id_;
-      batches_[batch->id] = batch;
-    }
+    auto batch = batches_.add(dst, writes, std::chrono::milliseconds(config_.transfer_timeout_ms));
     Peer& peer = peer_for(dst[0].endpoint);
     {
       std::lock_guard lock(peer.mu);
@@ -202,57 +182,14 @@ class TcpTransferEngine final : public TransferEngine {
     return {};
   }
 
-  Status poll(BatchId id, bool* done) override {
-    return wait_for(id, std::chrono::milliseconds(0), done);
-  }
-
+  Status poll(BatchId id, bool* done) override { return batches_.poll(id, done); }
   Status wait(BatchId id, std::chrono::milliseconds timeout) override {
-    bool done = false;
-    Status s = wait_for(id, timeout, &done);
-    if (s.ok() && !done) return {StatusCode::kDeadlineExceeded, "transfer still running"};
-    return s;
+    return batches_.wait(id, timeout);
   }
+  void cancel(BatchId id) override { batches_.cancel(id); }
 
-  void cancel(BatchId id) override {
-    std::shared_ptr<Batch> b;
-    {
-      std::lock_guard lock(batches_mu_);
-      auto it = batches_.find(id);
-      if (it == batches_.end()) return;
-      b = it->second;
-      batches_.erase(it);
-    }
-    b->cancel = true;  // the worker skips it or stops mid-batch and drops the connection
-  }
 
  private:
-  Status wait_for(BatchId id, std::chrono::milliseconds timeout, bool* done) {
-    std::shared_ptr<Batch> b;
-    {
-      std::lock_guard lock(batches_mu_);
-      auto it = batches_.find(id);
-      if (it == batches_.end())
-        return {StatusCode::kNotFound, "unknown or finished batch " + std::to_string(id)};
-      b = it->second;
-    }
-    // The batch fails by itself at its deadline, so waiting past it (plus a margin for the
-    // worker to notice) is pointless; this also keeps a huge `timeout` from overflowing.
-    const auto now = Clock::now();
-    const auto last = b->deadline + std::chrono::seconds(1);
-    const auto until =
-        timeout >= std::chrono::duration_cast<std::chrono::milliseconds>(last - now)
-            ? last
-            : now + timeout;
-    std::unique_lock bl(b->mu);
-    b->cv.wait_until(bl, until, [&] { return b->finished; });
-    *done = b->finished;
-    if (!b->finished) return {};
-    Status s = b->status;
-    bl.unlock();
-    std::lock_guard lock(batches_mu_);
-    batches_.erase(id);
-    return s;
-  }
 
   Peer& peer_for(const std::string& endpoint) {
     std::lock_guard lock(peers_mu_);
@@ -266,12 +203,7 @@ class TcpTransferEngine final : public TransferEngine {
     return *slot;
   }
 
-  static void finish(Batch& b, Status s) {
-    std::lock_guard lock(b.mu);
-    b.finished = true;
-    b.status = std::move(s);
-    b.cv.notify_all();
-  }
+  static void finish(Batch& b, Status s) { finish_batch(b, std::move(s)); }
 
   void peer_loop(Peer& peer) {
     for (;;) {
@@ -497,9 +429,7 @@ class TcpTransferEngine final : public TransferEngine {
   std::unordered_map<uint64_t, Region> regions_;
   uint64_t next_region_id_ = 0;
 
-  std::mutex batches_mu_;
-  std::unordered_map<BatchId, std::shared_ptr<Batch>> batches_;
-  BatchId next_batch_id_ = 0;
+  BatchTable batches_;
 
   std::mutex peers_mu_;
   std::unordered_map<std::string, std::unique_ptr<Peer>> peers_;

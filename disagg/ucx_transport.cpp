@@ -19,6 +19,7 @@
 #include "core/log.h"
 #include "disagg/socket.h"
 #include "disagg/staging.h"
+#include "disagg/transfer_batches.h"
 #include "disagg/wire.h"
 
 namespace tandem::disagg {
@@ -92,17 +93,7 @@ struct Region {
   int busy = 0;               // batches reading it right now; unregister waits for 0
 };
 
-struct Batch {
-  BatchId id = 0;
-  std::vector<RegionHandle> dst;
-  std::vector<TransferWrite> writes;
-  Clock::time_point deadline;
-  std::atomic<bool> cancel{false};
-  std::mutex mu;
-  std::condition_variable cv;
-  bool finished = false;
-  Status status;
-};
+using Batch = TransferBatch;
 
 // Completion of one request whose callback may run after its waiter gave up: the callback
 // owns a reference.
@@ -240,10 +231,7 @@ class UcxTransferEngine final : public TransferEngine {
 
   ~UcxTransferEngine() override {
     stop_ = true;
-    {
-      std::lock_guard lock(batches_mu_);
-      for (auto& [id, b] : batches_) b->cancel = true;
-    }
+    batches_.cancel_all();
     queue_cv_.notify_all();
     if (progress_thread_.joinable()) progress_thread_.join();
     // The progress thread is gone: this thread now owns the worker.
@@ -363,14 +351,9 @@ class UcxTransferEngine final : public TransferEngine {
           return {StatusCode::kInvalidArgument, "submit: destination range outside its region"};
       }
     }
-    auto batch = std::make_shared<Batch>();
-    batch->dst.assign(dst.begin(), dst.end());
-    batch->writes.assign(writes.begin(), writes.end());
-    batch->deadline = Clock::now() + std::chrono::milliseconds(config_.transfer_timeout_ms);
+    auto batch = batches_.add(dst, writes, std::chrono::milliseconds(config_.transfer_timeout_ms));
     {
-      std::lock_guard lock(batches_mu_);
-      batch->id = ++next_batch_id_;
-      batches_[batch->id] = batch;
+      std::lock_guard lock(queue_mu_);
       queue_.push_back(batch);
     }
     queue_cv_.notify_one();
@@ -378,28 +361,12 @@ class UcxTransferEngine final : public TransferEngine {
     return {};
   }
 
-  Status poll(BatchId id, bool* done) override {
-    return wait_for(id, std::chrono::milliseconds(0), done);
-  }
-
+  Status poll(BatchId id, bool* done) override { return batches_.poll(id, done); }
   Status wait(BatchId id, std::chrono::milliseconds timeout) override {
-    bool done = false;
-    Status s = wait_for(id, timeout, &done);
-    if (s.ok() && !done) return {StatusCode::kDeadlineExceeded, "transfer still running"};
-    return s;
+    return batches_.wait(id, timeout);
   }
+  void cancel(BatchId id) override { batches_.cancel(id); }
 
-  void cancel(BatchId id) override {
-    std::shared_ptr<Batch> b;
-    {
-      std::lock_guard lock(batches_mu_);
-      auto it = batches_.find(id);
-      if (it == batches_.end()) return;
-      b = it->second;
-      batches_.erase(it);
-    }
-    b->cancel = true;  // the progress thread skips it, or drops the connection mid-batch
-  }
 
  private:
   struct AmArg {
@@ -419,39 +386,8 @@ class UcxTransferEngine final : public TransferEngine {
     std::vector<uint8_t> ranges;
   };
 
-  Status wait_for(BatchId id, std::chrono::milliseconds timeout, bool* done) {
-    std::shared_ptr<Batch> b;
-    {
-      std::lock_guard lock(batches_mu_);
-      auto it = batches_.find(id);
-      if (it == batches_.end())
-        return {StatusCode::kNotFound, "unknown or finished batch " + std::to_string(id)};
-      b = it->second;
-    }
-    // As tcp: the batch fails by itself at its deadline, so wait no longer than that.
-    const auto now = Clock::now();
-    const auto last = b->deadline + std::chrono::seconds(1);
-    const auto until =
-        timeout >= std::chrono::duration_cast<std::chrono::milliseconds>(last - now)
-            ? last
-            : now + timeout;
-    std::unique_lock bl(b->mu);
-    b->cv.wait_until(bl, until, [&] { return b->finished; });
-    *done = b->finished;
-    if (!b->finished) return {};
-    Status s = b->status;
-    bl.unlock();
-    std::lock_guard lock(batches_mu_);
-    batches_.erase(id);
-    return s;
-  }
 
-  static void finish(Batch& b, Status s) {
-    std::lock_guard lock(b.mu);
-    b.finished = true;
-    b.status = std::move(s);
-    b.cv.notify_all();
-  }
+  static void finish(Batch& b, Status s) { finish_batch(b, std::move(s)); }
 
   void unmap(Region& r) {
     if (r.memh) {
@@ -471,7 +407,7 @@ class UcxTransferEngine final : public TransferEngine {
       bool busy = progress_once();
       std::deque<std::shared_ptr<Batch>> fresh;
       {
-        std::lock_guard lock(batches_mu_);
+        std::lock_guard lock(queue_mu_);
         fresh.swap(queue_);
       }
       for (auto& b : fresh) peer_for(b->dst[0].endpoint).queue.push_back(std::move(b));
@@ -491,7 +427,7 @@ class UcxTransferEngine final : public TransferEngine {
         std::this_thread::yield();
         continue;
       }
-      std::unique_lock lock(batches_mu_);
+      std::unique_lock lock(queue_mu_);
       queue_cv_.wait_for(lock, in_flight ? std::chrono::microseconds(200)
                                          : std::chrono::microseconds(1000),
                          [&] { return stop_ || !queue_.empty(); });
@@ -502,7 +438,7 @@ class UcxTransferEngine final : public TransferEngine {
       for (auto& b : peer->queue) finish(*b, stopped);
       peer->queue.clear();
     }
-    std::lock_guard lock(batches_mu_);
+    std::lock_guard lock(queue_mu_);
     for (auto& b : queue_) finish(*b, stopped);
     queue_.clear();
   }
@@ -1047,11 +983,10 @@ class UcxTransferEngine final : public TransferEngine {
   std::unordered_map<uint64_t, Region> regions_;
   uint64_t next_region_id_ = 0;
 
-  std::mutex batches_mu_;
+  BatchTable batches_;
+  std::mutex queue_mu_;
   std::condition_variable queue_cv_;
-  std::unordered_map<BatchId, std::shared_ptr<Batch>> batches_;
   std::deque<std::shared_ptr<Batch>> queue_;  // submitted, not yet handed to their peer
-  BatchId next_batch_id_ = 0;
 
   // Progress thread only (the destructor after it has joined).
   std::thread progress_thread_;
