@@ -79,6 +79,9 @@ TEST_F(Cli, BadInputNamesTheFlagOrFile) {
       {"bench --tokenizer " + model_.string() + " --base-url ftp://x", "--base-url"},
       {"generate --model-path " + model_.string() + " --prompt-ids 1 --load-format pt", "--load-format"},
       {"serve --model-path " + model_.string() + " --load-format pt", "--load-format"},
+      {"generate --model-path " + model_.string() + " --prompt-ids 1 --cuda-graph-max-bs -1",
+       "--cuda-graph-max-bs"},
+      {"serve --model-path " + model_.string() + " --cuda-graph-max-bs 5000", "--cuda-graph-max-bs"},
       {"no-such-command", "subcommand"},
   };
   for (const Case& c : cases) {
