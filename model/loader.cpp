@@ -22,23 +22,27 @@ LoadedModel load_model(const std::filesystem::path& model_dir, Device device, Lo
   m.config = ModelConfig::from_json_file(model_dir / "config.json");
   TANDEM_LOG_INFO("model {}", m.config.summary());
   if (format == LoadFormat::kDummy) {
-    m.checkpoint = std::make_shared<Checkpoint>(random_checkpoint(m.config, 0));
+    m.model = std::make_unique<DeepseekV3Model>(m.config, load_dummy_weights(m.config, 0, device));
   } else {
     m.checkpoint = std::make_shared<Checkpoint>(Checkpoint::open(model_dir));
     m.checkpoint->prefetch();
+    m.model =
+        std::make_unique<DeepseekV3Model>(m.config, load_weights(m.config, *m.checkpoint, device));
   }
-  m.model = std::make_unique<DeepseekV3Model>(m.config, load_weights(m.config, *m.checkpoint, device));
   const double secs =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  TANDEM_LOG_INFO("loaded {:.2f} GB in {:.1f} s", double(m.checkpoint->total_bytes()) / 1e9, secs);
+  if (m.checkpoint) {
+    TANDEM_LOG_INFO("loaded {:.2f} GB in {:.1f} s", double(m.checkpoint->total_bytes()) / 1e9, secs);
+  } else {
+    TANDEM_LOG_INFO("made dummy weights on {} in {:.1f} s", device.name(), secs);
+  }
   return m;
 }
 
 LoadedModel load_random_model(const ModelConfig& config, uint64_t seed, Device device) {
   LoadedModel m;
   m.config = config;
-  m.checkpoint = std::make_shared<Checkpoint>(random_checkpoint(config, seed));
-  m.model = std::make_unique<DeepseekV3Model>(m.config, load_weights(m.config, *m.checkpoint, device));
+  m.model = std::make_unique<DeepseekV3Model>(m.config, load_dummy_weights(config, seed, device));
   return m;
 }
 

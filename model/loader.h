@@ -12,7 +12,7 @@ namespace tandem {
 
 struct LoadedModel {
   ModelConfig config;
-  std::shared_ptr<Checkpoint> checkpoint;  // keeps the mapped weights alive
+  std::shared_ptr<Checkpoint> checkpoint;  // keeps the mapped weights alive; null for dummy
   std::unique_ptr<DeepseekV3Model> model;
 };
 

@@ -12,35 +12,17 @@
 #include "core/progress.h"
 #include "core/thread_pool.h"
 #include "model/safetensors_writer.h"
+#include "ops/ops.h"
+#include "ops/random_bits.h"
 
 namespace tandem {
 
 namespace {
 
-uint64_t splitmix64(uint64_t x) {
-  x += 0x9e3779b97f4a7c15ull;
-  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
-  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
-  return x ^ (x >> 31);
-}
-
 uint64_t hash_name(const std::string& s) {
   uint64_t h = 1469598103934665603ull;  // FNV-1a
   for (unsigned char ch : s) h = (h ^ ch) * 1099511628211ull;
   return h;
-}
-
-// Uniform in [-1, 1) from 16 random bits.
-inline float unit16(uint64_t bits) { return float(int32_t(bits & 0xffff) - 32768) / 32768.0f; }
-
-// 65536-entry table: 16 random bits -> the e4m3 code of a uniform value in [-448, 448).
-const std::array<uint8_t, 65536>& fp8_uniform_table() {
-  static const std::array<uint8_t, 65536> table = [] {
-    std::array<uint8_t, 65536> t{};
-    for (uint32_t i = 0; i < 65536; ++i) t[i] = f32_to_fp8_e4m3(unit16(i) * kFp8E4M3Max).bits;
-    return t;
-  }();
-  return table;
 }
 
 float spec_std(const WeightSpec& spec) {
@@ -58,77 +40,28 @@ float spec_std(const WeightSpec& spec) {
 
 }  // namespace
 
-RandomWeight random_weight(const WeightSpec& spec, bool fp8, uint64_t seed) {
-  const uint64_t key = splitmix64(seed ^ hash_name(spec.name));
+RandomWeight random_weight(const WeightSpec& spec, bool fp8, uint64_t seed, Device device) {
+  const uint64_t key = ops::splitmix64(seed ^ hash_name(spec.name));
   const float std_dev = spec_std(spec);
   const float amplitude = std_dev * std::sqrt(3.0f);  // uniform(-a, a) has std a / sqrt(3)
-  const float offset = spec.kind == WeightKind::kNorm ? 1.0f : 0.0f;
-  int64_t numel = 1;
-  for (int64_t d : spec.shape) numel *= d;
   RandomWeight out;
-  const int64_t chunk = 1 << 16;
   if (fp8 && spec.kind == WeightKind::kLinear) {
     // Uniform codes over [-448, 448) with one scale per block: amplitude / 448.
-    const auto& table = fp8_uniform_table();
-    out.weight = Tensor::empty(spec.shape, DType::kF8E4M3);
-    uint8_t* w = reinterpret_cast<uint8_t*>(out.weight.data<fp8_e4m3>());
-    parallel_for((numel + chunk - 1) / chunk, 1, [&](int64_t cb, int64_t ce) {
-      for (int64_t c = cb; c < ce; ++c) {
-        const int64_t end = std::min(numel, (c + 1) * chunk);
-        for (int64_t i = c * chunk; i < end; i += 4) {
-          const uint64_t r = splitmix64(key + uint64_t(i));
-          for (int64_t j = 0; j < 4 && i + j < end; ++j) w[i + j] = table[(r >> (16 * j)) & 0xffff];
-        }
-      }
-    });
+    out.weight = Tensor::empty(spec.shape, DType::kF8E4M3, device);
+    ops::fill_random(out.weight, key, kFp8E4M3Max, 0.0f);
     const int64_t b = LinearWeight::kBlock;
     const Shape scale_shape{(spec.shape[0] + b - 1) / b, (spec.shape[1] + b - 1) / b};
-    out.scale_inv = Tensor::empty(scale_shape, DType::kF32);
-    float* s = out.scale_inv.data<float>();
-    for (int64_t i = 0; i < scale_shape[0] * scale_shape[1]; ++i) s[i] = amplitude / kFp8E4M3Max;
+    out.scale_inv = Tensor::from_vector(
+                        std::vector<float>(size_t(scale_shape[0] * scale_shape[1]),
+                                           amplitude / kFp8E4M3Max),
+                        scale_shape)
+                        .to(device);
     return out;
   }
   const DType dtype = spec.kind == WeightKind::kRouterBias ? DType::kF32 : DType::kBF16;
-  out.weight = Tensor::empty(spec.shape, dtype);
-  void* base = out.weight.raw_data();
-  parallel_for((numel + chunk - 1) / chunk, 1, [&](int64_t cb, int64_t ce) {
-    for (int64_t c = cb; c < ce; ++c) {
-      const int64_t end = std::min(numel, (c + 1) * chunk);
-      for (int64_t i = c * chunk; i < end; i += 4) {
-        const uint64_t r = splitmix64(key + uint64_t(i));
-        for (int64_t j = 0; j < 4 && i + j < end; ++j) {
-          const float v = offset + amplitude * unit16(r >> (16 * j));
-          if (dtype == DType::kF32) {
-            static_cast<float*>(base)[i + j] = v;
-          } else {
-            static_cast<bf16*>(base)[i + j] = f32_to_bf16(v);
-          }
-        }
-      }
-    }
-  });
+  out.weight = Tensor::empty(spec.shape, dtype, device);
+  ops::fill_random(out.weight, key, amplitude, spec.kind == WeightKind::kNorm ? 1.0f : 0.0f);
   return out;
-}
-
-Checkpoint random_checkpoint(const ModelConfig& config, uint64_t seed) {
-  std::vector<std::pair<std::string, Tensor>> tensors;
-  const std::vector<WeightSpec> specs = weight_specs(config);
-  uint64_t total = 0;
-  for (const WeightSpec& s : specs) {
-    int64_t n = 1;
-    for (int64_t d : s.shape) n *= d;
-    total += uint64_t(n);
-  }
-  ProgressBar progress("dummy weights", total, "");
-  for (const WeightSpec& s : specs) {
-    RandomWeight w = random_weight(s, config.quantization.enabled, seed);
-    progress.advance(uint64_t(w.weight.numel()));
-    tensors.emplace_back(s.name, std::move(w.weight));
-    if (w.scale_inv.defined()) tensors.emplace_back(s.name + "_scale_inv", std::move(w.scale_inv));
-  }
-  progress.finish();
-  return Checkpoint::from_tensors("dummy weights (" + config.architecture_name + ")",
-                                  std::move(tensors));
 }
 
 uint64_t make_random_checkpoint(const nlohmann::json& config_json, const MakeModelOptions& opt) {

@@ -1,4 +1,5 @@
-// Deterministic random weights for `tandem make-model` (and later --load-format dummy).
+// Deterministic random weights for `tandem make-model` and `--load-format dummy`
+// (load_dummy_weights in model/weights.h makes them on the target device).
 // Element i of tensor `name` depends only on (seed, name, i), so generation runs in parallel
 // and any subset of the tensors (one rank's experts) can be made on its own.
 // Scales: linear weights uniform with std 1/sqrt(in), embeddings std 1, norms 1 +- 0.1,
@@ -20,18 +21,15 @@ struct RandomWeight {
 };
 
 // fp8: linear weights as f8_e4m3 with 128x128 block scales, as DeepSeek-V3 ships them.
-RandomWeight random_weight(const WeightSpec& spec, bool fp8, uint64_t seed);
+// Made on `device` (ops::fill_random): the same bits on the CPU and on a GPU.
+RandomWeight random_weight(const WeightSpec& spec, bool fp8, uint64_t seed,
+                           Device device = Device::cpu());
 
 struct MakeModelOptions {
   std::filesystem::path out_dir;
   uint64_t seed = 0;
   uint64_t max_shard_bytes = 4ull << 30;
 };
-
-// Every tensor of `config` as make-model would write it with `seed`, held in memory as a
-// Checkpoint (`--load-format dummy`: benchmarks of large shapes need no files). Generation
-// runs on the CPU thread pool; the whole model is held in host memory once.
-Checkpoint random_checkpoint(const ModelConfig& config, uint64_t seed);
 
 // Writes config.json and the safetensors checkpoint for `config_json` (fp8 when it has a
 // quantization_config) with a progress bar. Returns the bytes written.

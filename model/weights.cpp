@@ -2,7 +2,12 @@
 
 #include <fmt/format.h>
 
+#include <memory>
+#include <unordered_map>
+
 #include "core/log.h"
+#include "core/progress.h"
+#include "model/random_weights.h"
 
 namespace tandem {
 
@@ -17,19 +22,39 @@ void add_mlp_specs(std::vector<WeightSpec>& specs, const std::string& prefix, in
   specs.push_back({prefix + "down_proj.weight", {hidden, inter}, WeightKind::kLinear});
 }
 
+// Reads checked tensors from a checkpoint, or (dummy) makes them with random_weight from
+// their spec: on the target device directly, so a dummy model never passes through the host.
 class Loader {
  public:
   Loader(const ModelConfig& c, const Checkpoint& ckpt, Device device)
-      : c_(c), ckpt_(ckpt), device_(device) {}
+      : c_(c), ckpt_(&ckpt), device_(device) {}
+  Loader(const ModelConfig& c, uint64_t dummy_seed, Device device)
+      : c_(c), ckpt_(nullptr), dummy_seed_(dummy_seed), device_(device) {
+    for (WeightSpec& spec : weight_specs(c)) {
+      int64_t n = 1;
+      for (int64_t d : spec.shape) n *= d;
+      dummy_elements_ += uint64_t(n);
+      specs_.emplace(spec.name, std::move(spec));
+    }
+    progress_ = std::make_unique<ProgressBar>("dummy weights", dummy_elements_, "");
+  }
+
+  bool has(const std::string& name) const { return ckpt_ ? ckpt_->has(name) : specs_.count(name) > 0; }
+  std::string source() const { return ckpt_ ? ckpt_->path().string() : "dummy weights"; }
+  void finish() {
+    if (progress_) progress_->finish();
+  }
 
   Tensor get(const std::string& name, const Shape& shape, std::initializer_list<DType> dtypes) {
+    if (!ckpt_) return dummy(name, shape, device_).weight;
     return get_host(name, shape, dtypes).to(device_);
   }
 
   // The checked tensor as a view of the mapped file (CPU).
   Tensor get_host(const std::string& name, const Shape& shape,
                   std::initializer_list<DType> dtypes) {
-    const TensorInfo& info = ckpt_.info(name);
+    if (!ckpt_) return dummy(name, shape, Device::cpu()).weight;
+    const TensorInfo& info = ckpt_->info(name);
     TANDEM_CHECK(info.shape == shape, "{}: tensor '{}' has shape {}, expected {}", info.file, name,
                  shape_str(info.shape), shape_str(shape));
     bool ok = false;
@@ -40,10 +65,14 @@ class Loader {
     }
     TANDEM_CHECK(ok, "{}: tensor '{}' has dtype {}, expected {}", info.file, name,
                  dtype_name(info.dtype), allowed);
-    return ckpt_.get(name);
+    return ckpt_->get(name);
   }
 
   LinearWeight linear(const std::string& name, int64_t out, int64_t in) {
+    if (!ckpt_) {
+      RandomWeight r = dummy(name, {out, in}, device_);
+      return {std::move(r.weight), std::move(r.scale_inv)};
+    }
     LinearWeight w = linear_host(name, out, in);
     w.weight = w.weight.to(device_);
     if (w.scale_inv.defined()) w.scale_inv = w.scale_inv.to(device_);
@@ -51,6 +80,10 @@ class Loader {
   }
 
   LinearWeight linear_host(const std::string& name, int64_t out, int64_t in) {
+    if (!ckpt_) {
+      RandomWeight r = dummy(name, {out, in}, Device::cpu(), false);
+      return {std::move(r.weight), std::move(r.scale_inv)};
+    }
     LinearWeight w;
     if (c_.quantization.enabled) {
       w.weight = get_host(name, {out, in}, {DType::kF8E4M3});
@@ -121,8 +154,25 @@ class Loader {
     a.w_uv = a.w_uv.to(device_);
   }
 
+  // A dummy tensor as make-model writes it (`counted`: the progress bar's share; tensors made
+  // twice, on the host for a split and on the device, count once).
+  RandomWeight dummy(const std::string& name, const Shape& shape, Device device,
+                     bool counted = true) {
+    const auto it = specs_.find(name);
+    TANDEM_CHECK(it != specs_.end(), "dummy weights: no tensor '{}' in this config", name);
+    TANDEM_CHECK(it->second.shape == shape, "dummy weights: tensor '{}' is {}, expected {}", name,
+                 shape_str(it->second.shape), shape_str(shape));
+    RandomWeight r = random_weight(it->second, c_.quantization.enabled, dummy_seed_, device);
+    if (counted) progress_->advance(uint64_t(r.weight.numel()));
+    return r;
+  }
+
   const ModelConfig& c_;
-  const Checkpoint& ckpt_;
+  const Checkpoint* ckpt_;  // null: dummy weights
+  uint64_t dummy_seed_ = 0;
+  std::unordered_map<std::string, WeightSpec> specs_;
+  uint64_t dummy_elements_ = 0;
+  std::unique_ptr<ProgressBar> progress_;
   Device device_;
 };
 
@@ -171,9 +221,10 @@ std::vector<WeightSpec> weight_specs(const ModelConfig& c) {
   return specs;
 }
 
-ModelWeights load_weights(const ModelConfig& c, const Checkpoint& ckpt, Device device,
-                          const ExpertFilter& keep_expert) {
-  Loader load(c, ckpt, device);
+namespace {
+
+ModelWeights load_with(Loader& load, const ModelConfig& c, Device device,
+                       const ExpertFilter& keep_expert) {
   ModelWeights w;
   const int64_t h = c.hidden_size;
   w.embed_tokens = load.get("model.embed_tokens.weight", {c.vocab_size, h},
@@ -217,13 +268,28 @@ ModelWeights load_weights(const ModelConfig& c, const Checkpoint& ckpt, Device d
     w.layers.push_back(std::move(layer));
   }
   w.norm = load.norm("model.norm.weight", h);
-  if (c.tie_word_embeddings && !ckpt.has("lm_head.weight")) {
+  if (c.tie_word_embeddings && !load.has("lm_head.weight")) {
     w.lm_head.weight = w.embed_tokens;
   } else {
     w.lm_head.weight = load.get("lm_head.weight", {c.vocab_size, h}, {DType::kBF16, DType::kF32});
   }
-  TANDEM_LOG_DEBUG("loaded {} layers from {}", c.num_hidden_layers, ckpt.path().string());
+  load.finish();
+  TANDEM_LOG_DEBUG("loaded {} layers from {}", c.num_hidden_layers, load.source());
   return w;
+}
+
+}  // namespace
+
+ModelWeights load_weights(const ModelConfig& c, const Checkpoint& ckpt, Device device,
+                          const ExpertFilter& keep_expert) {
+  Loader load(c, ckpt, device);
+  return load_with(load, c, device, keep_expert);
+}
+
+ModelWeights load_dummy_weights(const ModelConfig& c, uint64_t seed, Device device,
+                                const ExpertFilter& keep_expert) {
+  Loader load(c, seed, device);
+  return load_with(load, c, device, keep_expert);
 }
 
 }  // namespace tandem

@@ -84,5 +84,10 @@ struct ModelWeights {
 using ExpertFilter = std::function<bool(int64_t layer, int64_t expert)>;
 ModelWeights load_weights(const ModelConfig& config, const Checkpoint& checkpoint,
                           Device device = Device::cpu(), const ExpertFilter& keep_expert = {});
+// `--load-format dummy`: the weights make-model writes for `seed` (model/random_weights.h),
+// made tensor by tensor on `device` (a GPU generates its own; nothing is staged on the host
+// but kv_b_proj, which the absorbed W_UK/W_UV are split from).
+ModelWeights load_dummy_weights(const ModelConfig& config, uint64_t seed,
+                                Device device = Device::cpu(), const ExpertFilter& keep_expert = {});
 
 }  // namespace tandem

@@ -1,6 +1,7 @@
 // Validation and dispatch of every op (see ops.h). The checks live here once for all backends.
 #include "ops/ops.h"
 
+#include <cmath>
 #include <initializer_list>
 
 #include "ops/cpu/cpu_ops.h"
@@ -144,6 +145,15 @@ void silu_and_mul(const Tensor& gate_up, Tensor& out) {
   expect_shape(out, "silu_and_mul", "out", {gate_up.size(0), gate_up.size(1) / 2});
   const Device d = same_device("silu_and_mul", {&gate_up, &out});
   TANDEM_DISPATCH(silu_and_mul, d, gate_up, out);
+}
+
+void fill_random(Tensor& out, uint64_t key, float amplitude, float offset) {
+  expect(out, "fill_random", "out", out.dim(), {DType::kF32, DType::kBF16, DType::kF8E4M3});
+  TANDEM_CHECK(out.is_contiguous(), "fill_random: out must be contiguous, got {}", out.describe());
+  TANDEM_CHECK(std::isfinite(amplitude) && std::isfinite(offset),
+               "fill_random: amplitude {} and offset {} must be finite", amplitude, offset);
+  if (out.numel() == 0) return;
+  TANDEM_DISPATCH(fill_random, out.device(), out, key, amplitude, offset);
 }
 
 void moe_route(const Tensor& logits, const Tensor& bias, const RouteParams& p, Tensor& topk_ids,

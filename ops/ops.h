@@ -117,6 +117,12 @@ void prepare_experts(ExpertWeights& experts);
 void moe_experts(const Tensor& x, const Tensor& ids, const Tensor& weights,
                  const ExpertWeights& experts, Tensor& out);
 
+// Deterministic random fill, the generator of dummy weights (model/random_weights.h): for
+// element i, u = unit16 of 16 bits (word i % 4) of splitmix64(key + i - i % 4) (random_bits.h),
+// uniform in [-1, 1); out[i] = offset + amplitude * u, rounded to out's dtype (bf16, f32 or
+// f8_e4m3, RNE, saturating). Every device gives the same bits. out: contiguous.
+void fill_random(Tensor& out, uint64_t key, float amplitude, float offset);
+
 // MLA prefill attention over expanded keys/values, causal, variable length.
 // q: f32 [T, H, nope + rope]; kv: f32 [L, H, nope + v] (k_nope then v per head);
 // k_pe: f32 [L, rope] shared by all heads; cu_q: i32 [B + 1] and cu_kv: i32 [B + 1] are the

@@ -15,6 +15,7 @@ void head_matmul(const Tensor& x, const Tensor& w, Tensor& out);
 void rope(Tensor& x, const Tensor& positions, const Tensor& inv_freq, float attention_factor,
           bool interleave);
 void silu_and_mul(const Tensor& gate_up, Tensor& out);
+void fill_random(Tensor& out, uint64_t key, float amplitude, float offset);
 void moe_route(const Tensor& logits, const Tensor& bias, const RouteParams& params,
                Tensor& topk_ids, Tensor& topk_weights);
 void kv_store(const Tensor& latent, const Tensor& k_pe, const Tensor& slots, Tensor& cache);

@@ -98,6 +98,13 @@ struct SiluAndMulParams {
 };
 void launch_silu_and_mul(const SiluAndMulParams& p, cudaStream_t stream);
 
+// ops::fill_random: 4 elements (one splitmix64 draw) per thread.
+struct FillRandomParams {
+  void* out; DType dtype; int64_t numel;
+  uint64_t key; float amplitude, offset;
+};
+void launch_fill_random(const FillRandomParams& p, cudaStream_t stream);
+
 // MoE gate, one block per token.
 struct MoeRouteParams {
   const float* logits; int64_t logits_stride;  // [T, E]
