@@ -2,9 +2,12 @@
 #include "ops/ops.h"
 
 #include <cmath>
+#include <cstdint>
 #include <initializer_list>
+#include <utility>
 
 #include "ops/cpu/cpu_ops.h"
+#include "ops/cpu/sampling.h"
 #ifdef TANDEM_WITH_CUDA
 #include "ops/cuda/cuda_ops.h"
 #endif
@@ -363,6 +366,32 @@ void mla_decode_attention(const Tensor& q_latent, const Tensor& q_pe, const Tens
   const Device d = same_device(op, {&q_latent, &q_pe, &cache, &page_table, &seq_lens, &out_latent});
   TANDEM_DISPATCH(mla_decode_attention, d, q_latent, q_pe, cache, page_table, seq_lens, page_size,
                   scale, out_latent);
+}
+
+void sample_tokens(const Tensor& logits, const SamplingRows& rows, Tensor& tokens,
+                   Tensor& logprobs) {
+  const char* op = "sample_tokens";
+  expect(logits, op, "logits", 2, {DType::kF32});
+  const int64_t n = logits.size(0);
+  TANDEM_CHECK(logits.size(1) >= 1 && logits.size(1) <= INT32_MAX, "{}: logits {} needs a vocab in [1, 2^31)",
+               op, logits.describe());
+  expect(rows.temperature, op, "temperature", 1, {DType::kF32});
+  expect(rows.top_k, op, "top_k", 1, {DType::kI32});
+  expect(rows.top_p, op, "top_p", 1, {DType::kF32});
+  expect(rows.min_p, op, "min_p", 1, {DType::kF32});
+  expect(rows.seed, op, "seed", 1, {DType::kI64});
+  expect(rows.draw, op, "draw", 1, {DType::kI64});
+  expect(tokens, op, "tokens", 1, {DType::kI32});
+  expect(logprobs, op, "logprobs", 1, {DType::kF32});
+  const std::pair<const Tensor*, const char*> per_row[] = {
+      {&rows.temperature, "temperature"}, {&rows.top_k, "top_k"}, {&rows.top_p, "top_p"},
+      {&rows.min_p, "min_p"}, {&rows.seed, "seed"}, {&rows.draw, "draw"},
+      {&tokens, "tokens"}, {&logprobs, "logprobs"}};
+  for (const auto& [t, name] : per_row) expect_shape(*t, op, name, {n});
+  const Device d = same_device(op, {&logits, &rows.temperature, &rows.top_k, &rows.top_p,
+                                    &rows.min_p, &rows.seed, &rows.draw, &tokens, &logprobs});
+  if (n == 0) return;
+  TANDEM_DISPATCH(sample_tokens, d, logits, rows, tokens, logprobs);
 }
 
 }  // namespace tandem::ops

@@ -139,5 +139,31 @@ void mla_decode_attention(const Tensor& q_latent, const Tensor& q_pe, const Tens
                           const Tensor& page_table, const Tensor& seq_lens, int64_t page_size,
                           float scale, Tensor& out_latent);
 
+// Per-row parameters of sample_tokens, each [R] on the logits' device.
+struct SamplingRows {
+  Tensor temperature;  // f32, >= 0; 0: greedy
+  Tensor top_k;        // i32, >= 0; 0 (or >= V): off
+  Tensor top_p;        // f32, (0, 1]; 1: off
+  Tensor min_p;        // f32, [0, 1]; 0: off
+  Tensor seed;         // i64: the row's random stream (ops/sampling_rng.h)
+  Tensor draw;         // i64: which draw of that stream this token uses
+};
+
+// Samples one token per row of logits: f32 [R, V] (rows contiguous) into tokens: i32 [R], and
+// logprobs: f32 [R], the log-softmax of the raw logits at the chosen token. Per row:
+//  1. temperature 0: the argmax (lowest id on ties); else x = logits * (1 / T) in f32;
+//  2. candidates: the top_k largest x (ties: lower id first), or all;
+//  3. p_i = exp(double(x_i - max x)) over the candidates;
+//  4. top_p < 1: in order of x descending (ties: lower id first), the shortest prefix of the
+//     candidates whose p sum is >= top_p * their total;
+//  5. min_p > 0: drops p_i < min_p (min-p relative to the most likely token);
+//  6. u = sampling_uniform(seed, draw); among the kept tokens in id order, the first whose
+//     running p sum exceeds u * their total (the last kept one if rounding runs past the end).
+// runtime::Sampler follows the same steps (after its penalties), so a seeded request samples
+// the same tokens on either side. The CPU op checks the parameter values; the CUDA op trusts
+// them (they come from validated SamplingParams).
+void sample_tokens(const Tensor& logits, const SamplingRows& rows, Tensor& tokens,
+                   Tensor& logprobs);
+
 }  // namespace ops
 }  // namespace tandem

@@ -1,17 +1,19 @@
 // Sampler: picks one request's next token from its logits row. Order: penalties, then greedy
-// argmax (temperature 0) or temperature, top-k, softmax, top-p, min-p and one draw from the
-// request's own generator, so a request with a seed gives the same tokens in any batch.
+// argmax (temperature 0) or temperature, top-k, softmax, top-p, min-p and one draw, exactly as
+// ops::sample_tokens defines them (ops/cpu/sampling.h's sample_row does both). The draws are
+// counter-based: token n of a request uses sampling_uniform(seed, n) (ops/sampling_rng.h), so a
+// seeded request gives the same tokens in any batch, on the host or sampled on the GPU.
 // Logprobs are of the model's distribution (log-softmax of the raw logits), as vLLM reports.
 // Not thread-safe: one per request, used by the engine thread.
 #pragma once
 
 #include <cstdint>
-#include <random>
 #include <span>
 #include <unordered_map>
 #include <unordered_set>
 #include <vector>
 
+#include "ops/cpu/sampling.h"
 #include "runtime/sampling_params.h"
 
 namespace tandem::runtime {
@@ -35,18 +37,28 @@ class Sampler {
   // Chooses the next token from `logits` [vocab] and remembers it for the penalties.
   SampleResult sample(std::span<const float> logits);
 
+  // Device sampling (ops::sample_tokens) gives this request's next token what sample() would
+  // when the request has no penalty and no top_logprobs: the op needs no history.
+  bool device_ok() const;
+  ops::cpu::RowSampling row_params() const;
+  uint64_t seed() const { return seed_; }
+  uint64_t draws() const { return draws_; }  // tokens chosen so far: the next token's draw
+  // Records a token chosen elsewhere (on the device, or by a PD prefill server) as sample()
+  // would have: penalty state and the draw counter move on.
+  void accept(int32_t token);
+
  private:
   void apply_penalties(std::vector<float>& w) const;
-  int32_t draw(const std::vector<float>& w);
-  double uniform();  // [0, 1) from 53 random bits: the same on every platform
+  bool has_penalties() const;
 
   SamplingParams params_;
-  std::mt19937_64 rng_;
+  uint64_t seed_ = 0;
+  uint64_t draws_ = 0;
   std::unordered_set<int32_t> seen_;               // prompt and output, for repetition
   std::unordered_map<int32_t, int32_t> counts_;    // output only, for frequency / presence
   std::vector<float> work_;
   std::vector<int32_t> order_;
-  std::vector<double> probs_;
+  ops::cpu::SampleScratch scratch_;
 };
 
 // log-softmax helpers shared by the sampler and tests.

@@ -1,10 +1,15 @@
 // Sampler: distributions with fixed seeds, each filter, penalties, logprobs, reproducibility,
-// and parameter validation naming the parameter.
+// and parameter validation naming the parameter. The row definition ops::sample_tokens shares
+// (ties in top-k and top-p, the id-order draw), the counter-based draws, accept(), and the CPU
+// op against the Sampler on the same seeds.
 #include <gtest/gtest.h>
 
 #include <cmath>
 #include <functional>
+#include <random>
 
+#include "ops/ops.h"
+#include "ops/sampling_rng.h"
 #include "runtime/sampler.h"
 
 namespace tandem::runtime {
@@ -133,6 +138,169 @@ TEST(Sampler, LogprobsAreLogSoftmaxOfTheModel) {
   EXPECT_EQ(r.top[0].token, 3);
   EXPECT_EQ(r.top[1].token, 2);
   EXPECT_NEAR(r.top[1].logprob, std::log(0.3), 1e-5);
+}
+
+TEST(SampleRow, TiesBreakByLowerIdInTopKAndTopP) {
+  ops::cpu::SampleScratch scratch;
+  const std::vector<float> logits = {0.0f, 3.0f, 3.0f, 3.0f};
+  ops::cpu::RowSampling p;
+  p.top_k = 2;  // of the three tied tokens, the two lowest ids
+  for (const double u : {0.0, 0.3, 0.49}) EXPECT_EQ(ops::cpu::sample_row(logits.data(), 4, p, u, scratch), 1);
+  for (const double u : {0.51, 0.8, 0.999}) EXPECT_EQ(ops::cpu::sample_row(logits.data(), 4, p, u, scratch), 2);
+  // top_p 0.5 of 3 + e^-3: the nucleus takes tied tokens 1 and 2 (cum 2 >= 1.52), not 3.
+  p.top_k = 0;
+  p.top_p = 0.5f;
+  EXPECT_EQ(ops::cpu::sample_row(logits.data(), 4, p, 0.999, scratch), 2);
+  EXPECT_EQ(ops::cpu::sample_row(logits.data(), 4, p, 0.0, scratch), 1);
+  // Without filters the draw walks ids in order: token 0 owns [0, e^-3 / (3 + e^-3)).
+  p.top_p = 1.0f;
+  const double w0 = std::exp(-3.0) / (3.0 + std::exp(-3.0));
+  EXPECT_EQ(ops::cpu::sample_row(logits.data(), 4, p, w0 * 0.99, scratch), 0);
+  EXPECT_EQ(ops::cpu::sample_row(logits.data(), 4, p, w0 * 1.01, scratch), 1);
+  EXPECT_EQ(ops::cpu::sample_row(logits.data(), 4, p, 0.9999999, scratch), 3);
+  // min_p 0.5 keeps p >= 0.5 of the most likely: the tied three.
+  p.min_p = 0.5f;
+  EXPECT_EQ(ops::cpu::sample_row(logits.data(), 4, p, 0.0, scratch), 1);
+  p.temperature = 0.0f;  // greedy: the first maximum
+  EXPECT_EQ(ops::cpu::sample_row(logits.data(), 4, p, 0.7, scratch), 1);
+}
+
+TEST(SampleRow, CounterBasedDrawsAreFixedAndIndependent) {
+  // The same value on every platform: 53 bits of SplitMix64, exact in a double.
+  const double u0 = ops::sampling_uniform(42, 0);
+  EXPECT_EQ(u0 * 0x1.0p53, std::floor(u0 * 0x1.0p53));
+  EXPECT_EQ(ops::sampling_uniform(42, 0), u0);
+  EXPECT_NE(ops::sampling_uniform(42, 1), u0);
+  EXPECT_NE(ops::sampling_uniform(43, 0), u0);
+  double mean = 0.0;
+  for (uint64_t n = 0; n < 20000; ++n) {
+    const double u = ops::sampling_uniform(7, n);
+    ASSERT_GE(u, 0.0);
+    ASSERT_LT(u, 1.0);
+    mean += u / 20000;
+  }
+  EXPECT_NEAR(mean, 0.5, 0.01);
+}
+
+TEST(Sampler, AcceptMovesPenaltiesAndDrawsOn) {
+  SamplingParams p;
+  p.seed = 5;
+  p.presence_penalty = 0.5f;
+  std::mt19937 rng(11);
+  std::normal_distribution<float> dist(0.0f, 2.0f);
+  std::vector<std::vector<float>> rows(6, std::vector<float>(50));
+  for (auto& row : rows) for (float& v : row) v = dist(rng);
+  Sampler a(p, {}, 0), b(p, {}, 0);
+  for (size_t i = 0; i < rows.size(); ++i) {
+    const int32_t t = a.sample(rows[i]).token;
+    if (i + 1 < rows.size()) {
+      b.accept(t);  // as if the device had sampled it
+    } else {
+      EXPECT_EQ(b.sample(rows[i]).token, t);
+    }
+  }
+  EXPECT_EQ(a.draws(), rows.size());
+  EXPECT_FALSE(a.device_ok());  // a penalty needs the history: host only
+  p.presence_penalty = 0.0f;
+  EXPECT_TRUE(Sampler(p, {}, 0).device_ok());
+  p.top_logprobs = 2;
+  EXPECT_FALSE(Sampler(p, {}, 0).device_ok());
+}
+
+// The CPU op (the device op's reference) and the Sampler pick the same tokens for the same
+// seeds and draw counters, with logprobs of the raw logits.
+TEST(SampleTokens, CpuOpMatchesSampler) {
+  const int64_t rows = 12, vocab = 1000;
+  std::mt19937 rng(21);
+  std::normal_distribution<float> dist(0.0f, 3.0f);
+  std::vector<SamplingParams> params(rows);
+  for (int64_t r = 0; r < rows; ++r) {
+    SamplingParams& p = params[size_t(r)];
+    p.seed = 1000 + uint64_t(r);
+    p.logprobs = true;
+    switch (r % 6) {
+      case 0: p.temperature = 0.0f; break;
+      case 1: p.temperature = 0.7f; break;
+      case 2: p.top_k = 20; break;
+      case 3: p.top_p = 0.8f; p.temperature = 1.3f; break;
+      case 4: p.min_p = 0.1f; break;
+      default: p.top_k = 50; p.top_p = 0.9f; p.min_p = 0.05f; p.temperature = 0.5f; break;
+    }
+  }
+  std::vector<Sampler> samplers;
+  for (const SamplingParams& p : params) samplers.emplace_back(p, std::vector<int32_t>{}, 0);
+  for (int step = 0; step < 8; ++step) {
+    Tensor logits = Tensor::empty({rows, vocab}, DType::kF32);
+    for (int64_t i = 0; i < logits.numel(); ++i) logits.data<float>()[i] = dist(rng);
+    ops::SamplingRows in;
+    std::vector<float> t, tp, mp;
+    std::vector<int32_t> k;
+    std::vector<int64_t> seed, draw;
+    for (int64_t r = 0; r < rows; ++r) {
+      const ops::cpu::RowSampling rp = samplers[size_t(r)].row_params();
+      t.push_back(rp.temperature);
+      k.push_back(rp.top_k);
+      tp.push_back(rp.top_p);
+      mp.push_back(rp.min_p);
+      seed.push_back(int64_t(samplers[size_t(r)].seed()));
+      draw.push_back(int64_t(samplers[size_t(r)].draws()));
+    }
+    in.temperature = Tensor::from_vector(t, {rows});
+    in.top_k = Tensor::from_vector(k, {rows});
+    in.top_p = Tensor::from_vector(tp, {rows});
+    in.min_p = Tensor::from_vector(mp, {rows});
+    in.seed = Tensor::from_vector(seed, {rows});
+    in.draw = Tensor::from_vector(draw, {rows});
+    Tensor tokens = Tensor::empty({rows}, DType::kI32), logprobs = Tensor::empty({rows}, DType::kF32);
+    ops::sample_tokens(logits, in, tokens, logprobs);
+    for (int64_t r = 0; r < rows; ++r) {
+      const SampleResult want = samplers[size_t(r)].sample(
+          std::span<const float>(logits.data<float>() + r * vocab, size_t(vocab)));
+      EXPECT_EQ(tokens.data<int32_t>()[r], want.token) << "row " << r << " step " << step;
+      EXPECT_NEAR(logprobs.data<float>()[r], want.logprob, 1e-5) << "row " << r;
+    }
+  }
+}
+
+TEST(SampleTokens, BadInputsNameTheField) {
+  const int64_t rows = 3;
+  Tensor logits = Tensor::empty({rows, 10}, DType::kF32);
+  for (int64_t i = 0; i < logits.numel(); ++i) logits.data<float>()[i] = float(i % 7);
+  auto make = [&] {
+    ops::SamplingRows in;
+    in.temperature = Tensor::from_vector(std::vector<float>(rows, 1.0f), {rows});
+    in.top_k = Tensor::from_vector(std::vector<int32_t>(rows, 0), {rows});
+    in.top_p = Tensor::from_vector(std::vector<float>(rows, 1.0f), {rows});
+    in.min_p = Tensor::from_vector(std::vector<float>(rows, 0.0f), {rows});
+    in.seed = Tensor::from_vector(std::vector<int64_t>(rows, 1), {rows});
+    in.draw = Tensor::from_vector(std::vector<int64_t>(rows, 0), {rows});
+    return in;
+  };
+  Tensor tokens = Tensor::empty({rows}, DType::kI32), logprobs = Tensor::empty({rows}, DType::kF32);
+  auto expect_error = [&](const ops::SamplingRows& in, const Tensor& l, Tensor& tok, const std::string& what) {
+    try {
+      ops::sample_tokens(l, in, tok, logprobs);
+      ADD_FAILURE() << "no error for " << what;
+    } catch (const std::exception& e) {
+      EXPECT_NE(std::string(e.what()).find(what), std::string::npos) << e.what();
+    }
+  };
+  ops::sample_tokens(logits, make(), tokens, logprobs);  // the good case runs
+  ops::SamplingRows in = make();
+  in.top_k = Tensor::from_vector(std::vector<float>(rows, 0.0f), {rows});
+  expect_error(in, logits, tokens, "top_k");
+  in = make();
+  in.seed = Tensor::from_vector(std::vector<int64_t>(2, 1), {2});
+  expect_error(in, logits, tokens, "seed");
+  in = make();
+  in.top_p = Tensor::from_vector(std::vector<float>{1.0f, 0.0f, 1.0f}, {rows});
+  expect_error(in, logits, tokens, "top_p[1]");
+  in = make();
+  in.temperature = Tensor::from_vector(std::vector<float>{1.0f, 1.0f, -2.0f}, {rows});
+  expect_error(in, logits, tokens, "temperature[2]");
+  Tensor bad_tokens = Tensor::empty({rows}, DType::kI64);
+  expect_error(make(), logits, bad_tokens, "tokens");
+  expect_error(make(), Tensor::empty({rows, 10}, DType::kBF16), tokens, "logits");
 }
 
 TEST(SamplingParams, ValidationNamesTheParameter) {

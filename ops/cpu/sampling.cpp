@@ -1,0 +1,116 @@
+// CPU reference of ops::sample_tokens (definition in ops/ops.h): written for clarity, with a
+// partial selection for top-k and a sort only where the nucleus needs the order.
+#include "ops/cpu/sampling.h"
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+
+#include "core/thread_pool.h"
+#include "ops/sampling_rng.h"
+
+namespace tandem::ops::cpu {
+
+float row_log_sum_exp(const float* logits, int64_t vocab) {
+  float mx = -INFINITY;
+  for (int64_t i = 0; i < vocab; ++i) mx = std::max(mx, logits[i]);
+  double sum = 0.0;
+  for (int64_t i = 0; i < vocab; ++i) sum += std::exp(double(logits[i] - mx));
+  return mx + float(std::log(sum));
+}
+
+int32_t sample_row(const float* logits, int64_t vocab, const RowSampling& params, double u,
+                   SampleScratch& s) {
+  const int32_t n_vocab = int32_t(vocab);
+  if (params.temperature == 0.0f) {  // greedy: the first maximum
+    return int32_t(std::max_element(logits, logits + vocab) - logits);
+  }
+  // x = logits / T, rounded to f32 once (the device computes the same product).
+  const float inv_t = 1.0f / params.temperature;
+  std::vector<float>& x = s.x;
+  x.resize(size_t(vocab));
+  for (int64_t i = 0; i < vocab; ++i) x[size_t(i)] = logits[i] * inv_t;
+  const float mx = *std::max_element(x.begin(), x.end());
+  // Candidates in the order "larger x first, lower id on ties".
+  auto before = [&](int32_t a, int32_t b) { return x[a] > x[b] || (x[a] == x[b] && a < b); };
+  std::vector<int32_t>& order = s.order;
+  int32_t n = n_vocab;
+  const bool top_k = params.top_k > 0 && params.top_k < n_vocab;
+  const bool nucleus = params.top_p < 1.0f;
+  if (top_k || nucleus) {
+    order.resize(size_t(vocab));
+    std::iota(order.begin(), order.end(), 0);
+  }
+  if (top_k) {
+    n = params.top_k;
+    std::nth_element(order.begin(), order.begin() + n, order.end(), before);
+  }
+  // p[i]: the unnormalized probability of token i, 0 when it is not a candidate.
+  std::vector<double>& p = s.p;
+  if (top_k) {
+    p.assign(size_t(vocab), 0.0);
+    for (int32_t j = 0; j < n; ++j) p[order[j]] = std::exp(double(x[order[j]] - mx));
+  } else {
+    p.resize(size_t(vocab));
+    for (int64_t i = 0; i < vocab; ++i) p[size_t(i)] = std::exp(double(x[size_t(i)] - mx));
+  }
+  if (nucleus) {  // the shortest prefix of the sorted candidates holding top_p of their mass
+    std::sort(order.begin(), order.begin() + n, before);
+    double total = 0.0;
+    for (int32_t j = 0; j < n; ++j) total += p[order[j]];
+    const double target = double(params.top_p) * total;
+    double cum = 0.0;
+    int32_t keep = 0;
+    while (keep < n && cum < target) cum += p[order[keep++]];
+    for (int32_t j = std::max(keep, 1); j < n; ++j) p[order[j]] = 0.0;
+  }
+  // min-p relative to the most likely token, whose weight is exp(0) = 1.
+  if (params.min_p > 0.0f) {
+    for (double& v : p) if (v < double(params.min_p)) v = 0.0;
+  }
+  double total = 0.0;
+  for (const double v : p) total += v;
+  // The draw walks the kept tokens in id order: the first whose running sum exceeds u * total.
+  const double target = u * total;
+  double cum = 0.0;
+  int32_t last = 0;
+  for (int32_t i = 0; i < n_vocab; ++i) {
+    if (p[size_t(i)] == 0.0) continue;
+    last = i;
+    cum += p[size_t(i)];
+    if (target < cum) return i;
+  }
+  return last;  // rounding left the target just past the end
+}
+
+void sample_tokens(const Tensor& logits, const SamplingRows& rows, Tensor& tokens,
+                   Tensor& logprobs) {
+  const int64_t n = logits.size(0), vocab = logits.size(1);
+  for (int64_t r = 0; r < n; ++r) {  // values are checked here; the device trusts its caller
+    const float t = rows.temperature.data<float>()[r], tp = rows.top_p.data<float>()[r],
+                mp = rows.min_p.data<float>()[r];
+    const int32_t k = rows.top_k.data<int32_t>()[r];
+    TANDEM_CHECK(std::isfinite(t) && t >= 0.0f, "sample_tokens: temperature[{}] = {} must be >= 0", r, t);
+    TANDEM_CHECK(k >= 0, "sample_tokens: top_k[{}] = {} must be >= 0 (0: off)", r, k);
+    TANDEM_CHECK(tp > 0.0f && tp <= 1.0f, "sample_tokens: top_p[{}] = {} must be in (0, 1]", r, tp);
+    TANDEM_CHECK(mp >= 0.0f && mp <= 1.0f, "sample_tokens: min_p[{}] = {} must be in [0, 1]", r, mp);
+  }
+  parallel_for(n, 1, [&](int64_t begin, int64_t end) {
+    SampleScratch scratch;
+    for (int64_t r = begin; r < end; ++r) {
+      const float* row = logits.data<float>() + r * logits.stride(0);
+      RowSampling p;
+      p.temperature = rows.temperature.data<float>()[r];
+      p.top_k = rows.top_k.data<int32_t>()[r];
+      p.top_p = rows.top_p.data<float>()[r];
+      p.min_p = rows.min_p.data<float>()[r];
+      const double u = sampling_uniform(uint64_t(rows.seed.data<int64_t>()[r]),
+                                        uint64_t(rows.draw.data<int64_t>()[r]));
+      const int32_t token = sample_row(row, vocab, p, u, scratch);
+      tokens.data<int32_t>()[r] = token;
+      logprobs.data<float>()[r] = row[token] - row_log_sum_exp(row, vocab);
+    }
+  });
+}
+
+}  // namespace tandem::ops::cpu
