@@ -1,10 +1,17 @@
 #include "disagg/cuda_ipc_transport.h"
 
 #ifdef TANDEM_DISAGG_CUDA
+#include "disagg/cuda_page_copy.h"
+#endif
+
+#ifdef TANDEM_DISAGG_CUDA
 
 #include <cuda.h>
 #include <cuda_runtime_api.h>
 
+#include <algorithm>
+#include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <map>
 #include <mutex>
@@ -52,6 +59,17 @@ class CudaIpcTransferEngine final : public TransferEngine {
   }
 
   Status start() {
+    // How a batch's writes are issued: "memcpy" (one cudaMemcpyAsync each, copy engines),
+    // "kernel" (launch_page_copies, kPageCopiesPerLaunch writes per launch), or "auto" (the
+    // default): the kernel from kKernelMinWrites writes on, where per-copy launch overhead
+    // would dominate 64-token pages (measured by bench/transfer_bench).
+    const char* mode = std::getenv("TANDEM_CUDA_IPC_COPY");
+    std::string m = mode ? mode : "auto";
+    if (m == "memcpy") kernel_min_writes_ = SIZE_MAX;
+    else if (m == "kernel") kernel_min_writes_ = 1;
+    else if (m != "auto")
+      return {StatusCode::kInvalidArgument,
+              "TANDEM_CUDA_IPC_COPY: '" + m + "' is not auto, memcpy or kernel"};
     if (Status s = cuda_status(cudaSetDevice(config_.device_index), "cudaSetDevice"); !s.ok())
       return s;
     return cuda_status(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking),
@@ -126,13 +144,33 @@ class CudaIpcTransferEngine final : public TransferEngine {
           !in_bounds(w.dst_offset_bytes, w.length_bytes, dst[w.dst_index].length_bytes))
         return {StatusCode::kInvalidArgument, "submit: destination range outside its region"};
     }
-    for (const TransferWrite& w : writes) {
-      const uint8_t* src = regions_[w.src_region].ptr + w.src_offset_bytes;
-      uint8_t* d = dst_base[w.dst_index] + w.dst_offset_bytes;
-      if (Status s = cuda_status(cudaMemcpyAsync(d, src, w.length_bytes, cudaMemcpyDefault, stream_),
-                                 "cudaMemcpyAsync");
-          !s.ok())
-        return s;
+    if (writes.size() >= kernel_min_writes_) {
+      std::vector<PageCopy> copies;
+      copies.reserve(std::min(writes.size(), kPageCopiesPerLaunch));
+      for (size_t i = 0; i < writes.size(); ++i) {
+        const TransferWrite& w = writes[i];
+        if (w.length_bytes > 0)
+          copies.push_back({regions_[w.src_region].ptr + w.src_offset_bytes,
+                            dst_base[w.dst_index] + w.dst_offset_bytes, w.length_bytes});
+        if (copies.size() == kPageCopiesPerLaunch || (i + 1 == writes.size() && !copies.empty())) {
+          if (Status s = cuda_status(cudaError_t(launch_page_copies(copies.data(), copies.size(),
+                                                                    stream_)),
+                                     "page copy kernel");
+              !s.ok())
+            return s;
+          copies.clear();
+        }
+      }
+    } else {
+      for (const TransferWrite& w : writes) {
+        const uint8_t* src = regions_[w.src_region].ptr + w.src_offset_bytes;
+        uint8_t* d = dst_base[w.dst_index] + w.dst_offset_bytes;
+        if (Status s = cuda_status(cudaMemcpyAsync(d, src, w.length_bytes, cudaMemcpyDefault,
+                                                   stream_),
+                                   "cudaMemcpyAsync");
+            !s.ok())
+          return s;
+      }
     }
     Pending p;
     if (Status s = cuda_status(cudaEventCreateWithFlags(&p.event, cudaEventDisableTiming),
@@ -162,21 +200,29 @@ class CudaIpcTransferEngine final : public TransferEngine {
   }
 
   Status wait(BatchId id, std::chrono::milliseconds timeout) override {
-    auto until = Clock::now() + timeout;
+    // A batch of a few MB over NVLink takes tens of microseconds, less than one sleep_for's
+    // wake-up: yield for the first 2 ms, then nap (measured by bench/transfer_bench).
+    const auto start = Clock::now(), until = start + timeout;
     for (;;) {
       bool done = false;
       Status s = poll(id, &done);
       if (!s.ok() || done) return s;
-      if (Clock::now() >= until) return {StatusCode::kDeadlineExceeded, "transfer still running"};
-      std::this_thread::sleep_for(std::chrono::microseconds(50));
+      const auto now = Clock::now();
+      if (now >= until) return {StatusCode::kDeadlineExceeded, "transfer still running"};
+      if (now - start < std::chrono::milliseconds(2))
+        std::this_thread::yield();
+      else
+        std::this_thread::sleep_for(std::chrono::microseconds(50));
     }
   }
 
   void cancel(BatchId id) override {
-    // Copies already queued cannot be recalled; forget the batch (its event goes with it).
+    // Copies already queued cannot be recalled: wait for them, so that after cancel no write
+    // of the batch can land (the PD fence relies on it), then forget the batch.
     std::lock_guard lock(mu_);
     auto it = batches_.find(id);
     if (it == batches_.end()) return;
+    cudaEventSynchronize(it->second.event);
     cudaEventDestroy(it->second.event);
     batches_.erase(it);
   }
@@ -219,6 +265,8 @@ class CudaIpcTransferEngine final : public TransferEngine {
   std::map<std::string, void*> opened_;
   uint64_t next_region_id_ = 0;
   BatchId next_batch_id_ = 0;
+  static constexpr size_t kKernelMinWrites = 8;
+  size_t kernel_min_writes_ = kKernelMinWrites;
 };
 
 }  // namespace

@@ -8,6 +8,17 @@ build=${1:-build/cuda}
 rm -rf .devbin && mkdir -p .devbin/bin .devbin/lib
 cp "$build/tests/ops/op_harness_test" "$build/tests/model/golden_cuda_test" .devbin/bin/
 [[ -x $build/tests/runtime/cuda_graph_test ]] && cp "$build/tests/runtime/cuda_graph_test" .devbin/bin/
+# PD (tools/device/pd_cycle.sh): the GPU transport test and the transfer benchmark (a build
+# configured with -DTANDEM_BUILD_BENCH=ON); PD_BUILD picks another build directory for them.
+pd=${PD_BUILD:-$build}
+for f in tests/disagg/disagg_cuda_test bench/transfer_bench; do
+  [[ -x $pd/$f ]] || continue
+  cp "$pd/$f" .devbin/bin/
+  # They link UCX (tandem_disagg) besides fmt/spdlog: every Debian library but the C/C++ runtime.
+  ldd "$pd/$f" | awk '$3 ~ /^\/(usr\/)?lib\/x86_64-linux-gnu\// {print $3}' |
+    grep -vE '/(libc|libm|libdl|librt|libpthread|libgcc_s|libstdc\+\+|ld-linux[^/]*)\.so' |
+    while read -r lib; do cp -L "$lib" .devbin/lib/; done
+done
 for lib in libfmt.so.9 libspdlog.so.1.10; do cp -L "/usr/lib/x86_64-linux-gnu/$lib" .devbin/lib/; done
 grep -qx '/.devbin/' .git/info/exclude 2>/dev/null || echo '/.devbin/' >> .git/info/exclude
 du -sh .devbin
