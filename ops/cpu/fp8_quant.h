@@ -17,4 +17,22 @@ void quantize_fp8_rows(const Tensor& x, Tensor& q, Tensor& scale);
 // activations the FP8 GEMM effectively multiplies.
 Tensor fp8_quantized_activations(const Tensor& x);
 
+// The CUDA FP8 GEMM's numerics in the CPU linear, for references (golden_cuda_test): while on,
+// linear with fp8 weights whose K and N are multiples of 128 (where the CUDA op takes the FP8
+// GEMM) multiplies fp8_quantized_activations(x) instead of x. Off by default; process-wide.
+void set_linear_fp8_activations(bool on);
+bool linear_fp8_activations();
+class ScopedLinearFp8Activations {
+ public:
+  explicit ScopedLinearFp8Activations(bool on) : saved_(linear_fp8_activations()) {
+    set_linear_fp8_activations(on);
+  }
+  ~ScopedLinearFp8Activations() { set_linear_fp8_activations(saved_); }
+  ScopedLinearFp8Activations(const ScopedLinearFp8Activations&) = delete;
+  ScopedLinearFp8Activations& operator=(const ScopedLinearFp8Activations&) = delete;
+
+ private:
+  bool saved_;
+};
+
 }  // namespace tandem::ops::cpu

@@ -1,13 +1,16 @@
+#include <atomic>
 #include <vector>
 
 #include "core/thread_pool.h"
 #include "ops/cpu/cpu_ops.h"
+#include "ops/cpu/fp8_quant.h"
 
 namespace tandem::ops::cpu {
 
 namespace {
 
 constexpr int64_t kRowsPerTask = 8;
+std::atomic<bool> g_fp8_activations{false};
 
 // Converts weight row n to f32, applying the fp8 block scales when present.
 void weight_row_f32(const LinearWeight& w, int64_t n, float* out) {
@@ -21,10 +24,17 @@ void weight_row_f32(const LinearWeight& w, int64_t n, float* out) {
 
 }  // namespace
 
+void set_linear_fp8_activations(bool on) { g_fp8_activations = on; }
+bool linear_fp8_activations() { return g_fp8_activations; }
+
 void linear(const Tensor& x, const LinearWeight& w, Tensor& out) {
   const int64_t tokens = x.size(0), n_out = w.out_features(), k = w.in_features();
-  // f32 activations are read in place; bf16 ones are widened once (exact).
-  const Tensor xf = x.dtype() == DType::kF32 ? x : to_f32(x);
+  // f32 activations are read in place; bf16 ones are widened once (exact). In FP8-activation
+  // mode they are the e4m3-rounded values the CUDA FP8 GEMM multiplies.
+  const bool fp8_act = g_fp8_activations && w.is_fp8() && k % LinearWeight::kBlock == 0 &&
+                       n_out % LinearWeight::kBlock == 0 && tokens > 0;
+  const Tensor xf = fp8_act ? fp8_quantized_activations(x)
+                            : (x.dtype() == DType::kF32 ? x : to_f32(x));
   const float* xd = xf.data<float>();
   const int64_t xs = xf.stride(0);
   const bool out_f32 = out.dtype() == DType::kF32;

@@ -24,6 +24,7 @@
 #include "model/loader.h"
 #include "tests/model/golden_util.h"
 #include "model/presets.h"
+#include "ops/cpu/fp8_quant.h"
 #include "ops/cuda/cuda_ops.h"
 
 namespace tandem {
@@ -42,15 +43,6 @@ constexpr float kLogitTolerance = 1e-4f;
 // cannot swap two logits further apart than 2 * tol, so top-1 must agree wherever the
 // reference's top-2 margin exceeds 2 * tol.
 constexpr float kBf16LogitTolerance = 0.1f;
-// The FP8 GEMM (v3_fp8 with bf16 activations, GoldenCudaFp8 below) adds the e4m3 rounding of
-// each FP8 projection's input: <= 2^-4 relative per element, 2.6e-2 relative L2 on Gaussian
-// rows (the op harness), 24x bf16's 1.1e-3. The golden model has about 7 such projections on a
-// path to the logits (kv_b and o_proj per layer, the dense gate_up and down), so scaling the
-// bf16 estimate (~10 roundings -> 4e-3 RMS, max ~8x RMS measured) by 24 x sqrt(7 / 10) gives
-// ~0.08 RMS and a max up to ~0.6 in the worst case; the projections' outputs are only part of
-// the residual stream, so the observed error is lower. Bound 0.5: a real bug (wrong scale
-// block, swapped layout) moves logits by O(1) or more.
-constexpr float kFp8LogitTolerance = 0.5f;
 const Device kGpu = Device::cuda(0);
 
 using golden::Golden;
@@ -212,6 +204,52 @@ Flip flip_at(const Routing& a, const Routing& b, int64_t r, const std::string& l
   return f;
 }
 
+// The steps the bf16 and FP8 checks run: prefill of both prompts (phase 0: page size 4, 32
+// pages), then prompt 0 again as a chunk of 5 and teacher-forced decode steps (phase 1: page
+// size 3, 64 pages). Every token's logits are requested. ref_prompt / ref_row0: the golden
+// logits rows of each sequence's first row.
+struct GoldenStep {
+  int phase = 0;
+  ForwardMode mode = ForwardMode::kExtend;
+  std::vector<SequenceStep> seqs;
+  std::vector<int64_t> seq_rows, ref_row0;
+  std::vector<int> ref_prompt;
+};
+struct GoldenPhase {
+  int64_t page_size, pages;
+  int sequences;
+};
+constexpr GoldenPhase kGoldenPhases[] = {{4, 32, 2}, {3, 64, 1}};
+
+std::vector<GoldenStep> golden_schedule(const Golden& g) {
+  std::vector<GoldenStep> out;
+  GoldenStep prefill;
+  for (int i = 0; i < 2; ++i) {
+    SequenceStep seq;
+    seq.new_tokens = g.ids(i);
+    seq.pages = pages_for(int64_t(seq.new_tokens.size()), kGoldenPhases[0].page_size, i);
+    seq.need_all_logits = true;
+    prefill.seqs.push_back(seq);
+    prefill.seq_rows.push_back(int64_t(seq.new_tokens.size()));
+    prefill.ref_prompt.push_back(i);
+    prefill.ref_row0.push_back(0);
+  }
+  out.push_back(prefill);
+  const std::vector<int32_t> ids = g.ids(0);
+  const int64_t n = int64_t(ids.size()), first = 5;
+  SequenceStep seq;
+  seq.pages = pages_for(n, kGoldenPhases[1].page_size, 1);
+  seq.need_all_logits = true;
+  seq.new_tokens.assign(ids.begin(), ids.begin() + first);
+  out.push_back({1, ForwardMode::kExtend, {seq}, {first}, {0}, {0}});
+  for (int64_t pos = first; pos < n; ++pos) {
+    seq.cached_len = pos;
+    seq.new_tokens = {ids[pos]};
+    out.push_back({1, ForwardMode::kDecode, {seq}, {1}, {pos}, {0}});
+  }
+  return out;
+}
+
 // Prefill of both prompts, then prompt 0 again as a chunk and teacher-forced decode steps, with
 // the model's bf16 activations and a bf16 KV cache on `device`. Each step also runs with f32
 // activations and an f32 cache (which match the reference to 1e-5, tests above) to see where
@@ -222,16 +260,12 @@ Flip flip_at(const Routing& a, const Routing& b, int64_t r, const std::string& l
 // attention, so the sequence's rows from there on are skipped. Skipped rows are counted; the
 // others must be within kBf16LogitTolerance, and top-1 must agree where the reference's
 // margin allows no swap.
-// fp8_gemm: the bf16 pass runs fp8-weight projections on the FP8 GEMM (LinearFp8Mode::
-// kBlockFp8, GPU only) with tolerance kFp8LogitTolerance; the f32 pass stays exact.
-void check_bf16(const std::string& variant, Device device, bool fp8_gemm = false) {
+// On the GPU both passes run fp8 weights on linear's exact path (GoldenCudaTest's mode; the
+// FP8 GEMM is checked by GoldenCudaFp8 below).
+void check_bf16(const std::string& variant, Device device) {
   Golden g = load_golden(variant, device);
   DeepseekV3Model& model = *g.model.model;
-  const float tol = fp8_gemm ? kFp8LogitTolerance : kBf16LogitTolerance;
-  const bool gpu = !device.is_cpu();
-  auto set_fp8 = [&](bool on) {
-    if (gpu) ops::cuda::set_linear_fp8_mode(on ? ops::cuda::LinearFp8Mode::kBlockFp8 : ops::cuda::LinearFp8Mode::kExact);
-  };
+  const float tol = kBf16LogitTolerance;
   const std::string last_layer = "layer" + std::to_string(g.model.config.num_hidden_layers - 1) + ".topk_ids";
   float worst = 0.0f;
   int checked = 0, bad = 0, rows = 0, skipped = 0;
@@ -243,12 +277,9 @@ void check_bf16(const std::string& variant, Device device, bool fp8_gemm = false
                   const std::vector<int64_t>& ref_row0, std::vector<bool>& diverged) {
     Routing r_f32, r_bf16;
     model.set_activation_dtype(DType::kF32);
-    set_fp8(false);
     forward_routed(model, batch, cache_f32, r_f32);
     model.set_activation_dtype(DType::kBF16);
-    set_fp8(fp8_gemm);
     const Tensor logits = forward_routed(model, batch, cache_bf16, r_bf16);
-    set_fp8(false);
     int64_t row = 0;  // logit row == token row: every token's logits are requested
     for (size_t s = 0; s < seq_rows.size(); ++s) {
       for (int64_t i = 0; i < seq_rows[s]; ++i, ++row) {
@@ -269,43 +300,23 @@ void check_bf16(const std::string& variant, Device device, bool fp8_gemm = false
       }
     }
   };
-  {
-    const int64_t page_size = 4;
-    KvCache cb = KvCache::create(g.model.config, 32, page_size, DType::kBF16, device);
-    KvCache cf = KvCache::create(g.model.config, 32, page_size, DType::kF32, device);
-    std::vector<SequenceStep> seqs(2);
-    for (int i = 0; i < 2; ++i) {
-      seqs[i].new_tokens = g.ids(i);
-      seqs[i].pages = pages_for(int64_t(seqs[i].new_tokens.size()), page_size, i);
-      seqs[i].need_all_logits = true;
-    }
-    std::vector<bool> diverged(2, false);
-    step(ForwardBatch::build(ForwardMode::kExtend, seqs, page_size, device), cb, cf,
-         {int64_t(seqs[0].new_tokens.size()), int64_t(seqs[1].new_tokens.size())},
-         {g.logits(0), g.logits(1)}, {0, 0}, diverged);
+  std::vector<KvCache> cb, cf;
+  std::vector<std::vector<bool>> diverged;
+  for (const GoldenPhase& ph : kGoldenPhases) {
+    cb.push_back(KvCache::create(g.model.config, ph.pages, ph.page_size, DType::kBF16, device));
+    cf.push_back(KvCache::create(g.model.config, ph.pages, ph.page_size, DType::kF32, device));
+    diverged.emplace_back(size_t(ph.sequences), false);
   }
-  {
-    const std::vector<int32_t> ids = g.ids(0);
-    const int64_t page_size = 3, n = int64_t(ids.size()), first = 5;
-    KvCache cb = KvCache::create(g.model.config, 64, page_size, DType::kBF16, device);
-    KvCache cf = KvCache::create(g.model.config, 64, page_size, DType::kF32, device);
-    SequenceStep seq;
-    seq.pages = pages_for(n, page_size, 1);
-    seq.need_all_logits = true;
-    seq.new_tokens.assign(ids.begin(), ids.begin() + first);
-    std::vector<bool> diverged(1, false);
-    step(ForwardBatch::build(ForwardMode::kExtend, {seq}, page_size, device), cb, cf, {first},
-         {g.logits(0)}, {0}, diverged);
-    for (int64_t pos = first; pos < n; ++pos) {
-      seq.cached_len = pos;
-      seq.new_tokens = {ids[pos]};
-      step(ForwardBatch::build(ForwardMode::kDecode, {seq}, page_size, device), cb, cf, {1},
-           {g.logits(0)}, {pos}, diverged);
-    }
+  for (const GoldenStep& st : golden_schedule(g)) {
+    std::vector<Tensor> refs;
+    for (int i : st.ref_prompt) refs.push_back(g.logits(i));
+    step(ForwardBatch::build(st.mode, st.seqs, kGoldenPhases[st.phase].page_size, device),
+         cb[size_t(st.phase)], cf[size_t(st.phase)], st.seq_rows, refs, st.ref_row0,
+         diverged[size_t(st.phase)]);
   }
-  std::printf("BF16 %s %s%s: max |logit diff| %.3g (tol %.3g) over %d of %d rows (%d after a "
+  std::printf("BF16 %s %s: max |logit diff| %.3g (tol %.3g) over %d of %d rows (%d after a "
               "routing flip skipped), top-1 disagrees on %d of %d rows with margin > %.3g\n",
-              variant.c_str(), device.name().c_str(), fp8_gemm ? " fp8-gemm" : "", worst, tol,
+              variant.c_str(), device.name().c_str(), worst, tol,
               rows - skipped, rows, skipped, bad, checked, 2 * tol);
   EXPECT_EQ(bad, 0) << variant;
   EXPECT_GE(rows - skipped, rows / 4) << variant << ": too few rows compared";
@@ -319,17 +330,75 @@ TEST_P(GoldenCudaTest, Bf16ActivationsWithinBf16Tolerance) { check_bf16(GetParam
 // (256 x 128) and the dense layer's gate_up (1024 x 256) and down (256 x 512) take the FP8
 // GEMM; q_a (192 x 256), q_b (192 x 192), kv_a (144 x 256), the routed and shared experts
 // (192 x 256, 256 x 96) keep the exact path. Prints the counts of each path ("FP8GOLDEN").
-TEST(GoldenCudaFp8, V3Fp8Bf16ActivationsOnFp8Gemm) {
+//
+// Against Hugging Face (bf16 weights dequantized, activations not quantized) the FP8
+// activations' e4m3 rounding flips the routing of every token of this tiny model in some MoE
+// layer (H200 run of 2026-11-28), so nothing is left to compare there. The reference is
+// instead the CPU twin of the same numerics: the CPU model with bf16 activations and
+// ops::cpu's FP8-activation mode (the same 1x128 e4m3 quantizer, bitwise the GPU's). The two
+// differ only in accumulation order and bf16 rounding points, so the bf16 path's tolerance
+// (kBf16LogitTolerance) holds; a token whose routing differs between the two is skipped as in
+// check_bf16. The distance to Hugging Face is printed, not asserted.
+TEST(GoldenCudaFp8, V3Fp8Bf16ActivationsOnFp8GemmMatchCpuTwin) {
   if (!ops::cuda::available()) GTEST_SKIP() << "no CUDA device";
-  const ops::cuda::LinearFp8Mode saved = ops::cuda::linear_fp8_mode();
+  Golden gg = load_golden("v3_fp8", kGpu), gc = load_golden("v3_fp8", Device::cpu());
+  gg.model.model->set_activation_dtype(DType::kBF16);
+  gc.model.model->set_activation_dtype(DType::kBF16);
+  const std::string last_layer =
+      "layer" + std::to_string(gg.model.config.num_hidden_layers - 1) + ".topk_ids";
+  const ops::cuda::ScopedLinearFp8Mode gpu_mode(ops::cuda::LinearFp8Mode::kBlockFp8);
+  const ops::cpu::ScopedLinearFp8Activations cpu_mode(true);
   const ops::cuda::LinearFp8Counts before = ops::cuda::linear_fp8_counts();
-  check_bf16("v3_fp8", kGpu, true);
+  std::vector<KvCache> cg, cc;
+  std::vector<std::vector<bool>> diverged;
+  for (const GoldenPhase& ph : kGoldenPhases) {
+    cg.push_back(KvCache::create(gg.model.config, ph.pages, ph.page_size, DType::kBF16, kGpu));
+    cc.push_back(KvCache::create(gc.model.config, ph.pages, ph.page_size, DType::kBF16, Device::cpu()));
+    diverged.emplace_back(size_t(ph.sequences), false);
+  }
+  float worst = 0.0f, worst_hf = 0.0f;
+  int rows = 0, skipped = 0, checked = 0, bad = 0;
+  for (const GoldenStep& st : golden_schedule(gg)) {
+    const int64_t ps = kGoldenPhases[st.phase].page_size;
+    Routing rg, rc;
+    const Tensor lg = forward_routed(*gg.model.model, ForwardBatch::build(st.mode, st.seqs, ps, kGpu),
+                                     cg[size_t(st.phase)], rg).to(Device::cpu());
+    const Tensor lc = forward_routed(*gc.model.model,
+                                     ForwardBatch::build(st.mode, st.seqs, ps, Device::cpu()),
+                                     cc[size_t(st.phase)], rc);
+    int64_t row = 0;
+    for (size_t s = 0; s < st.seq_rows.size(); ++s) {
+      for (int64_t i = 0; i < st.seq_rows[s]; ++i, ++row) {
+        const Flip f = flip_at(rc, rg, row, last_layer);
+        std::vector<bool>& div = diverged[size_t(st.phase)];
+        div[s] = div[s] || f.early;
+        ++rows;
+        if (div[s] || f.last) {
+          ++skipped;
+          continue;
+        }
+        const Tensor mine = lg.slice(0, row, row + 1);
+        const float d = max_abs_diff(mine, lc, row);
+        worst = std::max(worst, d);
+        EXPECT_LE(d, kBf16LogitTolerance) << "step row " << row;
+        const auto [c, b] = top1_agreement(mine, lc, row, 2 * kBf16LogitTolerance);
+        checked += c;
+        bad += b;
+        worst_hf = std::max(worst_hf, max_abs_diff(mine, gg.logits(st.ref_prompt[s]),
+                                                   st.ref_row0[s] + i));
+      }
+    }
+  }
   const ops::cuda::LinearFp8Counts after = ops::cuda::linear_fp8_counts();
-  ops::cuda::set_linear_fp8_mode(saved);
-  // The f32 passes (exact) count as exact calls too; the FP8 calls are the bf16 passes'.
-  std::printf("FP8GOLDEN v3_fp8: fp8-weight linear calls: %lld on the FP8 GEMM, %lld exact\n",
-              (long long)(after.block_fp8 - before.block_fp8), (long long)(after.exact - before.exact));
-  EXPECT_GT(after.block_fp8, before.block_fp8);
+  std::printf("FP8GOLDEN v3_fp8 GPU FP8 GEMM vs CPU FP8-activation twin: max |logit diff| %.3g "
+              "(tol %.3g) over %d of %d rows (%d after a routing flip skipped), top-1 disagrees "
+              "on %d of %d; vs Hugging Face %.3g (not asserted); %lld FP8 GEMM calls, %lld exact\n",
+              worst, kBf16LogitTolerance, rows - skipped, rows, skipped, bad, checked, worst_hf,
+              (long long)(after.block_fp8 - before.block_fp8),
+              (long long)(after.exact - before.exact));
+  EXPECT_GT(after.block_fp8, before.block_fp8) << "no projection took the FP8 GEMM";
+  EXPECT_EQ(bad, 0);
+  EXPECT_GE(rows - skipped, rows / 2) << "too few rows compared";
 }
 
 // The CPU twin of the GPU's bf16 path: runs without a GPU.
