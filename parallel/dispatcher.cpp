@@ -22,6 +22,8 @@ Tensor ExpertInput::expert_rows(const Tensor& t, int64_t e) const {
   TANDEM_CHECK(t.dim() == 3 && t.size(0) == num_local_experts() && t.size(1) == x.size(1),
                "expert_rows: {} does not have the masked layout {}", t.describe(),
                shape_str(x.shape()));
+  TANDEM_CHECK(counts[e] >= 0, "expert_rows: the counts of this low_latency input are on the "
+               "device (counts_device); copy them to the host first");
   return t.select(0, e).slice(0, 0, counts[e]);
 }
 
@@ -35,13 +37,20 @@ std::unique_ptr<Dispatcher> make_dispatcher(DispatchMode mode, ProcessGroup& gro
                "dispatcher: hidden {} and top_k {} for {} experts", options.hidden, options.top_k,
                placement.num_experts());
   if (mode == DispatchMode::kNormal) return detail::make_normal_dispatcher(group, placement, options);
+  if (group.device().is_cuda()) {
+#ifdef TANDEM_WITH_CUDA
+    return detail::make_cuda_low_latency_dispatcher(group, placement, options);
+#else
+    TANDEM_FAIL("dispatcher: a group on {} needs the CUDA build", group.device().name());
+#endif
+  }
   return detail::make_low_latency_dispatcher(group, placement, options);
 }
 
 namespace detail {
 
 void check_dispatch_args(const char* who, const DispatchOptions& o, const Tensor& x,
-                         const Tensor& topk_ids, const Tensor& topk_weights) {
+                         const Tensor& topk_ids, const Tensor& topk_weights, Device device) {
   TANDEM_CHECK(x.dim() == 2 && x.size(1) == o.hidden && x.is_contiguous() &&
                    (x.dtype() == DType::kF32 || x.dtype() == DType::kBF16),
                "{}: x must be contiguous f32 | bf16 [T, {}], got {}", who, o.hidden, x.describe());
@@ -54,8 +63,12 @@ void check_dispatch_args(const char* who, const DispatchOptions& o, const Tensor
                    topk_weights.is_contiguous(),
                "{}: topk_weights must be f32 [{}, {}], got {}", who, t, o.top_k,
                topk_weights.describe());
-  TANDEM_CHECK(x.device().is_cpu() && topk_ids.device().is_cpu() && topk_weights.device().is_cpu(),
-               "{}: the CPU dispatcher takes CPU tensors, got x on {}", who, x.device().name());
+  TANDEM_CHECK(x.device() == device, "{}: x on {}, the group runs on {}", who, x.device().name(),
+               device.name());
+  TANDEM_CHECK((topk_ids.device() == device || topk_ids.device().is_cpu()) &&
+                   (topk_weights.device() == device || topk_weights.device().is_cpu()),
+               "{}: topk_ids on {} and topk_weights on {}, the group runs on {}", who,
+               topk_ids.device().name(), topk_weights.device().name(), device.name());
 }
 
 }  // namespace detail

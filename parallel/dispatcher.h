@@ -42,8 +42,11 @@ std::string_view dispatch_mode_name(DispatchMode mode);  // "normal", "low_laten
 struct ExpertInput {
   DispatchMode mode = DispatchMode::kNormal;
   Tensor x;                      // normal: [sum(counts), H]; low_latency: [L, ranks * max, H]
-  std::vector<int64_t> counts;   // [L]: valid rows of each local expert
+  std::vector<int64_t> counts;   // [L]: valid rows of each local expert; -1: on the device only
   std::vector<int64_t> offsets;  // normal: [L + 1] row offsets into x; low_latency: empty
+  // low_latency on a GPU: i32 [L] counts on the device, written by the dispatch kernel (the
+  // host `counts` hold -1, since reading them would need a synchronization); else undefined.
+  Tensor counts_device;
 
   int64_t num_local_experts() const { return int64_t(counts.size()); }
   // The valid rows of local expert e in `t`, which has x's layout (x itself or the experts'
@@ -76,6 +79,8 @@ class Dispatcher {
   virtual void combine(const Tensor& expert_out, Tensor& out) = 0;
 };
 
+// On a group whose device is a GPU (NCCL), normal runs over the group's all_to_all_v with
+// device tensors, low_latency is cuda_low_latency.cpp (peer writes, no host sync).
 // Allocates the low_latency buffers at construction: an impossible size (max tokens < 1,
 // experts not evenly placed) is an error there, and a batch of more than
 // max_dispatch_tokens_per_rank tokens is an error at dispatch, never a silent truncation.

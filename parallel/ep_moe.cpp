@@ -79,21 +79,31 @@ void EpMoe::routed_experts(const MoeWeights& w, const Tensor& x, const Tensor& t
   Dispatcher& d = mode_ == DispatchMode::kNormal ? *normal_ : *low_latency_;
   const ExpertInput& in = d.dispatch(x, topk_ids, topk_weights);
   Tensor expert_out = Tensor::empty(in.x.shape(), DType::kF32, in.x.device());
+  // The GPU low_latency counts are on the device; this per-expert loop reads them on the host
+  // (one synchronization; a masked grouped GEMM over [L, ranks * M, H] would not need it).
+  std::vector<int64_t> counts = in.counts;
+  if (in.counts_device.defined()) {
+    const Tensor c = in.counts_device.to(Device::cpu());
+    for (int64_t e = 0; e < in.num_local_experts(); ++e) counts[e] = c.data<int32_t>()[e];
+  }
   for (int64_t e = 0; e < in.num_local_experts(); ++e) {
-    if (in.counts[e] == 0) continue;
+    if (counts[e] == 0) continue;
     const MlpWeights& expert = w.experts[placement_.global_expert(group_.rank(), e)];
-    Tensor rows = in.expert_rows(expert_out, e);
-    expert_mlp(expert, in.expert_rows(in.x, e), config_.moe_intermediate_size, rows);
+    const bool masked = in.mode == DispatchMode::kLowLatency;
+    Tensor rows = masked ? expert_out.select(0, e).slice(0, 0, counts[e]) : in.expert_rows(expert_out, e);
+    const Tensor x_rows = masked ? in.x.select(0, e).slice(0, 0, counts[e]) : in.expert_rows(in.x, e);
+    expert_mlp(expert, x_rows, config_.moe_intermediate_size, rows);
   }
   d.combine(expert_out, out);
 }
 
 void EpMoe::idle_step() {
-  const Tensor x = Tensor::empty({0, config_.hidden_size}, options_.activation_dtype);
-  const Tensor ids = Tensor::empty({0, config_.num_experts_per_tok}, DType::kI32);
-  const Tensor weights = Tensor::empty({0, config_.num_experts_per_tok}, DType::kF32);
+  const Device dev = group_.device();
+  const Tensor x = Tensor::empty({0, config_.hidden_size}, options_.activation_dtype, dev);
+  const Tensor ids = Tensor::empty({0, config_.num_experts_per_tok}, DType::kI32, dev);
+  const Tensor weights = Tensor::empty({0, config_.num_experts_per_tok}, DType::kF32, dev);
   for (const MoeWeights& w : moe_layers_) {
-    Tensor out = Tensor::zeros({0, config_.hidden_size}, DType::kF32);
+    Tensor out = Tensor::zeros({0, config_.hidden_size}, DType::kF32, dev);
     routed_experts(w, x, ids, weights, out);
   }
 }

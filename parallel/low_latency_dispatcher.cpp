@@ -84,7 +84,7 @@ LowLatencyDispatcher::LowLatencyDispatcher(ProcessGroup& group, const ExpertPlac
 
 const ExpertInput& LowLatencyDispatcher::dispatch(const Tensor& x, const Tensor& topk_ids,
                                                   const Tensor& topk_weights) {
-  check_dispatch_args("low_latency dispatch", options_, x, topk_ids, topk_weights);
+  check_dispatch_args("low_latency dispatch", options_, x, topk_ids, topk_weights, Device::cpu());
   TANDEM_CHECK(!dispatched_, "low_latency dispatch: the previous dispatch was not combined");
   const int64_t tokens = x.size(0), k = options_.top_k, experts = placement_.num_experts();
   TANDEM_CHECK(tokens <= max_tokens_,

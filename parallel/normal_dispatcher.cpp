@@ -1,5 +1,8 @@
 // The normal (prefill) dispatcher: counts first, then one row per (token, destination rank).
 // Three collectives per dispatch (counts, rows, per-row metadata) and one per combine.
+// On a GPU group (NCCL) the rows, metadata and index tensors live on the rank's GPU; the routing
+// and the received metadata are read on the host to size buffers and build the grouped layout,
+// as in DeepEP's normal mode (one host round trip per dispatch, none per combine).
 #include <algorithm>
 #include <bit>
 #include <cstring>
@@ -41,13 +44,17 @@ class NormalDispatcher final : public Dispatcher {
 
 const ExpertInput& NormalDispatcher::dispatch(const Tensor& x, const Tensor& topk_ids,
                                               const Tensor& topk_weights) {
-  check_dispatch_args("normal dispatch", options_, x, topk_ids, topk_weights);
+  check_dispatch_args("normal dispatch", options_, x, topk_ids, topk_weights, group_.device());
   TANDEM_CHECK(!dispatched_, "normal dispatch: the previous dispatch was not combined");
   const int ranks = group_.size(), me = group_.rank();
   const int64_t tokens = x.size(0), k = options_.top_k, hidden = options_.hidden;
   const int64_t experts = placement_.num_experts();
-  const int32_t* ids = topk_ids.data<int32_t>();
-  const float* weights = topk_weights.data<float>();
+  const Device dev = group_.device();
+  const Tensor ids_host = topk_ids.device().is_cpu() ? topk_ids : topk_ids.to(Device::cpu());
+  const Tensor weights_host =
+      topk_weights.device().is_cpu() ? topk_weights : topk_weights.to(Device::cpu());
+  const int32_t* ids = ids_host.data<int32_t>();
+  const float* weights = weights_host.data<float>();
 
   // Per destination rank, the tokens that have an expert there (ascending) and, per token,
   // meta = k local expert ids (-1 padded) then k weights (as bits), 2k i32 words.
@@ -98,14 +105,15 @@ const ExpertInput& NormalDispatcher::dispatch(const Tensor& x, const Tensor& top
     order.insert(order.end(), dest_tokens[d].begin(), dest_tokens[d].end());
     meta.insert(meta.end(), dest_meta[d].begin(), dest_meta[d].end());
   }
-  send_token_ = Tensor::from_vector(order, {sent});
-  Tensor send_x = Tensor::empty({sent, hidden}, x.dtype());
+  send_token_ = to_device(Tensor::from_vector(order, {sent}), dev);
+  Tensor send_x = Tensor::empty({sent, hidden}, x.dtype(), dev);
   if (sent > 0) ops::gather_rows(x, send_token_, send_x);
-  Tensor recv_x = Tensor::empty({received, hidden}, x.dtype());
+  Tensor recv_x = Tensor::empty({received, hidden}, x.dtype(), dev);
   all_to_all_rows(group_, send_x, send_rows_, recv_x, recv_rows_);
-  Tensor send_meta = Tensor::from_vector(meta, {sent, 2 * k});
-  Tensor recv_meta = Tensor::empty({received, 2 * k}, DType::kI32);
+  Tensor send_meta = to_device(Tensor::from_vector(meta, {sent, 2 * k}), dev);
+  Tensor recv_meta = Tensor::empty({received, 2 * k}, DType::kI32, dev);
   all_to_all_rows(group_, send_meta, send_rows_, recv_meta, recv_rows_);
+  if (!dev.is_cpu()) recv_meta = recv_meta.to(Device::cpu());  // waits for the transfers
 
   // Group the received (row, local expert) pairs by local expert; within an expert, rows keep
   // their received order: source rank, then token.
@@ -116,26 +124,28 @@ const ExpertInput& NormalDispatcher::dispatch(const Tensor& x, const Tensor& top
   std::vector<float> weight(pairs);
   std::vector<int64_t> cursor(offsets.begin(), offsets.end() - 1);
   const int32_t* rm = recv_meta.data<int32_t>();
-  for (int64_t e = 0; e < locals; ++e) {
-    for (int64_t i = 0; i < received; ++i) {
-      for (int64_t j = 0; j < k; ++j) {
-        if (rm[i * 2 * k + j] != e) continue;
-        TANDEM_CHECK(cursor[e] < offsets[e + 1],
-                     "normal dispatch: local expert {} receives more rows than counted", e);
-        source[cursor[e]] = int32_t(i);
-        weight[cursor[e]] = std::bit_cast<float>(rm[i * 2 * k + k + j]);
-        ++cursor[e];
-      }
+  for (int64_t i = 0; i < received; ++i) {  // one pass: rows of an expert stay in received order
+    for (int64_t j = 0; j < k; ++j) {
+      const int64_t e = rm[i * 2 * k + j];
+      if (e < 0) continue;
+      TANDEM_CHECK(e < locals && cursor[e] < offsets[e + 1],
+                   "normal dispatch: local expert {} of {} receives more rows than counted", e,
+                   locals);
+      source[cursor[e]] = int32_t(i);
+      weight[cursor[e]] = std::bit_cast<float>(rm[i * 2 * k + k + j]);
+      ++cursor[e];
     }
+  }
+  for (int64_t e = 0; e < locals; ++e) {
     TANDEM_CHECK(cursor[e] == offsets[e + 1],
                  "normal dispatch: local expert {} received {} rows, counted {}", e,
                  cursor[e] - offsets[e], expert_counts[e]);
   }
-  row_source_ = Tensor::from_vector(source, {pairs});
-  row_weight_ = Tensor::from_vector(weight, {pairs});
+  row_source_ = to_device(Tensor::from_vector(source, {pairs}), dev);
+  row_weight_ = to_device(Tensor::from_vector(weight, {pairs}), dev);
 
   input_.mode = DispatchMode::kNormal;
-  input_.x = Tensor::empty({pairs, hidden}, x.dtype());
+  input_.x = Tensor::empty({pairs, hidden}, x.dtype(), dev);
   if (pairs > 0) ops::gather_rows(recv_x, row_source_, input_.x);
   input_.counts = expert_counts;
   input_.offsets = offsets;
@@ -153,19 +163,24 @@ void NormalDispatcher::combine(const Tensor& expert_out, Tensor& out) {
                expert_out.describe());
   TANDEM_CHECK(out.dtype() == DType::kF32 && out.shape() == Shape({tokens_, hidden}),
                "normal combine: out must be f32 [{}, {}], got {}", tokens_, hidden, out.describe());
+  const Device dev = group_.device();
+  TANDEM_CHECK(expert_out.device() == dev && out.device() == dev,
+               "normal combine: expert_out on {} and out on {}, the group runs on {}",
+               expert_out.device().name(), out.device().name(), dev.name());
   dispatched_ = false;
   int64_t sent = 0, received = 0;
   for (size_t d = 0; d < send_rows_.size(); ++d) sent += send_rows_[d], received += recv_rows_[d];
 
   // On the expert rank: each received token's weighted sum over this rank's experts (in local
   // expert order), one row per token.
-  Tensor partial = Tensor::zeros({received, hidden}, DType::kF32);
+  Tensor partial = Tensor::zeros({received, hidden}, DType::kF32, dev);
   if (pairs > 0) ops::scatter_add_rows(expert_out, row_source_, row_weight_, partial);
   // Back to the source ranks (the dispatch's transfer reversed), which add the ranks' rows.
-  Tensor back = Tensor::empty({sent, hidden}, DType::kF32);
+  Tensor back = Tensor::empty({sent, hidden}, DType::kF32, dev);
   all_to_all_rows(group_, partial, recv_rows_, back, send_rows_);
   if (sent > 0) {
-    ops::scatter_add_rows(back, send_token_, Tensor::from_vector(std::vector<float>(sent, 1.0f), {sent}),
+    ops::scatter_add_rows(back, send_token_,
+                          to_device(Tensor::from_vector(std::vector<float>(sent, 1.0f), {sent}), dev),
                           out);
   }
 }
