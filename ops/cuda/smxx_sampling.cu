@@ -1,0 +1,412 @@
+// ops::sample_tokens on CUDA: one block per row, the row read from global memory (L2) a few
+// times, no sort. Per row (the definition is in ops/ops.h):
+//  - one pass: the raw max and its lowest index (greedy), and log-sum-exp (logprobs);
+//  - top-k: a radix select of the k-th largest x over its order-preserving 32-bit key (4 passes
+//    of 8 bits, counts), then the id cut among ties at that key;
+//  - top-p: the same radix select, by probability mass instead of count, over the top-k set;
+//  - the draw: the kept tokens' weights summed in id order in three levels (16 parts of the
+//    row, 16 parts of the chosen part, then a warp scan), finding the first token whose
+//    running sum exceeds u * total.
+// Weights are exp(double(x - max x)) and sums are double, as in the CPU reference, so host and
+// device choose the same token unless u lands within double rounding of a boundary.
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "ops/cuda/smxx_sampling.h"
+#include "ops/sampling_rng.h"
+
+namespace tandem::ops::cuda {
+
+namespace {
+
+constexpr int kThreads = 512;
+constexpr int kWarps = kThreads / 32;
+constexpr unsigned kFull = 0xffffffffu;
+constexpr int32_t kNoIndex = 0x7fffffff;
+
+struct Shared {
+  double part[kWarps];        // per-warp sums
+  int32_t part_last[kWarps];  // per-warp last index with a positive weight
+  union {
+    uint32_t count[256];
+    double mass[256];
+  } hist;
+  double d[4];  // values broadcast by one thread
+  int32_t i[4];
+  float f[4];
+};
+
+__device__ __forceinline__ double warp_sum_d(double v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(kFull, v, o);
+  return v;
+}
+__device__ __forceinline__ int32_t warp_max_i(int32_t v) {
+  for (int o = 16; o > 0; o >>= 1) v = max(v, __shfl_xor_sync(kFull, v, o));
+  return v;
+}
+
+// Larger x, larger key; -0 and +0 share one key, as they compare equal on the host.
+__device__ __forceinline__ uint32_t order_key(float x) {
+  const uint32_t b = __float_as_uint(x == 0.0f ? 0.0f : x);
+  return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
+}
+
+// Adds v to bin b of a shared histogram; a warp whose lanes all hit one bin (the common case
+// at the top digit, where most of a row shares a few exponents) adds once.
+template <class T>
+__device__ __forceinline__ void hist_add(T* hist, uint32_t b, T v, bool active) {
+  const unsigned lanes = __ballot_sync(kFull, active);
+  if (lanes == 0) return;
+  if (lanes == kFull) {
+    const uint32_t b0 = __shfl_sync(kFull, b, 0);
+    if (__all_sync(kFull, b == b0)) {
+      T s = v;
+      for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(kFull, s, o);
+      if ((threadIdx.x & 31) == 0) atomicAdd(hist + b0, s);
+      return;
+    }
+  }
+  if (active) atomicAdd(hist + b, v);
+}
+
+// Warp 0: the bin holding the `want`-th unit from the top (bins 255 down to 0): the first bin b
+// with above + hist[b] >= want. Writes b and want - above (the rank left inside b) to sh.
+template <class T>
+__device__ void pick_digit(const T* hist, T want, int32_t* digit, T* rest) {
+  const int lane = threadIdx.x & 31;
+  T mine = 0;
+  for (int j = 0; j < 8; ++j) mine += hist[255 - lane * 8 - j];
+  T incl = mine;
+  for (int o = 1; o < 32; o <<= 1) {
+    const T v = __shfl_up_sync(kFull, incl, o);
+    if (lane >= o) incl += v;
+  }
+  const unsigned hit = __ballot_sync(kFull, incl >= want);
+  if (hit == 0) {  // rounding (mass): not reached; the caller keeps everything
+    if (lane == 0) *digit = -1;
+    return;
+  }
+  const int first = __ffs(hit) - 1;
+  if (lane == first) {
+    T above = incl - mine;
+    int32_t d = 255 - lane * 8 - 7;
+    for (int j = 0; j < 8; ++j) {
+      const int b = 255 - lane * 8 - j;
+      if (above + hist[b] >= want || j == 7) {
+        d = b;
+        break;
+      }
+      above += hist[b];
+    }
+    *digit = d;
+    *rest = want - above;
+  }
+}
+
+// Radix select over keys from the top: the key of the `want`-th unit (count or mass) among the
+// elements with in(i), and the rank left among the elements with exactly that key. weight(i)
+// is the unit (1 for counts). Returns false when `want` is never reached (rounding).
+template <class T, class In, class Key, class Weight>
+__device__ bool radix_select(int32_t n, T want, const In& in, const Key& key,
+                             const Weight& weight, Shared& sh, uint32_t* sel_key, T* rest,
+                             T* at_key) {
+  T* hist = reinterpret_cast<T*>(&sh.hist);
+  uint32_t prefix = 0, mask = 0;
+  for (int shift = 24; shift >= 0; shift -= 8) {
+    for (int b = threadIdx.x; b < 256; b += kThreads) hist[b] = 0;
+    __syncthreads();
+    // Every lane runs the same number of iterations so the warp-wide adds stay converged.
+    for (int32_t base = 0; base < n; base += kThreads) {
+      const int32_t i = base + int32_t(threadIdx.x);
+      bool act = false;
+      uint32_t k = 0;
+      T v = 0;
+      if (i < n && in(i)) {
+        k = key(i);
+        act = (k & mask) == prefix;
+        if (act) v = weight(i);
+      }
+      hist_add(hist, (k >> shift) & 255u, v, act);
+    }
+    __syncthreads();
+    if (threadIdx.x < 32) {
+      int32_t* digit = &sh.i[0];
+      pick_digit(hist, want, digit, reinterpret_cast<T*>(&sh.d[0]));
+    }
+    __syncthreads();
+    const int32_t d = sh.i[0];
+    if (d < 0) return false;
+    want = *reinterpret_cast<T*>(&sh.d[0]);
+    if (shift == 0) *at_key = hist[d];
+    __syncthreads();
+    prefix |= uint32_t(d) << shift;
+    mask |= 0xffu << shift;
+  }
+  *sel_key = prefix;
+  *rest = want;
+  return true;
+}
+
+// Splits [lo, hi) into kWarps parts and finds the part where the running weight sum first
+// exceeds `target` (or, with fraction, exceeds fraction * the total of [lo, hi)). Returns the
+// part's index (-1 when the target is past the total) and the target left inside it; `last`
+// gets the last index with a positive weight in the range (-1 when none).
+template <class Weight>
+__device__ int32_t split_find(int32_t lo, int32_t hi, double target, bool fraction,
+                              const Weight& weight, Shared& sh, double* left, int32_t* last,
+                              int32_t* part_lo, int32_t* part_hi) {
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int32_t chunk = (hi - lo + kWarps - 1) / kWarps;
+  const int32_t a = min(hi, lo + warp * chunk), b = min(hi, a + chunk);
+  double s = 0.0;
+  int32_t l = -1;
+  for (int32_t i = a + lane; i < b; i += 32) {
+    const double v = weight(i);
+    s += v;
+    if (v > 0.0) l = i;
+  }
+  s = warp_sum_d(s);
+  l = warp_max_i(l);
+  if (lane == 0) {
+    sh.part[warp] = s;
+    sh.part_last[warp] = l;
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    double total = 0.0;
+    int32_t lst = -1;
+    for (int w = 0; w < kWarps; ++w) {
+      total += sh.part[w];
+      lst = max(lst, sh.part_last[w]);
+    }
+    const double t = fraction ? target * total : target;
+    double cum = 0.0;
+    int32_t sel = -1;
+    for (int w = 0; w < kWarps; ++w) {
+      if (t < cum + sh.part[w]) {
+        sel = w;
+        break;
+      }
+      cum += sh.part[w];
+    }
+    sh.i[1] = sel;
+    sh.i[2] = lst;
+    sh.d[1] = t - cum;
+  }
+  __syncthreads();
+  const int32_t sel = sh.i[1];
+  *last = sh.i[2];
+  *left = sh.d[1];
+  *part_lo = min(hi, lo + sel * chunk);
+  *part_hi = min(hi, *part_lo + chunk);
+  __syncthreads();
+  return sel;
+}
+
+// The first index whose running weight sum (in index order) exceeds the target; the last
+// index with a positive weight when rounding leaves the target past the total; -1 when every
+// weight is 0.
+template <class Weight>
+__device__ int32_t find_prefix(int32_t n, double target, bool fraction, const Weight& weight,
+                               Shared& sh) {
+  double left = 0.0;
+  int32_t last = -1, a = 0, b = 0;
+  if (split_find(0, n, target, fraction, weight, sh, &left, &last, &a, &b) < 0) return last;
+  int32_t last2 = -1, a2 = 0, b2 = 0;
+  double left2 = 0.0;
+  if (split_find(a, b, left, false, weight, sh, &left2, &last2, &a2, &b2) < 0) return last2;
+  if (threadIdx.x < 32) {
+    const int lane = threadIdx.x;
+    int32_t found = -1;
+    for (int32_t base = a2; base < b2; base += 32) {
+      const int32_t i = base + lane;
+      const double v = i < b2 ? weight(i) : 0.0;
+      double incl = v;
+      for (int o = 1; o < 32; o <<= 1) {
+        const double u = __shfl_up_sync(kFull, incl, o);
+        if (lane >= o) incl += u;
+      }
+      const double total = __shfl_sync(kFull, incl, 31);
+      if (left2 < total) {
+        found = base + __ffs(__ballot_sync(kFull, left2 < incl)) - 1;
+        break;
+      }
+      left2 -= total;
+    }
+    if (lane == 0) sh.i[3] = found >= 0 ? found : last2;
+  }
+  __syncthreads();
+  const int32_t r = sh.i[3];
+  __syncthreads();
+  return r;
+}
+
+__global__ void __launch_bounds__(kThreads) sample_tokens_kernel(SampleTokensParams p) {
+  __shared__ Shared sh;
+  const int64_t row = blockIdx.x;
+  const float* lg = p.logits + row * p.stride;
+  const int32_t n = p.vocab;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+
+  // Pass 1: max with its lowest index, and the log-sum-exp of the raw logits (online).
+  float best = -INFINITY, m = -INFINITY, s = 0.0f;
+  int32_t best_i = kNoIndex;
+  for (int32_t i = threadIdx.x; i < n; i += kThreads) {
+    const float l = lg[i];
+    if (l > best) {
+      best = l;
+      best_i = i;
+    }
+    if (l > m) {
+      s = s * expf(m - l) + 1.0f;
+      m = l;
+    } else if (l != -INFINITY) {
+      s += expf(l - m);
+    }
+  }
+  for (int o = 16; o > 0; o >>= 1) {
+    const float b2 = __shfl_xor_sync(kFull, best, o);
+    const int32_t i2 = __shfl_xor_sync(kFull, best_i, o);
+    if (b2 > best || (b2 == best && i2 < best_i)) {
+      best = b2;
+      best_i = i2;
+    }
+    const float m2 = __shfl_xor_sync(kFull, m, o), s2 = __shfl_xor_sync(kFull, s, o);
+    const float mm = fmaxf(m, m2);
+    s = (m == -INFINITY ? 0.0f : s * expf(m - mm)) + (m2 == -INFINITY ? 0.0f : s2 * expf(m2 - mm));
+    m = mm;
+  }
+  __shared__ float w_best[kWarps], w_m[kWarps], w_s[kWarps];
+  __shared__ int32_t w_best_i[kWarps];
+  if (lane == 0) {
+    w_best[warp] = best;
+    w_best_i[warp] = best_i;
+    w_m[warp] = m;
+    w_s[warp] = s;
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    float b = -INFINITY, mm = -INFINITY, ss = 0.0f;
+    int32_t bi = kNoIndex;
+    for (int w = 0; w < kWarps; ++w) {
+      if (w_best[w] > b || (w_best[w] == b && w_best_i[w] < bi)) {
+        b = w_best[w];
+        bi = w_best_i[w];
+      }
+      const float m2 = fmaxf(mm, w_m[w]);
+      ss = (mm == -INFINITY ? 0.0f : ss * expf(mm - m2)) +
+           (w_m[w] == -INFINITY ? 0.0f : w_s[w] * expf(w_m[w] - m2));
+      mm = m2;
+    }
+    sh.f[0] = b;
+    sh.f[1] = mm + logf(ss);
+    sh.i[0] = bi == kNoIndex ? 0 : bi;  // an all -inf row: token 0, as the host's max_element
+  }
+  __syncthreads();
+  const float lmax = sh.f[0], lse = sh.f[1];
+  int32_t token = sh.i[0];
+  __syncthreads();
+
+  const float temperature = p.temperature[row];
+  if (temperature > 0.0f) {
+    const float inv_t = 1.0f / temperature;
+    const float mx = __fmul_rn(lmax, inv_t);  // rounding is monotonic: the max of x
+    const int32_t top_k = p.top_k[row];
+    const float top_p = p.top_p[row], min_p = p.min_p[row];
+    auto x_of = [&](int32_t i) { return __fmul_rn(lg[i], inv_t); };
+    auto key_of = [&](int32_t i) { return order_key(x_of(i)); };
+    auto w_of = [&](int32_t i) { return exp(double(__fsub_rn(x_of(i), mx))); };
+    auto all = [](int32_t) { return true; };
+    auto one = [](int32_t) { return 1u; };
+
+    // Top-k: keys above k_key, and ties at k_key up to index k_tie.
+    const bool use_k = top_k > 0 && top_k < n;
+    uint32_t k_key = 0;
+    int32_t k_tie = kNoIndex;
+    if (use_k) {
+      uint32_t rest = 0, at = 0;
+      radix_select<uint32_t>(n, uint32_t(top_k), all, key_of, one, sh, &k_key, &rest, &at);
+      if (rest < at) {
+        const uint32_t kk = k_key;
+        k_tie = find_prefix(
+            n, double(rest) - 0.5, false,
+            [&](int32_t i) { return key_of(i) == kk ? 1.0 : 0.0; }, sh);
+      }
+    }
+    auto in_k = [&](int32_t i) {
+      if (!use_k) return true;
+      const uint32_t k = key_of(i);
+      return k > k_key || (k == k_key && i <= k_tie);
+    };
+
+    // Top-p: the same select by mass over the top-k set.
+    bool use_p = top_p < 1.0f;
+    uint32_t p_key = 0;
+    int32_t p_tie = kNoIndex;
+    if (use_p) {
+      double part = 0.0;
+      for (int32_t i = threadIdx.x; i < n; i += kThreads) part += in_k(i) ? w_of(i) : 0.0;
+      part = warp_sum_d(part);
+      if (lane == 0) sh.part[warp] = part;
+      __syncthreads();
+      if (threadIdx.x == 0) {
+        double t = 0.0;
+        for (int w = 0; w < kWarps; ++w) t += sh.part[w];
+        sh.d[2] = t;
+      }
+      __syncthreads();
+      const double target = double(top_p) * sh.d[2];
+      __syncthreads();
+      double rest = 0.0, at = 0.0;
+      use_p = radix_select<double>(n, target, in_k, key_of, w_of, sh, &p_key, &rest, &at);
+      if (use_p) {
+        // Tied tokens at p_key (equal weights) join in id order until the mass is reached.
+        const uint32_t pk = p_key;
+        // One tied token's weight: all of them share x.
+        const float xt = __uint_as_float((pk & 0x80000000u) ? (pk & 0x7fffffffu) : ~pk);
+        const double wt = exp(double(__fsub_rn(xt, mx)));
+        const double cnt = wt > 0.0 ? rint(at / wt) : 0.0;
+        double r = rest, m_take = 0.0;
+        while (r > 0.0 && m_take < cnt) {
+          r -= wt;
+          m_take += 1.0;
+        }
+        if (m_take < cnt) {
+          p_tie = find_prefix(
+              n, m_take - 0.5, false,
+              [&](int32_t i) { return in_k(i) && key_of(i) == pk ? 1.0 : 0.0; }, sh);
+        }
+      }
+    }
+    auto in_p = [&](int32_t i) {
+      if (!use_p) return true;
+      const uint32_t k = key_of(i);
+      return k > p_key || (k == p_key && i <= p_tie);
+    };
+
+    const double min_w = double(min_p);
+    const double u = sampling_uniform(uint64_t(p.seed[row]), uint64_t(p.draw[row]));
+    const int32_t t = find_prefix(
+        n, u, true,
+        [&](int32_t i) {
+          if (!in_k(i) || !in_p(i)) return 0.0;
+          const double w = w_of(i);
+          return w < min_w ? 0.0 : w;
+        },
+        sh);
+    token = t >= 0 ? t : token;
+  }
+  if (threadIdx.x == 0) {
+    p.tokens[row] = token;
+    p.logprobs[row] = lg[token] - lse;
+  }
+}
+
+}  // namespace
+
+void launch_sample_tokens(const SampleTokensParams& p, cudaStream_t stream) {
+  sample_tokens_kernel<<<unsigned(p.rows), kThreads, 0, stream>>>(p);
+}
+
+}  // namespace tandem::ops::cuda

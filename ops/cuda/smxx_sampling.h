@@ -1,0 +1,26 @@
+// Kernel parameters of ops::sample_tokens on CUDA (smxx_sampling.cu), filled by its host
+// launcher (smxx_sampling.cpp) after ops.cpp's validation. Pointers are device pointers.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+
+namespace tandem::ops::cuda {
+
+struct SampleTokensParams {
+  const float* logits;  // [rows, vocab], rows `stride` floats apart
+  int64_t rows, stride;
+  int32_t vocab;
+  const float* temperature;  // [rows]
+  const int32_t* top_k;      // [rows]
+  const float* top_p;        // [rows]
+  const float* min_p;        // [rows]
+  const int64_t* seed;       // [rows]
+  const int64_t* draw;       // [rows]
+  int32_t* tokens;           // [rows]
+  float* logprobs;           // [rows]
+};
+void launch_sample_tokens(const SampleTokensParams& p, cudaStream_t stream);
+
+}  // namespace tandem::ops::cuda
