@@ -68,6 +68,34 @@ __device__ void signal_when_last(const LlParams& p, unsigned long long* counter,
   }
 }
 
+// Copies n rows of `vecs` V-vectors each, row r from src_row(r) to dst_row(r), spread over the
+// block with 32-bit indices and four loads in flight per thread before their stores (remote
+// stores are fire-and-forget, so the loads set the pace).
+template <class V, class Src, class Dst>
+__device__ __forceinline__ void copy_rows(uint32_t n, uint32_t vecs, Src src_row, Dst dst_row) {
+  constexpr int kUnroll = 4;
+  const uint32_t total = n * vecs;
+  for (uint32_t base = threadIdx.x; base < total; base += kUnroll * blockDim.x) {
+    V tmp[kUnroll];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const uint32_t i = base + u * blockDim.x;
+      if (i < total) {
+        const uint32_t r = i / vecs;
+        tmp[u] = src_row(r)[i - r * vecs];
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const uint32_t i = base + u * blockDim.x;
+      if (i < total) {
+        const uint32_t r = i / vecs;
+        dst_row(r)[i - r * vecs] = tmp[u];
+      }
+    }
+  }
+}
+
 // One block per global expert g: the tokens routed to g, in token order, into slot block
 // (local expert, me) of g's owner.
 template <class V>
@@ -110,10 +138,8 @@ __global__ void __launch_bounds__(kThreads) ll_dispatch_send(const LlParams p) {
   const int64_t vecs = p.row_bytes / int64_t(sizeof(V));
   V* dst_x = reinterpret_cast<V*>(dst.recv_x + block * p.max_tokens * p.row_bytes);
   const V* src_x = static_cast<const V*>(p.x);
-  for (int64_t i = threadIdx.x; i < n * vecs; i += blockDim.x) {
-    const int64_t r = i / vecs, v = i - r * vecs;
-    dst_x[i] = src_x[int64_t(toks[r]) * vecs + v];
-  }
+  copy_rows<V>(uint32_t(n), uint32_t(vecs), [&](uint32_t r) { return src_x + int64_t(toks[r]) * vecs; },
+               [&](uint32_t r) { return dst_x + int64_t(r) * vecs; });
   for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
     dst.recv_src[block * p.max_tokens + i] = toks[i];
   }
@@ -142,7 +168,9 @@ __global__ void __launch_bounds__(kThreads) ll_dispatch_recv(const LlParams p) {
   for (int s = 0; s < p.ranks; ++s) {
     const int64_t c = counts[s], block = e * p.ranks + s;
     const V* src = reinterpret_cast<const V*>(mine.recv_x + block * m * p.row_bytes);
-    for (int64_t i = threadIdx.x; i < c * vecs; i += blockDim.x) out[n * vecs + i] = src[i];
+    V* dst = out + n * vecs;
+    copy_rows<V>(uint32_t(c), uint32_t(vecs), [&](uint32_t r) { return src + int64_t(r) * vecs; },
+                 [&](uint32_t r) { return dst + int64_t(r) * vecs; });
     for (int64_t i = threadIdx.x; i < c; i += blockDim.x) {
       packed[n + i] = int32_t(s * m + mine.recv_src[block * m + i]);
     }
@@ -160,13 +188,18 @@ __global__ void __launch_bounds__(kThreads) ll_combine_send(const LlParams p) {
   const int64_t vecs = p.hidden * int64_t(sizeof(float)) / int64_t(sizeof(V));
   const V* src = reinterpret_cast<const V*>(p.expert_out) + e * p.ranks * m * vecs;
   const int32_t* packed = p.packed_src + e * p.ranks * m;
-  for (int64_t i = threadIdx.x; i < n * vecs; i += blockDim.x) {
-    const int64_t r = i / vecs, v = i - r * vecs;
-    const int32_t from = packed[r];
-    const int64_t s = from / m, t = from - s * m;
-    V* dst = reinterpret_cast<V*>(p.peers[s].recv_y) + ((int64_t(p.me) * p.locals + e) * m + t) * vecs;
-    dst[v] = src[i];
+  V* dst_base[kMaxRanks];  // this expert's slot block on each rank
+  for (int r = 0; r < kMaxRanks; ++r) {
+    dst_base[r] = r < p.ranks ? reinterpret_cast<V*>(p.peers[r].recv_y) +
+                                    (int64_t(p.me) * p.locals + e) * m * vecs
+                              : nullptr;
   }
+  copy_rows<V>(uint32_t(n), uint32_t(vecs), [&](uint32_t r) { return src + int64_t(r) * vecs; },
+               [&](uint32_t r) {
+                 const int32_t from = packed[r];
+                 const int32_t s = from / int32_t(m);
+                 return dst_base[s] + int64_t(from - s * int32_t(m)) * vecs;
+               });
   signal_when_last(p, reinterpret_cast<unsigned long long*>(&p.state->combine_done), seq, false);
 }
 

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <bit>
 #include <cstring>
+#include <memory>
 
 #include "ops/ops.h"
 #include "parallel/dispatcher_impl.h"
@@ -13,6 +14,14 @@
 namespace tandem::detail {
 
 namespace {
+
+// A contiguous 4-byte tensor's buffer seen as another 4-byte dtype (shares the buffer).
+Tensor reinterpret_as(const Tensor& t, DType dtype) {
+  TANDEM_CHECK(t.is_contiguous() && dtype_size_bytes(t.dtype()) == dtype_size_bytes(dtype),
+               "reinterpret_as: {} as {}", t.describe(), dtype_name(dtype));
+  auto owner = std::make_shared<Tensor>(t);
+  return Tensor::from_blob(t.raw_data(), t.shape(), dtype, t.device(), owner);
+}
 
 class NormalDispatcher final : public Dispatcher {
  public:
@@ -37,6 +46,7 @@ class NormalDispatcher final : public Dispatcher {
   std::vector<int64_t> send_rows_;    // [ranks]: tokens sent to each rank
   std::vector<int64_t> recv_rows_;    // [ranks]: tokens received from each rank
   Tensor send_token_;                  // i32 [sum(send_rows)]: source token of each sent row
+  Tensor send_ones_;                  // f32 [sum(send_rows)]: 1, the weights of the final add
   Tensor row_source_;                 // i32 [P]: received row of each expert row
   Tensor row_weight_;                 // f32 [P]: its routing weight
   ExpertInput input_;
@@ -105,12 +115,18 @@ const ExpertInput& NormalDispatcher::dispatch(const Tensor& x, const Tensor& top
     order.insert(order.end(), dest_tokens[d].begin(), dest_tokens[d].end());
     meta.insert(meta.end(), dest_meta[d].begin(), dest_meta[d].end());
   }
-  send_token_ = to_device(Tensor::from_vector(order, {sent}), dev);
+  // One upload (a GPU group's host-to-device copies synchronize): tokens, ones, metadata.
+  std::vector<int32_t> packed = order;
+  packed.insert(packed.end(), size_t(sent), std::bit_cast<int32_t>(1.0f));
+  packed.insert(packed.end(), meta.begin(), meta.end());
+  const Tensor uploaded = to_device(Tensor::from_vector(packed, {int64_t(packed.size())}), dev);
+  send_token_ = uploaded.slice(0, 0, sent);
+  send_ones_ = reinterpret_as(uploaded.slice(0, sent, 2 * sent), DType::kF32);
+  Tensor send_meta = uploaded.slice(0, 2 * sent, int64_t(packed.size())).view({sent, 2 * k});
   Tensor send_x = Tensor::empty({sent, hidden}, x.dtype(), dev);
   if (sent > 0) ops::gather_rows(x, send_token_, send_x);
   Tensor recv_x = Tensor::empty({received, hidden}, x.dtype(), dev);
   all_to_all_rows(group_, send_x, send_rows_, recv_x, recv_rows_);
-  Tensor send_meta = to_device(Tensor::from_vector(meta, {sent, 2 * k}), dev);
   Tensor recv_meta = Tensor::empty({received, 2 * k}, DType::kI32, dev);
   all_to_all_rows(group_, send_meta, send_rows_, recv_meta, recv_rows_);
   if (!dev.is_cpu()) recv_meta = recv_meta.to(Device::cpu());  // waits for the transfers
@@ -141,8 +157,11 @@ const ExpertInput& NormalDispatcher::dispatch(const Tensor& x, const Tensor& top
                  "normal dispatch: local expert {} received {} rows, counted {}", e,
                  cursor[e] - offsets[e], expert_counts[e]);
   }
-  row_source_ = to_device(Tensor::from_vector(source, {pairs}), dev);
-  row_weight_ = to_device(Tensor::from_vector(weight, {pairs}), dev);
+  std::vector<int32_t> rows = source;  // one upload: sources, then weights as bits
+  for (float w : weight) rows.push_back(std::bit_cast<int32_t>(w));
+  const Tensor rows_dev = to_device(Tensor::from_vector(rows, {2 * pairs}), dev);
+  row_source_ = rows_dev.slice(0, 0, pairs);
+  row_weight_ = reinterpret_as(rows_dev.slice(0, pairs, 2 * pairs), DType::kF32);
 
   input_.mode = DispatchMode::kNormal;
   input_.x = Tensor::empty({pairs, hidden}, x.dtype(), dev);
@@ -179,9 +198,7 @@ void NormalDispatcher::combine(const Tensor& expert_out, Tensor& out) {
   Tensor back = Tensor::empty({sent, hidden}, DType::kF32, dev);
   all_to_all_rows(group_, partial, recv_rows_, back, send_rows_);
   if (sent > 0) {
-    ops::scatter_add_rows(back, send_token_,
-                          to_device(Tensor::from_vector(std::vector<float>(sent, 1.0f), {sent}), dev),
-                          out);
+    ops::scatter_add_rows(back, send_token_, send_ones_, out);
   }
 }
 

@@ -115,10 +115,14 @@ struct StepResult {
   Tensor out;  // f32 [T, H] after combine
 };
 
+// Copies, also where the tensor is already there (Tensor::to shares the buffer then): the CPU
+// dispatchers reuse their buffers and combine adds into `out`, and the inputs serve both runs.
+Tensor copy_to(const Tensor& t, Device dev) { return t.device() == dev ? t.clone() : t.to(dev); }
+
 StepResult run_step(Dispatcher& d, ProcessGroup& group, const ExpertPlacement& placement,
                     const RankInput& in) {
   const Device dev = group.device();
-  const Tensor x = in.x.to(dev), ids = in.ids.to(dev), weights = in.weights.to(dev);
+  const Tensor x = copy_to(in.x, dev), ids = copy_to(in.ids, dev), weights = copy_to(in.weights, dev);
   const ExpertInput& ei = d.dispatch(x, ids, weights);
   StepResult r;
   r.counts = ei.counts;
@@ -127,11 +131,11 @@ StepResult run_step(Dispatcher& d, ProcessGroup& group, const ExpertPlacement& p
     const Tensor c = ei.counts_device.to(Device::cpu());
     for (size_t e = 0; e < r.counts.size(); ++e) r.counts[e] = c.data<int32_t>()[e];
   }
-  r.x = ei.x.to(Device::cpu());
+  r.x = copy_to(ei.x, Device::cpu());
   const Tensor y = fake_experts(ei, r.x, r.counts, placement, group.rank()).to(dev);
-  Tensor out = in.base.to(dev);
+  Tensor out = copy_to(in.base, dev);
   d.combine(y, out);
-  r.out = out.to(Device::cpu());
+  r.out = copy_to(out, Device::cpu());
   return r;
 }
 

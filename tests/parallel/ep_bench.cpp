@@ -89,6 +89,7 @@ double peer_copy_gbps(int src, int dst, bool both) {
 struct Inputs {
   Tensor x, ids, weights;          // on the rank's GPU
   int64_t remote_rows = 0;         // tokens with an expert on the other rank (normal's rows)
+  int64_t local_rows = 0;          // tokens with an expert on this rank
   int64_t remote_pairs = 0;        // (token, expert) pairs on the other rank (low_latency's rows)
 };
 
@@ -104,14 +105,16 @@ Inputs make_inputs(int rank, int64_t tokens, Device dev) {
   for (int64_t t = 0; t < tokens; ++t) {
     std::iota(all.begin(), all.end(), 0);
     std::shuffle(all.begin(), all.end(), rng);  // uniform: k distinct experts
-    bool remote = false;
+    bool remote = false, local = false;
     for (int64_t j = 0; j < kTopK; ++j) {
       ids[t * kTopK + j] = all[j];
       const bool other = all[j] / (kExperts / kRanks) != rank;
       in.remote_pairs += other;
       remote |= other;
+      local |= !other;
     }
     in.remote_rows += remote;
+    in.local_rows += local;
   }
   const Tensor xf = Tensor::from_vector(x, {tokens, kHidden});
   Tensor xb = Tensor::empty({tokens, kHidden}, DType::kBF16);
@@ -129,6 +132,7 @@ double median(std::vector<double> v) {
 
 struct Timing {
   double dispatch_us = 0, combine_us = 0;
+  double rows_a2a_us = 0;  // normal: the NCCL all_to_all of the dispatch's rows alone
   int64_t dispatch_bytes = 0, combine_bytes = 0;  // crossing NVLink, per rank (one direction)
 };
 
@@ -198,6 +202,25 @@ Timing bench_mode(ProcessGroup& g, DispatchMode mode, int64_t tokens, int iters)
   }
   ops::cuda::synchronize(dev.index);
   Timing t;
+  if (mode == DispatchMode::kNormal) {
+    // The transport alone: the same rows per destination as the dispatch, one all_to_all.
+    const std::vector<int64_t> send_rows = {me == 0 ? in.local_rows : in.remote_rows,
+                                            me == 0 ? in.remote_rows : in.local_rows};
+    const std::vector<int64_t> all = g.all_gather(send_rows);
+    const std::vector<int64_t> recv_rows = {all[me], all[2 + me]};
+    Tensor send = Tensor::zeros({send_rows[0] + send_rows[1], kHidden}, DType::kBF16, dev);
+    Tensor recv = Tensor::empty({recv_rows[0] + recv_rows[1], kHidden}, DType::kBF16, dev);
+    std::vector<double> a2a;
+    for (int i = 0; i < total; ++i) {
+      g.barrier();
+      auto t0 = std::chrono::steady_clock::now();
+      all_to_all_rows(g, send, send_rows, recv, recv_rows);
+      ops::cuda::synchronize(dev.index);
+      auto t1 = std::chrono::steady_clock::now();
+      if (i >= 3) a2a.push_back(std::chrono::duration<double, std::micro>(t1 - t0).count());
+    }
+    t.rows_a2a_us = median(a2a);
+  }
   t.dispatch_us = median(dispatch_us);
   t.combine_us = median(combine_us);
   const int64_t rows = mode == DispatchMode::kNormal ? in.remote_rows : in.remote_pairs;
@@ -238,18 +261,19 @@ int run(const Options& opt) {
   std::printf("| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |\n");
   const char* names[2] = {"normal", "low_latency"};
   const int64_t tokens[2] = {opt.normal_tokens, opt.ll_tokens};
+  const char* steps[3] = {"dispatch", "combine", "rows all_to_all only (NCCL)"};
   for (int m = 0; m < 2; ++m) {
-    for (int step = 0; step < 2; ++step) {
+    for (int step = 0; step < (m == 0 ? 3 : 2); ++step) {
       double us = 0;
       int64_t bytes = 0;
       for (int r = 0; r < kRanks; ++r) {
         const Timing& t = results[m][r];
-        us = std::max(us, step == 0 ? t.dispatch_us : t.combine_us);
-        bytes = std::max(bytes, step == 0 ? t.dispatch_bytes : t.combine_bytes);
+        us = std::max(us, step == 0 ? t.dispatch_us : step == 1 ? t.combine_us : t.rows_a2a_us);
+        bytes = std::max(bytes, step == 1 ? t.combine_bytes : t.dispatch_bytes);
       }
       const double gbps = double(bytes) / (us * 1e-6) / 1e9;
       std::printf("| %s | %lld | %s | %.1f | %.2f | %.1f | %.0f%% | %.0f%% |\n", names[m],
-                  (long long)tokens[m], step == 0 ? "dispatch" : "combine", us, bytes / 1e6, gbps,
+                  (long long)tokens[m], steps[step], us, bytes / 1e6, gbps,
                   100.0 * gbps / peer_uni, 100.0 * gbps / peer_bi);
     }
   }

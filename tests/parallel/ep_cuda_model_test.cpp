@@ -55,7 +55,7 @@ std::vector<SeqTrace> run_sequences(DeepseekV3Model& model, Device dev, const st
   for (int64_t step = 0; step <= kDecodeSteps; ++step) {
     const bool decode = step > 0;
     const ForwardBatch batch =
-        ForwardBatch::build(decode ? ForwardMode::kDecode : ForwardMode::kExtend, steps, kPageSize);
+        ForwardBatch::build(decode ? ForwardMode::kDecode : ForwardMode::kExtend, steps, kPageSize, dev);
     before_step(decode, batch.num_tokens);
     const Tensor logits = model.forward(batch, cache).to(Device::cpu());
     for (size_t i = 0; i < seqs.size(); ++i) {
