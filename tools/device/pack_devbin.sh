@@ -19,6 +19,12 @@ for f in tests/disagg/disagg_cuda_test bench/transfer_bench; do
     grep -vE '/(libc|libm|libdl|librt|libpthread|libgcc_s|libstdc\+\+|ld-linux[^/]*)\.so' |
     while read -r lib; do cp -L "$lib" .devbin/lib/; done
 done
+# EP (tools/device/ep_cycle.sh, 2 GPUs): the dispatch and EP-model tests and the benchmark;
+# EP_BUILD picks another build directory for them. libnccl.so.2 is found on the GPU machine.
+ep=${EP_BUILD:-$build}
+for f in tests/parallel/cuda_dispatch_test tests/parallel/ep_cuda_model_test tests/parallel/ep_bench; do
+  [[ -x $ep/$f ]] && cp "$ep/$f" .devbin/bin/
+done
 for lib in libfmt.so.9 libspdlog.so.1.10; do cp -L "/usr/lib/x86_64-linux-gnu/$lib" .devbin/lib/; done
 grep -qx '/.devbin/' .git/info/exclude 2>/dev/null || echo '/.devbin/' >> .git/info/exclude
 du -sh .devbin
