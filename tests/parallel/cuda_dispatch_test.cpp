@@ -268,7 +268,7 @@ TEST_P(CudaDispatch, LowLatencyEqualsCpuBitwise) {
   SKIP_WITHOUT_GPUS();
   const DispatchCase c = GetParam();
   const auto steps = three_steps(c.hidden, c.dtype);
-  const DispatchOptions o = options_for(c.hidden, c.dtype, 48);  // step 3 fills every slot row
+  const DispatchOptions o = options_for(c.hidden, c.dtype, 48);  // step 3: M tokens on each rank
   const Results cpu = run_steps(false, DispatchMode::kLowLatency, steps, o);
   const Results gpu = run_steps(true, DispatchMode::kLowLatency, steps, o);
   expect_same_steps(DispatchMode::kLowLatency, cpu, gpu, 0.0);
