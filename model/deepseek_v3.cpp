@@ -133,8 +133,8 @@ Tensor DeepseekV3Model::attention(int64_t layer, const Tensor& x, const ForwardB
   const int64_t lora = c.kv_lora_rank, v_dim = c.v_head_dim;
   const DType act = act_dtype_;
 
-  // Queries: [T, heads, nope + rope], through the low-rank path when q_lora_rank > 0. f32 from
-  // here on: RoPE, the absorbed W_UK and the attention kernels take f32.
+  // Queries: [T, heads, nope + rope], through the low-rank path when q_lora_rank > 0. f32 for
+  // RoPE and the absorbed W_UK; prefill converts it once to the activation dtype.
   Tensor q = empty_f32({tokens, heads * c.qk_head_dim()}, dev);
   if (c.q_lora_rank > 0) {
     Tensor q_a = Tensor::empty({tokens, c.q_lora_rank}, act, dev);
@@ -158,19 +158,25 @@ Tensor DeepseekV3Model::attention(int64_t layer, const Tensor& x, const ForwardB
   ops::rope(k_pe_heads, batch.positions, inv_freq_, rope_factor_, c.rope_interleave);
   ops::kv_store(latent, k_pe, batch.out_slots, cache.layers[layer]);
 
-  Tensor attn = empty_f32({tokens, heads, v_dim}, dev);  // [T, heads, v]
+  Tensor attn;  // [T, heads, v]
   if (batch.mode == ForwardMode::kExtend) {
-    // Expand every cached position of each sequence to per-head keys and values.
-    const int64_t kv_len = batch.kv_slots.size(0);
-    Tensor cached = empty_f32({kv_len, c.kv_cache_dim()}, dev);
+    // Expand every cached position of each sequence to per-head keys and values, in the
+    // activation dtype: with bf16 activations q, k, v and the output are bf16 (the tensor-core
+    // prefill kernel; f32 softmax statistics inside), with f32 activations all stay f32 (the CPU
+    // reference and the exact golden tests).
+    const int64_t kv_len = batch.kv_slots.size(0), qk = c.qk_head_dim();
+    Tensor cached = Tensor::empty({kv_len, c.kv_cache_dim()}, act, dev);  // [L, lora + rope]
     ops::gather_rows(cache.layers[layer], batch.kv_slots, cached);
-    Tensor kv = empty_f32({kv_len, heads * (nope + v_dim)}, dev);
-    ops::linear(as_dtype(cached.slice(1, 0, lora), act), w.kv_b_proj, kv);
-    ops::mla_prefill_attention(q, kv.view({kv_len, heads, nope + v_dim}),
+    Tensor kv = Tensor::empty({kv_len, heads * (nope + v_dim)}, act, dev);
+    ops::linear(cached.slice(1, 0, lora), w.kv_b_proj, kv);
+    const Tensor q_act = as_dtype(q.view({tokens, heads * qk}), act).view({tokens, heads, qk});
+    attn = Tensor::empty({tokens, heads, v_dim}, act, dev);
+    ops::mla_prefill_attention(q_act, kv.view({kv_len, heads, nope + v_dim}),
                                cached.slice(1, lora, lora + rope_dim), batch.cu_q, batch.cu_kv,
                                softmax_scale_, attn);
   } else {
     // Absorbed: attend in latent space, then map the result to v per head.
+    attn = empty_f32({tokens, heads, v_dim}, dev);
     Tensor q_latent = empty_f32({tokens, heads, lora}, dev);
     ops::head_matmul(q.slice(2, 0, nope), w.w_uk_t, q_latent);
     Tensor out_latent = empty_f32({tokens, heads, lora}, dev);

@@ -324,12 +324,16 @@ void moe_experts(const Tensor& x, const Tensor& ids, const Tensor& weights,
 void mla_prefill_attention(const Tensor& q, const Tensor& kv, const Tensor& k_pe,
                            const Tensor& cu_q, const Tensor& cu_kv, float scale, Tensor& out) {
   const char* op = "mla_prefill_attention";
-  expect(q, op, "q", 3, {DType::kF32});
-  expect(kv, op, "kv", 3, {DType::kF32});
-  expect(k_pe, op, "k_pe", 2, {DType::kF32});
+  expect(q, op, "q", 3, {DType::kF32, DType::kBF16});
+  expect(kv, op, "kv", 3, {DType::kF32, DType::kBF16});
+  expect(k_pe, op, "k_pe", 2, {DType::kF32, DType::kBF16});
   expect(cu_q, op, "cu_q", 1, {DType::kI32});
   expect(cu_kv, op, "cu_kv", 1, {DType::kI32});
-  expect(out, op, "out", 3, {DType::kF32});
+  expect(out, op, "out", 3, {DType::kF32, DType::kBF16});
+  TANDEM_CHECK(kv.dtype() == q.dtype() && k_pe.dtype() == q.dtype(),
+               "{}: q, kv and k_pe must share one dtype (all f32 or all bf16), got q {}, kv {}, "
+               "k_pe {}", op, dtype_name(q.dtype()), dtype_name(kv.dtype()),
+               dtype_name(k_pe.dtype()));
   TANDEM_CHECK(q.is_contiguous() && kv.is_contiguous() && out.is_contiguous(),
                "{}: q, kv and out must be contiguous", op);
   const int64_t heads = q.size(1), rope_dim = k_pe.size(1);

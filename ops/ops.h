@@ -124,10 +124,13 @@ void moe_experts(const Tensor& x, const Tensor& ids, const Tensor& weights,
 void fill_random(Tensor& out, uint64_t key, float amplitude, float offset);
 
 // MLA prefill attention over expanded keys/values, causal, variable length.
-// q: f32 [T, H, nope + rope]; kv: f32 [L, H, nope + v] (k_nope then v per head);
-// k_pe: f32 [L, rope] shared by all heads; cu_q: i32 [B + 1] and cu_kv: i32 [B + 1] are the
-// prefix sums of the query and key lengths per sequence (kv_len >= q_len; the queries are the
-// last q_len positions); out: f32 [T, H, v].
+// q: [T, H, nope + rope]; kv: [L, H, nope + v] (k_nope then v per head); k_pe: [L, rope]
+// shared by all heads (rows may be strided); q, kv and k_pe all f32 or all bf16; out: f32 | bf16
+// [T, H, v]. cu_q: i32 [B + 1] and cu_kv: i32 [B + 1] are the prefix sums of the query and key
+// lengths per sequence (kv_len >= q_len; the queries are the last q_len positions).
+// Softmax statistics and accumulation are f32 in every case. On CUDA, bf16 inputs with
+// nope = v = 128 and rope = 64 (DeepSeek-V2/V3) run a tensor-core flash-attention kernel that
+// rounds the probabilities to bf16; other bf16 shapes and f32 run the SIMT kernel.
 void mla_prefill_attention(const Tensor& q, const Tensor& kv, const Tensor& k_pe,
                            const Tensor& cu_q, const Tensor& cu_kv, float scale, Tensor& out);
 

@@ -1,5 +1,7 @@
 // Multi-head latent attention (DeepSeek-V2 paper, section 2.1), CPU reference.
 // Prefill: keys/values expanded per head from the latent (k = [k_nope_h, k_pe], v_h), causal.
+// bf16 inputs are widened to f32 exactly and a bf16 out is the f32 result rounded once, so the
+// bf16 op is the f32 op on the bf16 values (the reference for the CUDA tensor-core kernel).
 // Decode: the absorbed form over the latent cache: scores = q_nope W_UK . c + q_pe . k_pe, and
 // the output stays in latent space (W_UV is applied by the caller).
 #include <algorithm>
@@ -25,8 +27,14 @@ void softmax_inplace(float* p, int64_t n) {
 
 }  // namespace
 
-void mla_prefill_attention(const Tensor& q, const Tensor& kv, const Tensor& k_pe,
-                           const Tensor& cu_q, const Tensor& cu_kv, float scale, Tensor& out) {
+void mla_prefill_attention(const Tensor& q_in, const Tensor& kv_in, const Tensor& k_pe_in,
+                           const Tensor& cu_q, const Tensor& cu_kv, float scale, Tensor& out_in) {
+  // bf16: f32 copies (exact), the f32 computation, one rounding into out.
+  const bool wide = q_in.dtype() == DType::kF32;
+  const Tensor q = wide ? q_in : to_f32(q_in);
+  const Tensor kv = wide ? kv_in : to_f32(kv_in);
+  const Tensor k_pe = wide ? k_pe_in : to_f32(k_pe_in);
+  Tensor out = out_in.dtype() == DType::kF32 ? out_in : Tensor::empty(out_in.shape(), DType::kF32);
   const int64_t heads = q.size(1), rope_dim = k_pe.size(1);
   const int64_t nope = q.size(2) - rope_dim, v_dim = kv.size(2) - nope;
   const int64_t batch = cu_q.size(0) - 1;
@@ -70,6 +78,11 @@ void mla_prefill_attention(const Tensor& q, const Tensor& kv, const Tensor& k_pe
       }
     }
   });
+  if (out_in.dtype() != DType::kF32) {
+    const Shape rows = {out.size(0) * heads, v_dim};
+    Tensor dst = out_in.view(rows);
+    convert(out.view(rows), dst);
+  }
 }
 
 void mla_decode_attention(const Tensor& q_latent, const Tensor& q_pe, const Tensor& cache,

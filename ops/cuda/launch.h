@@ -180,16 +180,21 @@ void launch_gemm_f32(const GemmParams& p, cudaStream_t stream);
 
 // Causal variable-length attention over per-head expanded keys (MLA prefill).
 struct MlaPrefillParams {
-  const float* q;     // [T, H, nope + rope], contiguous
-  const float* kv;    // [L, H, nope + v], contiguous
-  const float* k_pe; int64_t k_pe_stride;  // [L, rope]
+  const void* q;      // [T, H, nope + rope], contiguous
+  const void* kv;     // [L, H, nope + v], contiguous
+  const void* k_pe; int64_t k_pe_stride;  // [L, rope]
+  DType in_dtype;     // of q, kv and k_pe: f32 | bf16
   const int32_t* cu_q; const int32_t* cu_kv;  // [B + 1]
-  float* out;         // [T, H, v], contiguous
+  void* out; DType out_dtype;  // [T, H, v], contiguous, f32 | bf16
   int64_t tokens, kv_rows, batch, heads, nope, rope, v;
   float scale;
   KernelErrorWord* error;
 };
-void launch_mla_prefill(const MlaPrefillParams& p, cudaStream_t stream);
+void launch_mla_prefill(const MlaPrefillParams& p, cudaStream_t stream);  // SIMT, any dims
+// The tensor-core path (smxx_mla_prefill.cu): bf16 inputs, nope = v = 128, rope = 64,
+// 16-byte aligned rows.
+bool mla_prefill_mma_supported(const MlaPrefillParams& p);
+void launch_mla_prefill_mma(const MlaPrefillParams& p, cudaStream_t stream);
 
 // Absorbed MLA decode over the paged latent cache, split over the KV length; partial results
 // go to `workspace` and a second kernel combines them.

@@ -661,36 +661,126 @@ TEST_F(OpHarness, MoeExpertsBadIdThrowsAtSync) {
   EXPECT_THROW(ops::cuda::synchronize(0), Error);
 }
 
-TEST_F(OpHarness, MlaPrefillAttention) {
-  const int64_t heads = 16, nope = 128, rope = 64, v = 128, lora = 512;
-  const std::vector<int32_t> q_lens = {5, 1, 70}, kv_lens = {5, 9, 130};
+// MLA prefill. One case = sequences of (q_len, kv_len) (kv_len > q_len is a chunked prefill:
+// the queries are the last q_len positions), heads, head dims, input and output dtypes. k_pe is
+// a strided view of a [L, 512 + rope] cache row as in the model. Tolerances:
+// - f32 inputs run the exact SIMT kernel: f32 rounding, 2e-6.
+// - bf16 inputs at other head dims run the SIMT kernel on the widened bf16 values: the CPU op
+//   does the same (it widens bf16 exactly), so f32 rounding again, 2e-6 with f32 out.
+// - bf16 inputs at DeepSeek's dims (128 + 64, v 128) run the tensor-core kernel. q, k, v are the
+//   same bf16 values on both sides; the kernel rounds each probability to bf16 (relative error
+//   up to 2^-9, about 1.1e-3 rms, independent per key) and normalizes by the sum of the rounded
+//   values, so the output error is a weighted average of those per-key errors: about 1e-3 rms
+//   relative to the output. A bf16 output adds one more rounding (2^-9 max, 1.1e-3 rms). The
+//   tolerance is 5e-3 (the decode kernel's, same reasoning), 2-3x over the expected error.
+// NaN in a query row and in one key (k_nope) element: exactly the rows that see that key (and
+// the NaN query's own row) are NaN on both sides.
+struct PrefillCase {
+  std::vector<int32_t> q_lens, kv_lens;
+  int64_t heads = 16, nope = 128, rope = 64, v = 128;
+  DType in = DType::kBF16, out = DType::kBF16;
+  bool nan = false;
+};
+
+void run_prefill_case(const PrefillCase& c) {
+  const int64_t heads = c.heads, nope = c.nope, rope = c.rope, v = c.v, lora = 512;
+  const int64_t batch = int64_t(c.q_lens.size());
   std::vector<int32_t> cu_q{0}, cu_kv{0};
-  for (size_t b = 0; b < q_lens.size(); ++b) {
-    cu_q.push_back(cu_q.back() + q_lens[b]);
-    cu_kv.push_back(cu_kv.back() + kv_lens[b]);
+  for (int64_t b = 0; b < batch; ++b) {
+    cu_q.push_back(cu_q.back() + c.q_lens[size_t(b)]);
+    cu_kv.push_back(cu_kv.back() + c.kv_lens[size_t(b)]);
   }
   const int64_t t = cu_q.back(), l = cu_kv.back();
-  const Tensor q = randn({t, heads, nope + rope});
-  const Tensor kv = randn({l, heads, nope + v});
-  const Tensor cached = randn({l, lora + rope});
+  Tensor q32 = randn({t, heads, nope + rope});
+  Tensor kv32 = randn({l, heads, nope + v});
+  if (c.nan) {
+    // Query 3 of sequence 0, head 1; key 5 of the last sequence, head 0, k_nope dim 7.
+    q32.data<float>()[(int64_t(cu_q[0]) + 3) * heads * (nope + rope) + (nope + rope) + 11] = NAN;
+    kv32.data<float>()[(int64_t(cu_kv[size_t(batch - 1)]) + 5) * heads * (nope + v) + 7] = NAN;
+  }
+  const Tensor q = cast(q32, c.in), kv = cast(kv32, c.in);
+  const Tensor cached = randn({l, lora + rope}, 1.0f, c.in);
   const Tensor k_pe = cached.slice(1, lora, lora + rope);
-  const Tensor cq = Tensor::from_vector(cu_q, {4}), ckv = Tensor::from_vector(cu_kv, {4});
-  Tensor ref = Tensor::empty({t, heads, v}, DType::kF32);
-  ops::mla_prefill_attention(q, kv, k_pe, cq, ckv, 0.08f, ref);
-  Guarded out({t, heads, v}, DType::kF32, 0);
+  const Tensor cq = Tensor::from_vector(cu_q, {batch + 1}), ckv = Tensor::from_vector(cu_kv, {batch + 1});
+  const float scale = 0.07f;
+  Tensor ref = Tensor::empty({t, heads, v}, c.out);
+  ops::mla_prefill_attention(q, kv, k_pe, cq, ckv, scale, ref);
+  Guarded out({t, heads, v}, c.out, 0);
   ops::mla_prefill_attention(q.to(kGpu), kv.to(kGpu), cached.to(kGpu).slice(1, lora, lora + rope),
-                             cq.to(kGpu), ckv.to(kGpu), 0.08f, out.view);
-  expect_close("mla_prefill_attention", "B=3 q(5,1,70) kv(5,9,130) H=16", out.result("prefill"),
-               ref, 2e-6);
+                             cq.to(kGpu), ckv.to(kGpu), scale, out.view);
+  std::string label = std::string(dtype_name(c.in)) + "->" + std::string(dtype_name(c.out)) +
+                      " H=" + std::to_string(heads) + " d=" + std::to_string(nope) + "+" +
+                      std::to_string(rope) + "/" + std::to_string(v) + " q/kv ";
+  for (int64_t b = 0; b < batch; ++b)
+    label += (b ? "," : "") + std::to_string(c.q_lens[size_t(b)]) + "/" + std::to_string(c.kv_lens[size_t(b)]);
+  if (c.nan) label += " nan";
+  const bool mma = c.in == DType::kBF16 && nope == 128 && rope == 64 && v == 128;
+  const Tensor got = out.result("prefill " + label);
+  expect_close("mla_prefill_attention", label, got, ref, mma ? 5e-3 : 2e-6);
+  if (c.nan) {  // the NaN really is there (the check above then proves the positions agree)
+    const Tensor r = to_f32(ref);
+    int64_t nans = 0;
+    for (int64_t i = 0; i < r.numel(); ++i) nans += std::isnan(r.data<float>()[i]);
+    EXPECT_GT(nans, 0) << label;
+    EXPECT_LT(nans, r.numel()) << label;
+  }
+}
+
+TEST_F(OpHarness, MlaPrefillAttention) {
+  const std::vector<int32_t> mixed = {1, 63, 64, 65, 300, 1000};
+  const std::vector<PrefillCase> cases = {
+      // f32: the exact SIMT kernel.
+      {{5, 1, 70}, {5, 9, 130}, 16, 128, 64, 128, DType::kF32, DType::kF32},
+      // bf16, other head dims: the SIMT kernel on bf16 inputs.
+      {{5, 1, 70}, {5, 9, 130}, 4, 32, 16, 48, DType::kBF16, DType::kF32},
+      // bf16 at DeepSeek's dims: the tensor-core kernel.
+      {mixed, mixed, 16, 128, 64, 128, DType::kBF16, DType::kBF16},
+      {mixed, mixed, 16, 128, 64, 128, DType::kBF16, DType::kF32},
+      {{1, 65, 300, 64}, {1, 65, 300, 64}, 128, 128, 64, 128, DType::kBF16, DType::kBF16},
+      // Chunked prefill: kv_len > q_len, tiles that start mid-block.
+      {{100, 1, 130, 64}, {700, 50, 130, 77}, 16, 128, 64, 128, DType::kBF16, DType::kF32},
+      {{37, 200}, {1000, 263}, 128, 128, 64, 128, DType::kBF16, DType::kBF16},
+      // NaN in a query and a key.
+      {{70, 20}, {70, 90}, 16, 128, 64, 128, DType::kBF16, DType::kF32, true},
+  };
+  for (const PrefillCase& c : cases) run_prefill_case(c);
+}
+
+// Validation before any kernel: one dtype for q, kv and k_pe, shapes that fit together.
+TEST(MlaPrefillValidation, BadDtypeMixAndShapesThrow) {
+  const int64_t t = 4, heads = 2;
+  const Tensor q = Tensor::zeros({t, heads, 192}, DType::kBF16);
+  const Tensor kv = Tensor::zeros({t, heads, 256}, DType::kBF16);
+  const Tensor k_pe = Tensor::zeros({t, 64}, DType::kBF16);
+  const Tensor cu = Tensor::from_vector(std::vector<int32_t>{0, int32_t(t)}, {2});
+  Tensor out = Tensor::empty({t, heads, 128}, DType::kBF16);
+  ops::mla_prefill_attention(q, kv, k_pe, cu, cu, 0.1f, out);  // the good call runs
+  const Tensor kv32 = Tensor::zeros({t, heads, 256}, DType::kF32);
+  const Tensor pe32 = Tensor::zeros({t, 64}, DType::kF32);
+  try {
+    ops::mla_prefill_attention(q, kv32, k_pe, cu, cu, 0.1f, out);
+    FAIL() << "bf16 q with f32 kv did not throw";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("share one dtype"), std::string::npos) << e.what();
+  }
+  EXPECT_THROW(ops::mla_prefill_attention(q, kv, pe32, cu, cu, 0.1f, out), Error);
+  const Tensor kv_heads = Tensor::zeros({t, heads + 1, 256}, DType::kBF16);
+  EXPECT_THROW(ops::mla_prefill_attention(q, kv_heads, k_pe, cu, cu, 0.1f, out), Error);
+  Tensor out_bad = Tensor::empty({t, heads, 64}, DType::kBF16);
+  EXPECT_THROW(ops::mla_prefill_attention(q, kv, k_pe, cu, cu, 0.1f, out_bad), Error);
+  Tensor out_i32 = Tensor::empty({t, heads, 128}, DType::kI32);
+  EXPECT_THROW(ops::mla_prefill_attention(q, kv, k_pe, cu, cu, 0.1f, out_i32), Error);
 }
 
 // The f32 cache runs the exact SIMT kernel (f32 rounding: 2e-6). The bf16 cache at DeepSeek's
 // width (lora 512, rope 64) runs the tensor-core kernel, which rounds the query and the
 // probabilities to bf16 (8 significant bits, relative rounding 2^-9 = 2e-3 per value; over
 // sums of hundreds of terms the errors average down: 4e-4 to 9e-4 relative L2 measured on the
-// H200), so its tolerance is 5e-3. Head counts 16 (one group), 40 (two groups, the second
-// padded) and 128 (four groups); lengths over 256 get several KV splits and the combine kernel, lengths up to
-// 256 a single split written directly; lengths not multiples of the 64-key block.
+// H200), so its tolerance is 5e-3. Kernels by head count: up to 16 the 32-key, five-stage
+// kernel (H=16, one sequence of 4096 = 128 blocks); 17-32 the mma.sync kernel of 32 heads
+// (H=32); more the wgmma kernel of 64 heads per CTA (H=40 padded, H=64 exact, H=128 two
+// groups); lengths over 256 get several KV splits and the combine kernel, lengths up to 256 a
+// single split written directly; lengths not multiples of the 32- or 64-key block.
 TEST_F(OpHarness, MlaDecodeAttention) {
   struct Case {
     DType cdt;
@@ -836,6 +926,39 @@ Tensor tiled_random(const Shape& shape, DType dtype, float stddev) {
   for (size_t off = 0; off < total; off += chunk)
     std::memcpy(static_cast<char*>(t.raw_data()) + off, src.raw_data(), std::min(chunk, total - off));
   return t;
+}
+
+// Perf mode: MLA prefill attention on the tensor-core kernel at 4k tokens, causal, bf16 q
+// [T, H, 192], kv [T, H, 256], k_pe a strided view of a [T, 576] cache, bf16 out, as one
+// sequence of 4096 and as 4 x 1024, H = 128 (V3) and 16. Flops count the causal half only:
+// sum over sequences of 2 * L * L / 2 * H * (192 + 128). Prints one line per shape,
+// "OPPREFILL shape=<B>x<L> H=<h> us=<median> tflops=<x> pct790=<percent of 790 TFLOP/s>",
+// which tools/device/prefill_bench.sh sets beside torch SDPA on the same shapes.
+TEST_F(OpHarness, PerfPrefillAttention) {
+  const char* on = std::getenv("TANDEM_OP_PERF");
+  if (!on || on[0] != '1') GTEST_SKIP() << "set TANDEM_OP_PERF=1 for timings";
+  struct Shape3 { int64_t seqs, len, heads; };
+  const Shape3 shapes[] = {{1, 4096, 128}, {4, 1024, 128}, {1, 4096, 16}, {4, 1024, 16}};
+  for (const Shape3& sh : shapes) {
+    const int64_t t = sh.seqs * sh.len, heads = sh.heads;
+    std::vector<int32_t> cu{0};
+    for (int64_t b = 0; b < sh.seqs; ++b) cu.push_back(cu.back() + int32_t(sh.len));
+    const Tensor q = tiled_random({t, heads, 192}, DType::kBF16, 1.0f).to(kGpu);
+    const Tensor kv = tiled_random({t, heads, 256}, DType::kBF16, 1.0f).to(kGpu);
+    const Tensor cached = tiled_random({t, 576}, DType::kBF16, 1.0f).to(kGpu);
+    const Tensor k_pe = cached.slice(1, 512, 576);
+    const Tensor cug = Tensor::from_vector(cu, {sh.seqs + 1}).to(kGpu);
+    Tensor out = Tensor::empty({t, heads, 128}, DType::kBF16, kGpu);
+    const double us = median_us([&] {
+      ops::mla_prefill_attention(q, kv, k_pe, cug, cug, 0.0722f, out);
+    });
+    const double flops = double(sh.seqs) * 2.0 * double(sh.len) * double(sh.len) / 2.0 *
+                         double(heads) * (192 + 128);
+    const double tflops = flops / us / 1e6;
+    std::printf("OPPREFILL shape=%lldx%lld H=%lld us=%.1f tflops=%.1f pct790=%.1f\n",
+                (long long)sh.seqs, (long long)sh.len, (long long)heads, us, tflops,
+                100.0 * tflops / 790.0);
+  }
 }
 
 // Grouped experts at full DeepSeek-V3 width (256 experts, top-8, H 7168, I 2048), decode batch
