@@ -41,15 +41,17 @@ else
   bdir=$root/build/device
   cmake -S . -B "$bdir" -G Ninja -DTANDEM_CUDA=ON -DTANDEM_NATIVE=OFF -DCMAKE_BUILD_TYPE=Release \
     -DCMAKE_PREFIX_PATH="$root/.devdeps" > "$OUT/build.log" 2>&1 &&
-    cmake --build "$bdir" -j16 --target op_harness_test golden_cuda_test >> "$OUT/build.log" 2>&1 ||
+    cmake --build "$bdir" -j16 --target op_harness_test golden_cuda_test sampling_cuda_test >> "$OUT/build.log" 2>&1 ||
     { echo "BUILD FAILED"; tail -30 "$OUT/build.log"; exit 1; }
   mkdir -p "$root/.devbin/bin"
-  cp "$bdir/tests/ops/op_harness_test" "$bdir/tests/model/golden_cuda_test" "$root/.devbin/bin/"
+  cp "$bdir/tests/ops/op_harness_test" "$bdir/tests/model/golden_cuda_test" \
+     "$bdir/tests/ops/sampling_cuda_test" "$root/.devbin/bin/"
 fi
 
 status=0
 # Each binary under its own limit, so a hang leaves time for the peer and the tables.
-for t in op_harness golden_cuda; do
+for t in op_harness golden_cuda sampling_cuda; do
+  [[ -x $bin/${t}_test ]] || { echo "$t: not built" > "$OUT/$t.log"; continue; }
   timeout "${TANDEM_TEST_TIMEOUT_S:-200}" env TANDEM_OP_PERF=1 "$bin/${t}_test" > "$OUT/$t.log" 2>&1
   rc=$?
   if [[ $rc -ne 0 ]]; then status=1; echo "$t rc=$rc (124: timed out)" >> "$OUT/$t.log"; fi
@@ -63,18 +65,18 @@ PYTHONUNBUFFERED=1 timeout 300 python3 tools/device/torch_peer.py > "$OUT/torch_
 echo "== racecheck"
 [[ -f "$OUT/racecheck.log" ]] && grep -E "RACECHECK SUMMARY|hazard|PASSED|FAILED|rc=" "$OUT/racecheck.log" | head -8
 echo "== failures"
-grep -E "^\[  FAILED|Failure|error:|what\(\)| rc=" "$OUT/op_harness.log" "$OUT/golden_cuda.log" | head -40
+grep -E "^\[  FAILED|Failure|error:|what\(\)| rc=" "$OUT/op_harness.log" "$OUT/golden_cuda.log" "$OUT/sampling_cuda.log" | head -40
 echo "== gtest summary"
-grep -hE "^\[  (PASSED|FAILED|SKIPPED) +\] [0-9]+ test" "$OUT/op_harness.log" "$OUT/golden_cuda.log"
+grep -hE "^\[  (PASSED|FAILED|SKIPPED) +\] [0-9]+ test" "$OUT/op_harness.log" "$OUT/golden_cuda.log" "$OUT/sampling_cuda.log"
 echo "== fp8 block GEMM probe, FP8 linear paths"
 grep -h "^FP8PROBE\|^FP8LINEAR" "$OUT/op_harness.log"
 echo "== golden on GPU"
 grep -hE "^(GOLDEN|BF16|FP8GOLDEN)" "$OUT/golden_cuda.log"
 echo "== perf (ours) / peer / ceiling"
-grep -h "^OPPERF" "$OUT/op_harness.log" "$OUT/golden_cuda.log"
+grep -h "^OPPERF" "$OUT/op_harness.log" "$OUT/golden_cuda.log" "$OUT/sampling_cuda.log"
 grep -hE "^(PEER|CEILING)" "$OUT/torch_peer.log"
 echo "== per-op error (max over cases)"
-grep -h "^OPERR" "$OUT/op_harness.log" | awk '
+grep -h "^OPERR" "$OUT/op_harness.log" "$OUT/sampling_cuda.log" | awk '
   { op=$2; for (i=3;i<=NF;i++) { if ($i ~ /^max_abs=/) { v=substr($i,9)+0; if (v>ma[op]) ma[op]=v }
                                    if ($i ~ /^rel_l2=/) { v=substr($i,8)+0; if (v>rl[op]) rl[op]=v }
                                    if ($i ~ /^mismatches=/) { v=substr($i,12)+0; bw[op]+=v; isbw[op]=1 } }
