@@ -17,6 +17,8 @@
 // row addresses then fall on distinct bank groups.
 #include "ops/cuda/common.cuh"
 
+#include <cstdlib>
+
 namespace tandem::ops::cuda {
 
 namespace {
@@ -64,6 +66,97 @@ __device__ __forceinline__ void mma_bf16(float (&d)[4], const uint32_t (&a)[4], 
 __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
   const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
   return *reinterpret_cast<const uint32_t*>(&v);
+}
+
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+// ---- wgmma (sm_90a) ----
+// Operands in shared memory are "regions" of 64 rows x 128 bytes (64 bf16), 1024-byte aligned,
+// in the 128-byte swizzle: the 16-byte chunk c of row r lies at chunk c ^ (r % 8).
+__device__ __forceinline__ int swizzled(int row, int chunk) {  // bf16 offset in a region
+  return row * 64 + ((chunk ^ (row & 7)) << 3);
+}
+// K-major operand (rows of M or N, 16 K values per instruction in one row): 8-row groups 1024
+// bytes apart. `p` points at the first row's first K value (region base + k * 32 bytes).
+__device__ __forceinline__ uint64_t desc_k_major(const void* p) {
+  return uint64_t((smem_u32(p) & 0x3FFFF) >> 4) | (uint64_t(1) << 16) |
+         (uint64_t(1024 >> 4) << 32) | (uint64_t(1) << 62);
+}
+// N-major B (rows of K, N contiguous): 8-row K groups 1024 bytes apart (stride byte offset),
+// the next 64 N columns in the next region, 8 KB further (leading byte offset).
+__device__ __forceinline__ uint64_t desc_n_major(const void* p) {
+  return uint64_t((smem_u32(p) & 0x3FFFF) >> 4) | (uint64_t(8192 >> 4) << 16) |
+         (uint64_t(1024 >> 4) << 32) | (uint64_t(1) << 62);
+}
+__device__ __forceinline__ void fence_proxy_async() {
+  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+}
+__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wgmma_commit() {
+  asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+}
+__device__ __forceinline__ void wgmma_wait_all() {
+  asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+}
+// Pins accumulator registers at this point of the program (the wgmma writes them asynchronously).
+template <int N>
+__device__ __forceinline__ void fence_regs(float (&r)[N]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i) asm volatile("" : "+f"(r[i])::"memory");
+}
+
+// d[64 x 32] += A[64 x 16] (smem, K-major) * B[16 x 32] (smem, K-major); f32 accumulate.
+__device__ __forceinline__ void wgmma_m64n32(float (&d)[16], uint64_t da, uint64_t db) {
+  asm volatile(
+      "{\n"
+      ".reg .pred p;\n"
+      "setp.ne.b32 p, %18, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 "
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, "
+      "%16, %17, p, 1, 1, 0, 0;\n"
+      "}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
+      : "l"(da), "l"(db), "r"(1));
+}
+
+// d[64 x 256] += A[64 x 16] (smem, K-major) * B[16 x 256] (smem, MN-major); f32 accumulate.
+__device__ __forceinline__ void wgmma_m64n256_tb(float (&d)[128], uint64_t da, uint64_t db) {
+  asm volatile(
+      "{\n"
+      ".reg .pred p;\n"
+      "setp.ne.b32 p, %130, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 "
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+      "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+      "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, "
+      "%64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, "
+      "%80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, "
+      "%96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, "
+      "%112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127}, "
+      "%128, %129, p, 1, 1, 0, 1;\n"
+      "}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+        "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+        "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+        "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+        "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]),
+        "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]),
+        "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]),
+        "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]),
+        "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]),
+        "+f"(d[96]), "+f"(d[97]), "+f"(d[98]), "+f"(d[99]), "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103]),
+        "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111]),
+        "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]),
+        "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
+      : "l"(da), "l"(db), "r"(1));
 }
 
 template <int NHT>
@@ -278,6 +371,486 @@ __global__ void __launch_bounds__(NHT * 128) mla_decode_mma_kernel(MlaDecodePara
   }
 }
 
+// ---- Up to 16 heads (memory-bound): one CTA of 4 warps per (split, sequence) streams 32-key
+// blocks through kH16Stages cp.async stages, so four blocks (147 KB) are in flight while one
+// is computed. Scores: warp ds holds the query's A fragments for dims [144 ds, 144 ds + 144)
+// in registers (loaded once) and computes partial scores of all 16 heads x 32 keys; the four
+// partials meet in shared memory. Softmax and P @ C as in mla_decode_mma_kernel (out dims
+// [128 ds, 128 ds + 128) per warp).
+constexpr int kH16Keys = 32;
+constexpr int kH16Stages = 5;
+constexpr int kH16Steps = kWidth / 16 / 4;  // k-steps of 16 dims per warp (9)
+
+struct H16Smem {
+  __nv_bfloat16 kv[kH16Stages][kH16Keys][kRowPad];  // the last stage first holds the query
+  float s[4][16][kH16Keys + 4];                      // partial scores per warp
+  int32_t slot[kH16Stages][kH16Keys];
+};
+
+__global__ void __launch_bounds__(128) mla_decode_h16_kernel(MlaDecodeParams p) {
+  extern __shared__ __align__(128) unsigned char smem_raw[];
+  H16Smem& sm = *reinterpret_cast<H16Smem*>(smem_raw);
+  const int tid = threadIdx.x, lane = tid & 31, ds = tid >> 5;
+  const int g = lane >> 2, t = lane & 3;
+  const int split = blockIdx.y;
+  const int64_t b = blockIdx.z;
+  const auto* cache = static_cast<const __nv_bfloat16*>(p.cache);
+  const int32_t* pages = p.page_table + b * p.max_pages;
+
+  const int64_t len = p.seq_lens[b];
+  int64_t begin = 0, end = 0;
+  if (len < 1 || len > p.max_pages * p.page_size) {
+    if (tid == 0 && split == 0)
+      report_error(p.error, kErrDecodeSeqLen, len, p.max_pages * p.page_size, b);
+  } else {
+    const int64_t per_split = (len + p.num_splits - 1) / p.num_splits;
+    begin = min64(len, split * per_split);
+    end = min64(len, begin + per_split);
+  }
+  const int nblocks = int((end - begin + kH16Keys - 1) / kH16Keys);
+
+  // The query as bf16 rows [q_latent | q_pe] in the last stage; heads past p.heads are zero.
+  __nv_bfloat16(*q)[kRowPad] = sm.kv[kH16Stages - 1];
+  for (int i = tid; i < 16 * (kWidth / 2); i += 128) {
+    const int r = i / (kWidth / 2), c = (i % (kWidth / 2)) * 2;
+    float2 v = make_float2(0.0f, 0.0f);
+    if (r < p.heads) {
+      const float* src = c < kLora ? p.q_latent + b * p.ql_stride_b + r * p.ql_stride_h + c
+                                   : p.q_pe + b * p.qp_stride_b + r * p.qp_stride_h + (c - kLora);
+      v = make_float2(src[0], src[1]);
+    }
+    *reinterpret_cast<__nv_bfloat162*>(&q[r][c]) = __floats2bfloat162_rn(v.x, v.y);
+  }
+
+  auto fill_slots = [&](int blk, int stage) {
+    if (tid < kH16Keys) {
+      const int64_t j = begin + int64_t(blk) * kH16Keys + tid;
+      int32_t slot = kSlotPast;
+      if (j < end) {
+        const int64_t s = int64_t(pages[j / p.page_size]) * p.page_size + j % p.page_size;
+        if (s < 0 || s >= p.num_slots) {
+          report_error(p.error, kErrDecodeSlot, s, p.num_slots, b);
+          slot = kSlotBad;
+        } else {
+          slot = int32_t(s);
+        }
+      }
+      sm.slot[stage][tid] = slot;
+    }
+  };
+  auto load_block = [&](int stage) {
+    for (int i = tid; i < kH16Keys * kChunks; i += 128) {
+      const int r = i / kChunks, c = i % kChunks;
+      const int32_t slot = sm.slot[stage][r];
+      void* dst = &sm.kv[stage][r][c * 8];
+      if (slot >= 0) {
+        cp_async16(dst, cache + int64_t(slot) * kWidth + c * 8);
+      } else {
+        *reinterpret_cast<uint4*>(dst) = make_uint4(0, 0, 0, 0);
+      }
+    }
+    cp_async_commit();
+  };
+
+#pragma unroll
+  for (int s = 0; s < kH16Stages - 1; ++s)
+    if (s < nblocks) fill_slots(s, s);
+  __syncthreads();
+  uint32_t qf[kH16Steps][4];  // A fragments of the query, dims [144 ds, 144 ds + 144)
+  {
+    const __nv_bfloat16* qa = &q[(lane & 7) + ((lane >> 3) & 1) * 8][(lane >> 4) * 8];
+#pragma unroll
+    for (int k = 0; k < kH16Steps; ++k) ldmatrix_x4(qf[k], qa + (ds * kH16Steps + k) * 16);
+  }
+  // Stages 0 .. kH16Stages - 2; the query's stage is first written after the loop's barrier.
+#pragma unroll
+  for (int s = 0; s < kH16Stages - 1; ++s) {
+    if (s < nblocks) {
+      load_block(s);
+    } else {
+      cp_async_commit();
+    }
+  }
+
+  float o[16][4];  // out[16 heads][128 ds + 8 n + {2t, 2t+1}], rows g and g + 8
+#pragma unroll
+  for (int n = 0; n < 16; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
+  float m_row[2] = {-INFINITY, -INFINITY};
+  float l_row[2] = {0.0f, 0.0f};
+  const float scale_log2 = p.scale * kLog2e;
+
+  for (int blk = 0; blk < nblocks; ++blk) {
+    const int stage = blk % kH16Stages;
+    const int next = blk + kH16Stages - 1;
+    if (next < nblocks) fill_slots(next, next % kH16Stages);
+    cp_async_wait<kH16Stages - 2>();  // one group per block: block blk has landed
+    __syncthreads();  // blk visible to all; slots of next visible; blk - 1 fully consumed
+    if (next < nblocks) {
+      load_block(next % kH16Stages);
+    } else {
+      cp_async_commit();
+    }
+
+    // Partial scores: 16 heads x 32 keys over this warp's 144 dims; four independent chains.
+    float acc[4][4] = {};
+#pragma unroll
+    for (int np = 0; np < 2; ++np) {
+      const __nv_bfloat16* kb = &sm.kv[stage][np * 16 + (lane & 7) + (lane >> 4) * 8]
+                                      [ds * kH16Steps * 16 + ((lane >> 3) & 1) * 8];
+#pragma unroll
+      for (int k = 0; k < kH16Steps; ++k) {
+        uint32_t bb[4];
+        ldmatrix_x4(bb, kb + k * 16);
+        mma_bf16(acc[2 * np], qf[k], bb[0], bb[1]);
+        mma_bf16(acc[2 * np + 1], qf[k], bb[2], bb[3]);
+      }
+    }
+#pragma unroll
+    for (int n = 0; n < 4; ++n) {
+      *reinterpret_cast<float2*>(&sm.s[ds][g][n * 8 + 2 * t]) = make_float2(acc[n][0], acc[n][1]);
+      *reinterpret_cast<float2*>(&sm.s[ds][g + 8][n * 8 + 2 * t]) = make_float2(acc[n][2], acc[n][3]);
+    }
+    __syncthreads();
+
+    // Online softmax over the block for rows g, g + 8; probabilities as A fragments.
+    uint32_t pa[2][4];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      float sv[2][4];
+      float mx = -INFINITY;
+#pragma unroll
+      for (int kk = 0; kk < 2; ++kk) {
+#pragma unroll
+        for (int hi = 0; hi < 2; ++hi) {
+          const int key = kk * 16 + hi * 8 + 2 * t;
+          float2 sum = make_float2(0.0f, 0.0f);
+#pragma unroll
+          for (int w = 0; w < 4; ++w) {
+            const float2 v = *reinterpret_cast<const float2*>(&sm.s[w][g + 8 * r][key]);
+            sum.x += v.x;
+            sum.y += v.y;
+          }
+          const float part[2] = {sum.x, sum.y};
+#pragma unroll
+          for (int c = 0; c < 2; ++c) {
+            const int32_t slot = sm.slot[stage][key + c];
+            const float v = slot == kSlotPast ? -INFINITY
+                            : slot == kSlotBad ? __int_as_float(0x7fc00000)
+                                               : part[c] * scale_log2;
+            sv[kk][hi * 2 + c] = v;
+            mx = fmaxf(mx, v);
+          }
+        }
+      }
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+      const float m_new = fmaxf(m_row[r], mx);  // finite: every block holds a valid key
+      const float alpha = exp2f(m_row[r] - m_new);
+      m_row[r] = m_new;
+      float sum = 0.0f;
+#pragma unroll
+      for (int kk = 0; kk < 2; ++kk) {
+        float e[4];
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          e[i] = exp2f(sv[kk][i] - m_new);
+          sum += e[i];
+        }
+        pa[kk][r] = pack_bf16(e[0], e[1]);      // a0 / a1: cols 2t, 2t + 1
+        pa[kk][r + 2] = pack_bf16(e[2], e[3]);  // a2 / a3: cols 2t + 8, 2t + 9
+      }
+      l_row[r] = l_row[r] * alpha + sum;
+#pragma unroll
+      for (int n = 0; n < 16; ++n) {
+        o[n][2 * r] *= alpha;
+        o[n][2 * r + 1] *= alpha;
+      }
+    }
+
+    // out[16, 128 ds .. +128) += P[16, 32] @ C[32, 128 ds .. +128).
+    {
+      const __nv_bfloat16* vb =
+          &sm.kv[stage][(lane & 7) + ((lane >> 3) & 1) * 8][ds * 128 + (lane >> 4) * 8];
+#pragma unroll
+      for (int kk = 0; kk < 2; ++kk) {
+#pragma unroll
+        for (int np = 0; np < 8; ++np) {
+          uint32_t bb[4];
+          ldmatrix_x4_trans(bb, vb + kk * 16 * kRowPad + np * 16);
+          mma_bf16(o[2 * np], pa[kk], bb[0], bb[1]);
+          mma_bf16(o[2 * np + 1], pa[kk], bb[2], bb[3]);
+        }
+      }
+    }
+  }
+  cp_async_wait<0>();  // no copy outlives the CTA
+
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    l_row[r] += __shfl_xor_sync(0xffffffffu, l_row[r], 1);
+    l_row[r] += __shfl_xor_sync(0xffffffffu, l_row[r], 2);
+  }
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int64_t h = g + 8 * r;
+    if (h >= p.heads) continue;
+    if (p.num_splits == 1) {
+      const float inv = l_row[r] > 0.0f ? 1.0f / l_row[r] : __int_as_float(0x7fc00000);
+      float* out = p.out + b * p.out_stride_b + h * p.out_stride_h + ds * 128 + 2 * t;
+#pragma unroll
+      for (int n = 0; n < 16; ++n)
+        *reinterpret_cast<float2*>(out + n * 8) = make_float2(o[n][2 * r] * inv, o[n][2 * r + 1] * inv);
+    } else {
+      float* ws = p.workspace + ((b * p.heads + h) * p.num_splits + split) * (kLora + 2);
+#pragma unroll
+      for (int n = 0; n < 16; ++n)
+        *reinterpret_cast<float2*>(ws + ds * 128 + n * 8 + 2 * t) = make_float2(o[n][2 * r], o[n][2 * r + 1]);
+      if (ds == 0 && t == 0) {
+        ws[kLora] = m_row[r];
+        ws[kLora + 1] = l_row[r];
+      }
+    }
+  }
+}
+
+// ---- More than 32 heads (compute-bound): wgmma, 64 heads per CTA ----
+// Two warpgroups share each 64-key block (cp.async, two stages, swizzled regions). Scores:
+// warpgroup wg computes S[64 heads, keys 32 wg .. 32 wg + 32) = Q K^T with the query tile read
+// by the tensor cores from shared memory (36 wgmma m64n32k16); the two halves' row maxima meet
+// in shared memory, so both warpgroups keep the same running max; each writes its half of
+// P (bf16) into one shared region. P @ C: warpgroup wg owns out dims [256 wg, 256 wg + 256)
+// (128 f32 accumulators per thread) and runs 4 wgmma m64n256k16 over the full block, the
+// cache block read N-major as B. Row sums stay per warpgroup (same max) and are added at the
+// end. Accumulator layout (per warpgroup, as mma.sync's per warp): warp w4, lane (g, t) holds
+// rows 16 w4 + g (+ 8) and columns 8 j + 2 t (+ 1).
+constexpr int kWgHeads = 64, kWgKeys = 64;
+constexpr int kRegion = 64 * 64;        // bf16 per region (64 rows x 128 bytes)
+constexpr int kRegions = kWidth / 64;   // 9 regions per 576-wide row
+
+struct WgSmem {
+  __nv_bfloat16 q[kRegions][kRegion];       // [64 heads x 576], K-major
+  __nv_bfloat16 kv[2][kRegions][kRegion];   // [64 keys x 576] per stage
+  __nv_bfloat16 pr[kRegion];                // P [64 heads x 64 keys], K-major
+  float red[2][kWgHeads];                   // per warpgroup: row max of its keys, then row sum
+  int32_t slot[2][kWgKeys];
+};
+constexpr size_t kWgSmemBytes = sizeof(WgSmem) + 1024;  // + alignment of the base
+
+__global__ void __launch_bounds__(256, 1) mla_decode_wgmma_kernel(MlaDecodeParams p) {
+  extern __shared__ __align__(16) unsigned char smem_wg[];
+  // The swizzle is a function of the shared-memory address: regions start 1024-byte aligned.
+  WgSmem& sm = *reinterpret_cast<WgSmem*>(smem_wg + ((1024 - (smem_u32(smem_wg) & 1023)) & 1023));
+  const int tid = threadIdx.x, wg = tid >> 7, lane = tid & 31, w4 = (tid >> 5) & 3;
+  const int g = lane >> 2, t = lane & 3;
+  const int row0 = 16 * w4 + g;  // this thread's rows: row0, row0 + 8
+  const int64_t h0 = int64_t(blockIdx.x) * kWgHeads;
+  const int split = blockIdx.y;
+  const int64_t b = blockIdx.z;
+  const auto* cache = static_cast<const __nv_bfloat16*>(p.cache);
+  const int32_t* pages = p.page_table + b * p.max_pages;
+
+  const int64_t len = p.seq_lens[b];
+  int64_t begin = 0, end = 0;
+  if (len < 1 || len > p.max_pages * p.page_size) {
+    if (tid == 0 && split == 0 && blockIdx.x == 0)
+      report_error(p.error, kErrDecodeSeqLen, len, p.max_pages * p.page_size, b);
+  } else {
+    const int64_t per_split = (len + p.num_splits - 1) / p.num_splits;
+    begin = min64(len, split * per_split);
+    end = min64(len, begin + per_split);
+  }
+  const int nblocks = int((end - begin + kWgKeys - 1) / kWgKeys);
+
+  // The query tile as bf16 [q_latent | q_pe], 8 values per 16-byte chunk; heads past p.heads
+  // are zero.
+  for (int i = tid; i < kWgHeads * kChunks; i += 256) {
+    const int r = i / kChunks, c = i % kChunks;
+    uint4 v = make_uint4(0, 0, 0, 0);
+    if (h0 + r < p.heads) {
+      const float* src = c < kLora / 8
+                             ? p.q_latent + b * p.ql_stride_b + (h0 + r) * p.ql_stride_h + c * 8
+                             : p.q_pe + b * p.qp_stride_b + (h0 + r) * p.qp_stride_h + (c * 8 - kLora);
+      const float2 x0 = reinterpret_cast<const float2*>(src)[0];
+      const float2 x1 = reinterpret_cast<const float2*>(src)[1];
+      const float2 x2 = reinterpret_cast<const float2*>(src)[2];
+      const float2 x3 = reinterpret_cast<const float2*>(src)[3];
+      v = make_uint4(pack_bf16(x0.x, x0.y), pack_bf16(x1.x, x1.y), pack_bf16(x2.x, x2.y),
+                     pack_bf16(x3.x, x3.y));
+    }
+    *reinterpret_cast<uint4*>(&sm.q[c >> 3][swizzled(r, c & 7)]) = v;
+  }
+
+  auto fill_slots = [&](int blk, int stage) {
+    if (tid < kWgKeys) {
+      const int64_t j = begin + int64_t(blk) * kWgKeys + tid;
+      int32_t slot = kSlotPast;
+      if (j < end) {
+        const int64_t s = int64_t(pages[j / p.page_size]) * p.page_size + j % p.page_size;
+        if (s < 0 || s >= p.num_slots) {
+          report_error(p.error, kErrDecodeSlot, s, p.num_slots, b);
+          slot = kSlotBad;
+        } else {
+          slot = int32_t(s);
+        }
+      }
+      sm.slot[stage][tid] = slot;
+    }
+  };
+  auto load_block = [&](int stage) {
+    for (int i = tid; i < kWgKeys * kChunks; i += 256) {
+      const int r = i / kChunks, c = i % kChunks;
+      const int32_t slot = sm.slot[stage][r];
+      void* dst = &sm.kv[stage][c >> 3][swizzled(r, c & 7)];
+      if (slot >= 0) {
+        cp_async16(dst, cache + int64_t(slot) * kWidth + c * 8);
+      } else {
+        *reinterpret_cast<uint4*>(dst) = make_uint4(0, 0, 0, 0);
+      }
+    }
+    cp_async_commit();
+  };
+
+  if (nblocks > 0) fill_slots(0, 0);
+  __syncthreads();
+  if (nblocks > 0) load_block(0);
+
+  float o[128];  // out[rows row0, row0 + 8][256 wg + 8 j + 2 t + {0, 1}] at o[4 j + 2 i + c]
+#pragma unroll
+  for (int i = 0; i < 128; ++i) o[i] = 0.0f;
+  float m_row[2] = {-INFINITY, -INFINITY};  // running max (log2 units), same in both warpgroups
+  float l_row[2] = {0.0f, 0.0f};            // this thread's part of the sum over its keys
+  const float scale_log2 = p.scale * kLog2e;
+
+  for (int blk = 0; blk < nblocks; ++blk) {
+    const int stage = blk & 1;
+    if (blk + 1 < nblocks) fill_slots(blk + 1, stage ^ 1);
+    cp_async_wait<0>();
+    fence_proxy_async();  // the copies (and the query) become visible to the tensor cores
+    __syncthreads();      // block blk landed; slots of blk + 1 visible; blk - 1 fully consumed
+    if (blk + 1 < nblocks) load_block(stage ^ 1);
+
+    float s[16];
+#pragma unroll
+    for (int i = 0; i < 16; ++i) s[i] = 0.0f;
+    fence_regs(s);
+    wgmma_fence();
+#pragma unroll
+    for (int k = 0; k < kWidth / 16; ++k)
+      wgmma_m64n32(s, desc_k_major(&sm.q[k >> 2][(k & 3) * 16]),
+                   desc_k_major(&sm.kv[stage][k >> 2][32 * wg * 64 + (k & 3) * 16]));
+    wgmma_commit();
+    wgmma_wait_all();
+    fence_regs(s);
+
+    float mx[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+#pragma unroll
+      for (int c = 0; c < 2; ++c) {
+        const int32_t slot = sm.slot[stage][32 * wg + 8 * j + 2 * t + c];
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+          float& v = s[4 * j + 2 * i + c];
+          v = slot == kSlotPast ? -INFINITY
+              : slot == kSlotBad ? __int_as_float(0x7fc00000)
+                                 : v * scale_log2;
+          mx[i] = fmaxf(mx[i], v);
+        }
+      }
+    }
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 1));
+      mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 2));
+      if (t == 0) sm.red[wg][row0 + 8 * i] = mx[i];
+    }
+    __syncthreads();
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      // Finite: every block holds a valid key (in one of the two halves).
+      const float m_new = fmaxf(m_row[i], fmaxf(mx[i], sm.red[wg ^ 1][row0 + 8 * i]));
+      const float alpha = exp2f(m_row[i] - m_new);
+      m_row[i] = m_new;
+      float sum = 0.0f;
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+#pragma unroll
+        for (int c = 0; c < 2; ++c) {
+          const float e = exp2f(s[4 * j + 2 * i + c] - m_new);
+          s[4 * j + 2 * i + c] = e;
+          sum += e;
+        }
+      }
+      l_row[i] = l_row[i] * alpha + sum;
+#pragma unroll
+      for (int j = 0; j < 32; ++j) {
+        o[4 * j + 2 * i] *= alpha;
+        o[4 * j + 2 * i + 1] *= alpha;
+      }
+    }
+    // P[row][32 wg + 8 j + 2 t + c]: chunk 4 wg + j of the row, bytes 4 t.
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+#pragma unroll
+      for (int i = 0; i < 2; ++i) {
+        const int row = row0 + 8 * i;
+        *reinterpret_cast<uint32_t*>(&sm.pr[swizzled(row, 4 * wg + j) + 2 * t]) =
+            pack_bf16(s[4 * j + 2 * i], s[4 * j + 2 * i + 1]);
+      }
+    }
+    fence_proxy_async();
+    __syncthreads();  // P complete (both halves)
+
+    fence_regs(o);
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < kWgKeys / 16; ++kk)
+      wgmma_m64n256_tb(o, desc_k_major(&sm.pr[kk * 16]),
+                       desc_n_major(&sm.kv[stage][4 * wg][kk * 16 * 64]));
+    wgmma_commit();
+    wgmma_wait_all();
+    fence_regs(o);
+  }
+
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    l_row[i] += __shfl_xor_sync(0xffffffffu, l_row[i], 1);
+    l_row[i] += __shfl_xor_sync(0xffffffffu, l_row[i], 2);
+  }
+  __syncthreads();  // the last block's maxima are read
+  if (t == 0) {
+    sm.red[wg][row0] = l_row[0];
+    sm.red[wg][row0 + 8] = l_row[1];
+  }
+  __syncthreads();
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    const int row = row0 + 8 * i;
+    const int64_t h = h0 + row;
+    if (h >= p.heads) continue;
+    const float l = sm.red[0][row] + sm.red[1][row];
+    if (p.num_splits == 1) {
+      // No valid key (bad length): l = 0 and the row is NaN, as the CPU reference.
+      const float inv = l > 0.0f ? 1.0f / l : __int_as_float(0x7fc00000);
+      float* out = p.out + b * p.out_stride_b + h * p.out_stride_h + 256 * wg + 2 * t;
+#pragma unroll
+      for (int j = 0; j < 32; ++j)
+        *reinterpret_cast<float2*>(out + 8 * j) =
+            make_float2(o[4 * j + 2 * i] * inv, o[4 * j + 2 * i + 1] * inv);
+    } else {
+      float* ws = p.workspace + ((b * p.heads + h) * p.num_splits + split) * (kLora + 2);
+#pragma unroll
+      for (int j = 0; j < 32; ++j)
+        *reinterpret_cast<float2*>(ws + 256 * wg + 8 * j + 2 * t) =
+            make_float2(o[4 * j + 2 * i], o[4 * j + 2 * i + 1]);
+      if (wg == 0 && t == 0) {
+        ws[kLora] = m_row[i];
+        ws[kLora + 1] = l;
+      }
+    }
+  }
+}
+
 // Merges the splits of one (sequence, head): partial outs with their max (log2 units) and sum.
 __global__ void __launch_bounds__(128) mla_decode_mma_combine_kernel(MlaDecodeParams p) {
   const int64_t b = blockIdx.x / p.heads, h = blockIdx.x % p.heads;
@@ -316,9 +889,28 @@ void launch_nht(const MlaDecodeParams& p, cudaStream_t stream) {
   mla_decode_mma_kernel<NHT><<<grid, NHT * 128, smem, stream>>>(p);
 }
 
+// Kernel choice, for comparisons (and a way around a kernel should one misbehave on a device):
+// TANDEM_MLA_DECODE_WGMMA=0 sends more than 32 heads to the mma.sync kernel (32 heads per CTA)
+// instead of the wgmma kernel; TANDEM_MLA_DECODE_H16=1|0 picks the multi-stage 16-head kernel
+// or the two-stage mma.sync kernel (16 heads per CTA) for up to 16 heads.
+bool env_flag(const char* name, bool fallback) {
+  const char* e = std::getenv(name);
+  return e && e[0] ? e[0] != '0' : fallback;
+}
+bool wgmma_enabled() {
+  static const bool on = env_flag("TANDEM_MLA_DECODE_WGMMA", true);
+  return on;
+}
+bool h16_enabled() {
+  static const bool on = env_flag("TANDEM_MLA_DECODE_H16", false);
+  return on;
+}
+
 }  // namespace
 
-int mla_decode_mma_heads_per_cta(int64_t heads) { return heads <= 16 ? 16 : 32; }
+int mla_decode_mma_heads_per_cta(int64_t heads) {
+  return heads <= 16 ? 16 : heads <= 32 || !wgmma_enabled() ? 32 : 64;
+}
 
 bool mla_decode_mma_supported(const MlaDecodeParams& p) {
   return p.cache_dtype == DType::kBF16 && p.lora == kLora && p.rope == kRope &&
@@ -332,10 +924,21 @@ bool mla_decode_mma_supported(const MlaDecodeParams& p) {
 
 void launch_mla_decode_mma(const MlaDecodeParams& p, cudaStream_t stream) {
   if (p.batch == 0 || p.heads == 0) return;
-  if (p.heads <= 16) {
+  const dim3 grid(unsigned((p.heads + mla_decode_mma_heads_per_cta(p.heads) - 1) /
+                           mla_decode_mma_heads_per_cta(p.heads)),
+                  unsigned(p.num_splits), unsigned(p.batch));
+  if (p.heads <= 16 && !h16_enabled()) {
     launch_nht<1>(p, stream);
-  } else {
+  } else if (p.heads <= 16) {
+    constexpr size_t smem = sizeof(H16Smem);
+    cudaFuncSetAttribute(mla_decode_h16_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
+    mla_decode_h16_kernel<<<grid, 128, smem, stream>>>(p);
+  } else if (p.heads <= 32 || !wgmma_enabled()) {
     launch_nht<2>(p, stream);
+  } else {
+    cudaFuncSetAttribute(mla_decode_wgmma_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                         int(kWgSmemBytes));
+    mla_decode_wgmma_kernel<<<grid, 256, kWgSmemBytes, stream>>>(p);
   }
   if (p.num_splits > 1)
     mla_decode_mma_combine_kernel<<<unsigned(p.batch * p.heads), 128, 0, stream>>>(p);

@@ -791,7 +791,8 @@ TEST_F(OpHarness, MlaDecodeAttention) {
       {DType::kF32, 16, 16, {1, 17, 300, 1000}},   {DType::kF32, 1, 16, {1, 17, 300, 1000}},
       {DType::kBF16, 16, 16, {1, 17, 300, 1000}},  {DType::kBF16, 1, 16, {1, 17, 300, 1000}},
       {DType::kBF16, 64, 40, {5, 129, 1000, 2049}}, {DType::kBF16, 16, 128, {1, 63, 64, 65, 200, 256}},
-      {DType::kBF16, 32, 128, {700, 1, 4000}},
+      {DType::kBF16, 32, 128, {700, 1, 4000}},     {DType::kBF16, 64, 16, {4096, 2, 33, 97}},
+      {DType::kBF16, 16, 32, {3, 300, 1500}},      {DType::kBF16, 1, 64, {31, 64, 257, 1200}},
   };
   for (const Case& c : cases) {
     const int64_t heads = c.heads, lora = 512, rope = 64, page_size = c.page_size;
