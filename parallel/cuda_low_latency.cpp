@@ -6,6 +6,7 @@
 //
 // Separate processes would exchange cudaIpcMemHandle_t of `base_` instead of the raw pointer in
 // the constructor's all_gather and open them with cudaIpcOpenMemHandle; nothing else changes.
+// Thread-safety: one dispatcher per rank, used by that rank's thread (like its group).
 #include <cuda_runtime_api.h>
 
 #include <cstring>

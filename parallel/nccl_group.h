@@ -16,7 +16,8 @@
 // NCCL_NVLS_ENABLE=0 is set when unset (NVLink multicast stays off; see docs/parallel.md).
 //
 // Multi-node (later): the unique id comes from rank 0 of the job over --dist-init-addr (a TCP
-// exchange of its 128 bytes); make_nccl_group itself does not change. Only built with CUDA.
+// exchange of its 128 bytes); make_nccl_group itself does not change. Only built with CUDA
+// where nccl.h is found (TANDEM_WITH_NCCL).
 // Thread-safety: a group belongs to one rank and is used by one thread at a time.
 #pragma once
 
