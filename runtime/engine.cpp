@@ -256,10 +256,9 @@ void Engine::handle_pd_event(PdEvent& e) {
   }
   const int32_t token = e.first.token;
   scheduler_.kv_arrived(id, token);
-  // The penalties see the first token as part of the text, as in a colocated run.
-  std::vector<int32_t> seen = seq.prompt;
-  seen.push_back(token);
-  seq.sampler = std::make_unique<Sampler>(seq.params, seen, *seq.params.seed);
+  // The first token counts as sampled here, as in a colocated run: penalties see it as
+  // output and the next token takes the request's second draw.
+  seq.sampler->accept(token);
   seq.state = RequestState::kDecoding;
   ++seq.num_output;
   ++generated_tokens_;
@@ -316,8 +315,14 @@ bool Engine::step() {
       update_stats();
       return !d.reserved.empty();
     }
-    const Tensor logits = runner_->run(d, scheduler_);
-    process(d, logits);
+    // Requests whose sampling needs no history may be sampled by the runner on the device.
+    std::vector<RowSampling> sampling(d.seqs.size());
+    for (size_t i = 0; i < d.seqs.size(); ++i) {
+      const Sampler& sm = *seqs_.at(d.seqs[i].id)->sampler;
+      if (!d.seqs[i].sample || !sm.device_ok()) continue;
+      sampling[i] = {true, sm.row_params(), sm.seed(), sm.draws()};
+    }
+    process(d, runner_->step(d, scheduler_, sampling));
   } catch (const std::exception& e) {
     TANDEM_LOG_ERROR("engine step failed: {}", e.what());
     fail_all(e.what());
@@ -327,26 +332,46 @@ bool Engine::step() {
   return true;
 }
 
-void Engine::process(const Decision& d, const Tensor& logits) {
-  TANDEM_CHECK(logits.dim() == 2 && logits.size(0) == int64_t(d.seqs.size()),
-               "runner returned logits {} for {} sequences", shape_str(logits.shape()),
-               d.seqs.size());
-  const int64_t vocab = logits.size(1);
-  const float* rows = logits.data<float>();
-  std::vector<int32_t> next(d.seqs.size(), -1);
-  std::vector<SampleResult> sampled(d.seqs.size());
-  std::vector<Sequence*> seqs(d.seqs.size());
-  for (size_t i = 0; i < d.seqs.size(); ++i) {
+void Engine::process(const Decision& d, const StepOutput& out) {
+  const size_t n = d.seqs.size();
+  TANDEM_CHECK(out.host_row.size() == n && out.token.size() == n && out.logprob.size() == n,
+               "runner returned results for {}/{}/{} of {} sequences", out.host_row.size(),
+               out.token.size(), out.logprob.size(), n);
+  const Tensor& logits = out.logits;
+  TANDEM_CHECK(!logits.defined() || (logits.dim() == 2 && logits.device().is_cpu()),
+               "runner returned logits {} (want f32 [rows, vocab] on the CPU)",
+               logits.defined() ? logits.describe() : std::string("undefined"));
+  const int64_t host_rows = logits.defined() ? logits.size(0) : 0;
+  const int64_t vocab = logits.defined() ? logits.size(1) : 0;
+  const float* rows = logits.defined() ? logits.data<float>() : nullptr;
+  std::vector<int32_t> next(n, -1);
+  std::vector<SampleResult> sampled(n);
+  std::vector<Sequence*> seqs(n);
+  for (size_t i = 0; i < n; ++i) {
     seqs[i] = seqs_.at(d.seqs[i].id).get();
     seqs[i]->state = RequestState::kPrefilling;
+    if (!d.seqs[i].sample) continue;
+    if (out.token[i] >= 0) {
+      // Sampled on the device: the Sampler's penalty state and draw counter move on.
+      TANDEM_CHECK(out.token[i] < model_config_.vocab_size && seqs[i]->sampler->device_ok(),
+                   "runner sampled token {} on the device for a request that cannot be", out.token[i]);
+      seqs[i]->sampler->accept(out.token[i]);
+      sampled[i].token = next[i] = out.token[i];
+      sampled[i].logprob = out.logprob[i];
+    } else {
+      TANDEM_CHECK(out.host_row[i] >= 0 && out.host_row[i] < host_rows,
+                   "runner returned no logits row for sequence {} (row {} of {})", i,
+                   out.host_row[i], host_rows);
+    }
   }
   // Each sequence samples with its own sampler (own RNG and penalty state), so rows go to the
   // thread pool: a batch of 256 V3 rows (128k logits each) took tens of ms on one thread.
-  parallel_for(int64_t(d.seqs.size()), 8, [&](int64_t begin, int64_t end) {
+  parallel_for(int64_t(n), 8, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
-      if (!d.seqs[size_t(i)].sample) continue;
+      if (!d.seqs[size_t(i)].sample || out.token[size_t(i)] >= 0) continue;
+      const int64_t row = out.host_row[size_t(i)];
       sampled[size_t(i)] = seqs[size_t(i)]->sampler->sample(
-          std::span<const float>(rows + i * vocab, size_t(vocab)));
+          std::span<const float>(rows + row * vocab, size_t(vocab)));
       next[size_t(i)] = sampled[size_t(i)].token;
     }
   });

@@ -1,8 +1,12 @@
 // Engine: the serving loop. Clients submit requests and read their streams from any thread;
 // one engine thread repeats schedule -> run -> process results (nano-vllm's step):
 //
-//   inbox (submits, aborts) ──▶ Scheduler::schedule ──▶ ModelRunner::run ──▶ Sampler
+//   inbox (submits, aborts) ──▶ Scheduler::schedule ──▶ ModelRunner::step ──▶ Sampler
 //        ──▶ stop checks, detokenization ──▶ Scheduler::complete / finish ──▶ streams
+//
+// The runner may sample rows on the device (ops::sample_tokens) where the request's Sampler
+// allows it (no penalties, no top_logprobs); those tokens are handed to Sampler::accept, so
+// penalty state and the counter-based draws stay the same as host sampling.
 //
 // PD disaggregation (docs/disagg.md "Roles"): submit_prefill runs a request's prefill only and
 // reports each step's KV pages to the PD layer, holding them until pd_done; submit_decode
@@ -144,7 +148,7 @@ class Engine {
   void handle_pd_event(PdEvent& e);
   void report_prefill(Sequence& seq, const ScheduledSeq& s, const SampleResult& sampled);
   void report_reserved(RequestId seq_id);
-  void process(const Decision& d, const Tensor& logits);
+  void process(const Decision& d, const StepOutput& out);
   bool check_stop(Sequence& seq, int32_t token, StreamEvent& ev);
   void finish(Sequence& seq, FinishReason reason, StreamEvent ev, bool in_scheduler);
   void fail_all(const std::string& message);

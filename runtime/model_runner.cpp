@@ -5,6 +5,7 @@
 #include <cstring>
 
 #include "core/log.h"
+#include "ops/ops.h"
 
 #include "runtime/cuda_graph_runner.h"
 
@@ -65,14 +66,40 @@ DeepseekRunner::~DeepseekRunner() {
   }
 }
 
+StepOutput StepOutput::host_rows(Tensor logits) {
+  StepOutput out;
+  const auto n = size_t(logits.size(0));
+  out.logits = std::move(logits);
+  out.host_row.resize(n);
+  for (size_t i = 0; i < n; ++i) out.host_row[i] = int32_t(i);
+  out.token.assign(n, -1);
+  out.logprob.assign(n, 0.0f);
+  return out;
+}
+
 Tensor DeepseekRunner::run(const Decision& decision, const Scheduler& scheduler) {
+  return execute(decision, scheduler, {}, /*all_rows=*/true).logits;
+}
+
+StepOutput DeepseekRunner::step(const Decision& decision, const Scheduler& scheduler,
+                                std::span<const RowSampling> sampling) {
+  TANDEM_CHECK(sampling.empty() || sampling.size() == decision.seqs.size(),
+               "DeepseekRunner: {} sampling entries for {} sequences", sampling.size(),
+               decision.seqs.size());
+  // The CPU backend's logits are host memory already: every row as it is (today's path).
+  return execute(decision, scheduler, sampling, /*all_rows=*/device_.is_cpu());
+}
+
+StepOutput DeepseekRunner::execute(const Decision& decision, const Scheduler& scheduler,
+                                   std::span<const RowSampling> sampling, bool all_rows) {
   TANDEM_CHECK(!decision.empty(), "DeepseekRunner: empty decision");
   const auto start = std::chrono::steady_clock::now();
   // The engine's host work since the previous step (sampling, stop checks, streams, scheduling).
   const double gap_s = last_end_ ? std::chrono::duration<double>(start - *last_end_).count() : 0.0;
   const int32_t ps = int32_t(cache_.page_size);
-  steps_.resize(decision.seqs.size());
-  for (size_t i = 0; i < decision.seqs.size(); ++i) {
+  const size_t n = decision.seqs.size();
+  steps_.resize(n);
+  for (size_t i = 0; i < n; ++i) {
     const ScheduledSeq& s = decision.seqs[i];
     const auto tokens = scheduler.tokens(s.id);
     const auto pages = scheduler.pages(s.id);
@@ -84,48 +111,61 @@ Tensor DeepseekRunner::run(const Decision& decision, const Scheduler& scheduler)
     step.pages.assign(pages.begin(), pages.begin() + long(used_pages));
     step.need_all_logits = false;
   }
-  Tensor out;
+  StepOutput out;
+  out.host_row.assign(n, -1);
+  out.token.assign(n, -1);
+  out.logprob.assign(n, 0.0f);
+  std::vector<Tensor> parts;
+  std::vector<size_t> all(n);
+  for (size_t i = 0; i < n; ++i) all[i] = i;
   if (decision.decode_only) {
-    out = forward_steps(steps_, ForwardMode::kDecode, gap_s);
+    forward_part(all, ForwardMode::kDecode, gap_s, decision, sampling, all_rows, false, out, parts);
   } else {
     // A mixed step: sequences computing one token after a cached prefix take the absorbed
     // decode path (as in a pure decode step), the others one extend batch. One extend batch
     // for all would expand every decoding sequence's whole cache to per-head keys and values:
     // 256 decoding 2k-token requests beside one prefill chunk asked for 60 GB on full V3.
     std::vector<size_t> dec, ext;
-    for (size_t i = 0; i < steps_.size(); ++i) {
+    for (size_t i = 0; i < n; ++i) {
       (steps_[i].new_tokens.size() == 1 && steps_[i].cached_len > 0 ? dec : ext).push_back(i);
     }
     if (dec.empty() || ext.empty()) {
-      out = forward_steps(steps_, dec.empty() ? ForwardMode::kExtend : ForwardMode::kDecode, gap_s);
+      forward_part(all, dec.empty() ? ForwardMode::kExtend : ForwardMode::kDecode, gap_s, decision,
+                   sampling, all_rows, false, out, parts);
     } else {
-      const auto pick = [&](const std::vector<size_t>& idx) {
-        std::vector<SequenceStep> v;
-        for (size_t i : idx) v.push_back(steps_[i]);
-        return v;
-      };
-      const Tensor d = forward_steps(pick(dec), ForwardMode::kDecode, gap_s).clone();
-      const Tensor e = forward_steps(pick(ext), ForwardMode::kExtend, 0.0);
-      const int64_t vocab = d.size(1);
-      out = Tensor::empty({int64_t(steps_.size()), vocab}, DType::kF32);
-      const auto place = [&](const Tensor& src, const std::vector<size_t>& idx) {
-        for (size_t r = 0; r < idx.size(); ++r) {
-          std::memcpy(out.data<float>() + int64_t(idx[r]) * vocab,
-                      src.data<float>() + int64_t(r) * vocab, size_t(vocab) * sizeof(float));
-        }
-      };
-      place(d, dec);
-      place(e, ext);
+      forward_part(dec, ForwardMode::kDecode, gap_s, decision, sampling, all_rows, true, out, parts);
+      forward_part(ext, ForwardMode::kExtend, 0.0, decision, sampling, all_rows, false, out, parts);
+    }
+  }
+  // The host rows of one or two forwards, in the order forward_part numbered them.
+  if (parts.size() == 1) {
+    out.logits = parts[0];
+  } else if (parts.size() > 1) {
+    int64_t rows = 0;
+    for (const Tensor& t : parts) rows += t.size(0);
+    const int64_t vocab = parts[0].size(1);
+    out.logits = Tensor::empty({rows, vocab}, DType::kF32);
+    int64_t at = 0;
+    for (const Tensor& t : parts) {
+      std::memcpy(out.logits.data<float>() + at * vocab, t.data<float>(), t.nbytes());
+      at += t.size(0);
     }
   }
   last_end_ = std::chrono::steady_clock::now();
   return out;
 }
 
-Tensor DeepseekRunner::forward_steps(const std::vector<SequenceStep>& steps, ForwardMode mode,
-                                     double gap_s) {
+void DeepseekRunner::forward_part(const std::vector<size_t>& idx, ForwardMode mode, double gap_s,
+                                  const Decision& decision, std::span<const RowSampling> sampling,
+                                  bool all_rows, bool keep, StepOutput& out,
+                                  std::vector<Tensor>& parts) {
   const auto start = std::chrono::steady_clock::now();
   const int32_t ps = int32_t(cache_.page_size);
+  std::vector<SequenceStep> picked;
+  if (idx.size() != steps_.size()) {
+    for (const size_t i : idx) picked.push_back(steps_[i]);
+  }
+  const std::vector<SequenceStep>& steps = picked.empty() ? steps_ : picked;
   int kind = mode == ForwardMode::kDecode ? 0 : 2;
   Tensor logits;
 #ifdef TANDEM_WITH_CUDA
@@ -149,7 +189,36 @@ Tensor DeepseekRunner::forward_steps(const std::vector<SequenceStep>& steps, For
   }
 #endif
   if (!logits.defined()) logits = model_.forward(ForwardBatch::build(mode, steps, ps, device_), cache_);
-  Tensor host = logits.device().is_cpu() ? logits : to_host(logits);
+
+  // Rows r of this forward (decision row idx[r]): sampled here, or their logits to the host.
+  std::vector<int32_t> dev_rows, host_rows;
+  for (size_t r = 0; r < idx.size(); ++r) {
+    const size_t i = idx[r];
+    const bool samples = decision.seqs[i].sample;
+    if (!all_rows && logits.device().is_cuda() && samples && !sampling.empty() &&
+        sampling[i].device) {
+      dev_rows.push_back(int32_t(r));
+    } else if (all_rows || samples) {
+      host_rows.push_back(int32_t(r));
+    }
+  }
+  if (!dev_rows.empty()) sample_on_device(logits, idx, dev_rows, sampling, out);
+  if (!host_rows.empty()) {
+    int32_t base = 0;
+    for (const Tensor& t : parts) base += int32_t(t.size(0));
+    Tensor rows = logits;
+    if (host_rows.size() != idx.size()) {  // only the rows the host samples cross the bus
+      Tensor index = Tensor::from_vector(host_rows, {int64_t(host_rows.size())}).to(logits.device());
+      rows = Tensor::empty({int64_t(host_rows.size()), logits.size(1)}, DType::kF32, logits.device());
+      ops::gather_rows(logits, index, rows);
+    }
+    Tensor host = rows.device().is_cpu() ? rows : to_host(rows);
+    // A later forward of this step reuses the pinned buffer (and the CPU model its logits).
+    parts.push_back(keep ? host.clone() : host);
+    for (size_t j = 0; j < host_rows.size(); ++j) {
+      out.host_row[idx[size_t(host_rows[j])]] = base + int32_t(j);
+    }
+  }
   StepStats& st = stats_[{kind, int64_t(steps.size())}];
   ++st.steps;
   st.wall_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
@@ -157,7 +226,43 @@ Tensor DeepseekRunner::forward_steps(const std::vector<SequenceStep>& steps, For
 #ifdef TANDEM_WITH_CUDA
   if (device_.is_cuda()) st.gpu_ms += timer_->elapsed_ms();
 #endif
-  return host;
+}
+
+// ops::sample_tokens over this forward's rows; rows the host samples get greedy parameters
+// (a single pass) and are ignored. Only tokens and logprobs come back: 8 bytes a row.
+void DeepseekRunner::sample_on_device(const Tensor& logits, const std::vector<size_t>& idx,
+                                      const std::vector<int32_t>& dev_rows,
+                                      std::span<const RowSampling> sampling, StepOutput& out) {
+  const auto n = int64_t(idx.size());
+  std::vector<float> temperature(size_t(n), 0.0f), top_p(size_t(n), 1.0f), min_p(size_t(n), 0.0f);
+  std::vector<int32_t> top_k(size_t(n), 0);
+  std::vector<int64_t> seed(size_t(n), 0), draw(size_t(n), 0);
+  for (const int32_t r : dev_rows) {
+    const RowSampling& s = sampling[idx[size_t(r)]];
+    temperature[size_t(r)] = s.params.temperature;
+    top_k[size_t(r)] = s.params.top_k;
+    top_p[size_t(r)] = s.params.top_p;
+    min_p[size_t(r)] = s.params.min_p;
+    seed[size_t(r)] = int64_t(s.seed);
+    draw[size_t(r)] = int64_t(s.draw);
+  }
+  const Device d = logits.device();
+  ops::SamplingRows rows;
+  rows.temperature = Tensor::from_vector(temperature, {n}).to(d);
+  rows.top_k = Tensor::from_vector(top_k, {n}).to(d);
+  rows.top_p = Tensor::from_vector(top_p, {n}).to(d);
+  rows.min_p = Tensor::from_vector(min_p, {n}).to(d);
+  rows.seed = Tensor::from_vector(seed, {n}).to(d);
+  rows.draw = Tensor::from_vector(draw, {n}).to(d);
+  Tensor tokens = Tensor::empty({n}, DType::kI32, d), logprobs = Tensor::empty({n}, DType::kF32, d);
+  ops::sample_tokens(logits, rows, tokens, logprobs);
+  const Tensor tok = tokens.to(Device::cpu()), lp = logprobs.to(Device::cpu());
+  for (const int32_t r : dev_rows) {
+    const size_t i = idx[size_t(r)];
+    out.token[i] = tok.data<int32_t>()[r];
+    out.logprob[i] = lp.data<float>()[r];
+  }
+  device_sampled_ += int64_t(dev_rows.size());
 }
 
 // Logits of a large batch are tens of MB (vocab 129k x 4 bytes per row): copied into pageable

@@ -26,6 +26,13 @@ class SleepyRunner : public runtime::ModelRunner {
     }
     return inner_->run(decision, scheduler);
   }
+  runtime::StepOutput step(const runtime::Decision& decision, const runtime::Scheduler& scheduler,
+                           std::span<const runtime::RowSampling> sampling) override {
+    if (const double s = sleep_s_.load(); s > 0.0) {
+      std::this_thread::sleep_for(std::chrono::duration<double>(s));
+    }
+    return inner_->step(decision, scheduler, sampling);  // keeps the inner runner's GPU sampling
+  }
   // The PD workers register the real runner's KV pool with the transfer engine.
   runtime::KvMemory kv_memory() override { return inner_->kv_memory(); }
 

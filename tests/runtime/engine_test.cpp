@@ -7,12 +7,14 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <random>
 
 #include "model/loader.h"
 #include "model/presets.h"
 #include "model/random_weights.h"
+#include "ops/ops.h"
 #include "runtime/engine.h"
 
 namespace tandem::runtime {
@@ -174,6 +176,109 @@ TEST(Engine, ParallelSamplingAbortAndLoopThread) {
     EXPECT_EQ(c1.ids[size_t(i)], c2.ids[size_t(i)]) << "same seed, same tokens";
   }
   EXPECT_NE(c1.ids[0], c1.ids[1]) << "parallel samples use different seeds";
+}
+
+// ---- Device-sampled rows: a runner that samples with the CPU op where the engine allows it
+// (as DeepseekRunner does on CUDA with the device op) and returns only the other rows' logits.
+
+Tensor noise_logits(const Decision& d, const Scheduler& s, int64_t vocab) {
+  Tensor logits = Tensor::zeros({int64_t(d.seqs.size()), vocab}, DType::kF32);
+  for (size_t i = 0; i < d.seqs.size(); ++i) {
+    std::mt19937 rng(uint32_t(s.tokens(d.seqs[i].id).size() * 7 + d.seqs[i].id % 5));
+    std::normal_distribution<float> dist(0.0f, 2.0f);
+    for (int64_t v = 2; v < vocab; ++v) logits.data<float>()[int64_t(i) * vocab + v] = dist(rng);
+  }
+  return logits;
+}
+
+class NoiseHostRunner : public ModelRunner {
+ public:
+  Tensor run(const Decision& d, const Scheduler& s) override { return noise_logits(d, s, 300); }
+};
+
+class NoiseDeviceRunner : public ModelRunner {
+ public:
+  int64_t device_rows = 0;
+  Tensor run(const Decision& d, const Scheduler& s) override { return noise_logits(d, s, 300); }
+  StepOutput step(const Decision& d, const Scheduler& s,
+                  std::span<const RowSampling> sampling) override {
+    const Tensor all = noise_logits(d, s, 300);
+    const size_t n = d.seqs.size();
+    StepOutput out;
+    out.host_row.assign(n, -1);
+    out.token.assign(n, -1);
+    out.logprob.assign(n, 0.0f);
+    std::vector<int64_t> host;
+    for (size_t i = 0; i < n; ++i) {
+      if (!d.seqs[i].sample) continue;
+      if (!sampling[i].device) {
+        out.host_row[i] = int32_t(host.size());
+        host.push_back(int64_t(i));
+        continue;
+      }
+      const RowSampling& r = sampling[i];
+      ops::SamplingRows in;
+      in.temperature = Tensor::from_vector(std::vector<float>{r.params.temperature}, {1});
+      in.top_k = Tensor::from_vector(std::vector<int32_t>{r.params.top_k}, {1});
+      in.top_p = Tensor::from_vector(std::vector<float>{r.params.top_p}, {1});
+      in.min_p = Tensor::from_vector(std::vector<float>{r.params.min_p}, {1});
+      in.seed = Tensor::from_vector(std::vector<int64_t>{int64_t(r.seed)}, {1});
+      in.draw = Tensor::from_vector(std::vector<int64_t>{int64_t(r.draw)}, {1});
+      Tensor tok = Tensor::empty({1}, DType::kI32), lp = Tensor::empty({1}, DType::kF32);
+      ops::sample_tokens(all.slice(0, int64_t(i), int64_t(i) + 1), in, tok, lp);
+      out.token[i] = tok.data<int32_t>()[0];
+      out.logprob[i] = lp.data<float>()[0];
+      ++device_rows;
+    }
+    out.logits = Tensor::empty({int64_t(host.size()), 300}, DType::kF32);
+    for (size_t j = 0; j < host.size(); ++j) {
+      std::copy_n(all.data<float>() + host[j] * 300, 300, out.logits.data<float>() + int64_t(j) * 300);
+    }
+    return out;
+  }
+};
+
+TEST(Engine, DeviceSampledRowsGiveTheHostSamplersTokens) {
+  int64_t device_rows = -1;  // read while the engine (and its runner) lives
+  auto serve = [&](std::unique_ptr<ModelRunner> runner, const NoiseDeviceRunner* probe) {
+    Engine engine(small_config(300), std::move(runner), nullptr, engine_config(4, 4096, 64));
+    std::vector<std::shared_ptr<RequestStream>> streams;
+    for (int i = 0; i < 10; ++i) {
+      GenerateRequest r{{3, 4, 5, int32_t(10 + i)}, "", {}};
+      r.params.max_tokens = 15;
+      r.params.ignore_eos = true;
+      r.params.seed = 40 + uint64_t(i);
+      r.params.logprobs = true;
+      switch (i % 5) {
+        case 0: r.params.temperature = 0; break;
+        case 1: r.params.top_k = 10; r.params.top_p = 0.9f; break;
+        case 2: r.params.min_p = 0.1f; r.params.temperature = 0.7f; break;
+        case 3: r.params.presence_penalty = 0.5f; break;  // host only: needs the history
+        default: r.params.top_logprobs = 3; break;         // host only: alternatives
+      }
+      if (i == 6) r.params.n = 2;
+      std::shared_ptr<RequestStream> s;
+      EXPECT_TRUE(engine.submit(r, &s).ok());
+      streams.push_back(s);
+    }
+    engine.run_until_idle();
+    if (probe != nullptr) device_rows = probe->device_rows;
+    std::vector<Collected> out;
+    for (size_t i = 0; i < streams.size(); ++i) out.push_back(collect(*streams[i], i == 6 ? 2 : 1));
+    return out;
+  };
+  auto device = std::make_unique<NoiseDeviceRunner>();
+  const NoiseDeviceRunner* probe = device.get();
+  const std::vector<Collected> got = serve(std::move(device), probe);
+  const std::vector<Collected> want = serve(std::make_unique<NoiseHostRunner>(), nullptr);
+  // The greedy, top-k/top-p and min-p requests (7 of 11 sequences) sampled "on the device".
+  EXPECT_EQ(device_rows, 7 * 15);
+  ASSERT_EQ(got.size(), want.size());
+  for (size_t i = 0; i < got.size(); ++i) {
+    EXPECT_EQ(got[i].ids, want[i].ids) << "request " << i;
+    EXPECT_EQ(got[i].ids[0].size(), 15u);
+    EXPECT_EQ(got[i].error, "");
+  }
 }
 
 // ---- The real tokenizer: stop strings across token boundaries. ----
