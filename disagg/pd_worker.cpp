@@ -1,5 +1,6 @@
 #include "disagg/pd_worker.h"
 
+#include <algorithm>
 #include <deque>
 #include <optional>
 
@@ -385,6 +386,9 @@ struct DecodeWorker::Room {
   bool reserved = false;
   runtime::KvReservation reservation;
   std::atomic<bool> cancelled{false};
+  // Set (under mu) once the room thread decided how the request ends; before that a client
+  // abort only marks the room and the thread ends the request after the fence (see run()).
+  bool settled = false;
 };
 
 DecodeWorker::DecodeWorker(runtime::Engine& engine, const PdWorkerConfig& config)
@@ -465,22 +469,35 @@ void DecodeWorker::abort(runtime::RequestId id) {
   }
   if (room) {
     std::lock_guard lk(room->mu);
-    room->cancelled = true;
-    room->cv.notify_all();
+    if (!room->settled) {
+      // The room thread tells prefill, waits until prefill no longer writes into the room's
+      // pages, then ends the request (Engine::abort frees the pages).
+      room->cancelled = true;
+      room->cv.notify_all();
+      return;
+    }
   }
   engine_.abort(id);  // frees the pages and ends the stream ("abort")
 }
 
 void DecodeWorker::run(std::shared_ptr<Room> room) {
   PrefillMeta meta;
-  Status s = receive_kv(*room, &meta);
-  if (s.ok()) {
+  Status s = receive_kv(*room, &meta);  // on failure: returns once prefill stopped writing
+  bool cancelled = false;
+  {
+    std::lock_guard lk(room->mu);
+    room->settled = true;
+    cancelled = room->cancelled;
+  }
+  if (cancelled) {
+    engine_.abort(room->request_id);  // a client abort: the stream ends with "abort"
+  } else if (s.ok()) {
     runtime::SampleResult first;
     first.token = meta.first_token;
     first.logprob = meta.logprob;
     for (const TokenLogprob& t : meta.top_logprobs) first.top.push_back({t.token, t.logprob});
     engine_.kv_arrived(room->request_id, std::move(first));
-  } else if (!room->cancelled) {  // a client abort already ended the request
+  } else {
     if (stop_) s = {StatusCode::kUnavailable, "decode worker shut down"};
     TANDEM_LOG_WARN("PD decode, {}: {}", room_str(room->id), s.message());
     engine_.pd_done(room->request_id,
@@ -517,9 +534,54 @@ Status DecodeWorker::receive_kv(Room& room, PrefillMeta* meta) {
   request.page_ids.assign(reservation.pages.begin(),
                           reservation.pages.begin() + long(prompt_pages));
   request.regions = regions_;
-  if (Status s = decode_send_request(*ch, request, boot); !s.ok()) return s;
-  return decode_receive(*ch, request, milliseconds(config_.transfer_timeout_ms), meta, {},
-                        [&] { return room.cancelled.load() || stop_.load(); });
+  // From here on prefill may write into the pages: a failure goes through the fence.
+  if (Status s = decode_send_request(*ch, request, boot); !s.ok()) return fence(*ch, room.id, s);
+  Status s = decode_receive(*ch, request, milliseconds(config_.transfer_timeout_ms), meta, {},
+                            [&] { return room.cancelled.load() || stop_.load(); });
+  if (!s.ok()) return fence(*ch, room.id, s);
+  return s;
+}
+
+Status DecodeWorker::fence(BootstrapChannel& ch, uint64_t room, Status why) {
+  auto starts = [&](const char* p) { return why.message().rfind(p, 0) == 0; };
+  // Prefill's Abort is sent after its last transfer of the room ended; a refusal came before
+  // any; a broken channel means prefill closed it (it writes nothing more for the room).
+  if (starts("prefill aborted:") || starts("prefill refused") || starts("prefill side:"))
+    return why;
+  // Decode gave up (gap timeout, protocol violation, client abort, no answer to the request):
+  // prefill may be in the middle of a batch into these pages. Tell it (again: decode_receive
+  // may already have) and keep the pages until it answers with its Abort or closes the
+  // connection, which it does only once no batch of the room is running, or until its
+  // batches have failed by themselves (transfer timeout after submit; a margin for bytes
+  // already in the socket).
+  (void)ch.send(Abort{room, why.message()}, milliseconds(1000));
+  const auto deadline = Clock::now() + milliseconds(config_.transfer_timeout_ms + kFenceMarginMs);
+  bool confirmed = false;
+  while (!stop_) {
+    const auto left = std::chrono::duration_cast<milliseconds>(deadline - Clock::now());
+    Message m;
+    const Status r = ch.recv(&m, std::clamp(left, milliseconds(0), milliseconds(20)));
+    if (r.ok()) {
+      if (const Abort* a = std::get_if<Abort>(&m); a && a->room_id == room) {
+        confirmed = true;
+        break;
+      }
+      continue;  // a keepalive or a chunk report still in flight
+    }
+    if (r.code() != StatusCode::kDeadlineExceeded) {
+      confirmed = true;  // closed: prefill is done with the room
+      break;
+    }
+    if (Clock::now() >= deadline) break;
+  }
+  fences_.fetch_add(1);
+  if (!confirmed && !stop_) {
+    fences_timed_out_.fetch_add(1);
+    TANDEM_LOG_WARN("PD decode, {}: prefill did not confirm the Abort within {} ms; releasing "
+                    "the pages (its transfers have timed out by now)",
+                    room_str(room), config_.transfer_timeout_ms + kFenceMarginMs);
+  }
+  return why;
 }
 
 }  // namespace tandem::disagg

@@ -103,15 +103,29 @@ class DecodeWorker {
   // the first one from the prefill side.
   Status submit(uint64_t room, const std::string& prefill_bootstrap,
                 runtime::GenerateRequest request, std::shared_ptr<runtime::RequestStream>* stream);
-  // Client abort: ends the request (its pages are freed) and sends the prefill side Abort.
+  // Client abort: sends the prefill side Abort and ends the request ("abort"); once the KV
+  // request went out, only after prefill confirmed it stopped writing (see fence()).
   void abort(runtime::RequestId id);
   int32_t rooms_in_flight() const;
+  // Failed rooms that waited for prefill to stop writing, and those among them released
+  // when the fence's time ran out instead of by prefill's confirmation.
+  int64_t fences() const { return fences_.load(); }
+  int64_t fences_timed_out() const { return fences_timed_out_.load(); }
+
+  // The fence's allowance beyond transfer_timeout_ms for bytes already in flight.
+  static constexpr int kFenceMarginMs = 200;
 
  private:
   struct Room;
   DecodeWorker(runtime::Engine& engine, const PdWorkerConfig& config);
   void run(std::shared_ptr<Room> room);
   Status receive_kv(Room& room, PrefillMeta* meta);
+  // Page safety after a decode-side failure once prefill may be writing: sends Abort and
+  // returns `why` when prefill answers with its Abort or closes the connection (it does both
+  // only after its last batch for the room ended), or after transfer_timeout_ms +
+  // kFenceMarginMs (prefill's batches fail by themselves by then). Only then are the room's
+  // pages freed, so no late write lands in pages given to another request.
+  Status fence(BootstrapChannel& ch, uint64_t room, Status why);
   void reap_threads(bool all);
 
   runtime::Engine& engine_;
@@ -123,6 +137,7 @@ class DecodeWorker {
   mutable std::mutex mu_;
   std::unordered_map<runtime::RequestId, std::shared_ptr<Room>> rooms_;  // by request id
   std::atomic<bool> stop_{false};
+  std::atomic<int64_t> fences_{0}, fences_timed_out_{0};
   std::mutex threads_mu_;
   std::list<std::pair<std::thread, std::shared_ptr<std::atomic<bool>>>> threads_;  // + done
 };

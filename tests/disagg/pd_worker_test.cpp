@@ -242,6 +242,12 @@ struct FakePrefill {
   }
 };
 
+Status send_late(TransferEngine& e, const RegionHandle& dst, const TransferWrite& w) {
+  BatchId id;
+  if (Status s = e.submit({&dst, 1}, {&w, 1}, &id); !s.ok()) return s;
+  return e.wait(id, milliseconds(2000));
+}
+
 TEST(PdWorker, TransferTimeoutAndMismatchedRoomFreeDecodePages) {
   Models& m = Models::get();
   auto decode = make_engine(m.decode);
@@ -490,6 +496,124 @@ TEST(PdWorker, QueuedPrefillKeepsDecodeAliveWithKeepalives) {
   EXPECT_EQ(rp.ids[0], rd.ids[0]);
   EXPECT_TRUE(idle(*prefill));
   EXPECT_TRUE(idle(*decode));
+}
+
+// Page safety (docs/disagg.md "The fence"): after a decode-side failure once the KV request
+// went out, decode keeps the room's pages until prefill confirms its Abort (or closes), and
+// only then frees them and ends the request; a write prefill makes before confirming lands in
+// pages nobody else has. Failures injected mid-transfer with a hand-driven prefill: a chunk
+// out of order (decode's protocol check), a client abort; then a prefill that never
+// confirms (released at transfer timeout + margin, not before); then a real request is exact.
+TEST(PdWorker, DecodeHoldsPagesUntilPrefillConfirmsAbort) {
+  Models& m = Models::get();
+  auto decode = make_engine(m.decode);
+  decode->start();
+  std::unique_ptr<DecodeWorker> dw;
+  constexpr int kTransferMs = 600;
+  ASSERT_TRUE(DecodeWorker::create(*decode, pd_config(2000, kTransferMs), &dw).ok());
+  const std::vector<int32_t> prompt = {21, 22, 23, 24, 25, 26, 27, 28, 29};
+  using SteadyClock = std::chrono::steady_clock;
+
+  // The fake prefill's own transfer engine, to make a "late" write into decode's pages.
+  std::unique_ptr<TransferEngine> te;
+  TransferConfig tc;
+  tc.token = kToken;
+  ASSERT_TRUE(make_transfer_engine(tc, &te).ok());
+  std::vector<uint8_t> late(64, 0xAB);
+  RegionHandle src;
+  ASSERT_TRUE(te->register_region(late.data(), late.size(), MemoryKind::kHost, 0, &src).ok());
+
+  for (const bool client_abort : {false, true}) {
+    SCOPED_TRACE(client_abort ? "client abort" : "chunk out of order");
+    FakePrefill fake;
+    std::shared_ptr<RequestStream> s;
+    ASSERT_TRUE(dw->submit(0x90 + client_abort, fake.listener->endpoint(), greedy(prompt, 4), &s)
+                    .ok());
+    fake.accept();
+    // Mid-transfer: chunk 0 (one page) reported, then the failure.
+    const uint64_t room = fake.request.room_id;
+    ASSERT_TRUE(fake.ch->send(KvChunkDone{room, 0, 0, 4, false}, milliseconds(1000)).ok());
+    if (client_abort) {
+      std::this_thread::sleep_for(milliseconds(50));
+      dw->abort(s->id());
+    } else {
+      ASSERT_TRUE(fake.ch->send(KvChunkDone{room, 7, 4, 4, false}, milliseconds(1000)).ok());
+    }
+    SteadyClock::time_point ended;
+    Read r;
+    std::thread reader([&] {
+      r = read_all(*s);
+      ended = SteadyClock::now();
+    });
+    ASSERT_TRUE(fake.heard_abort());
+    // Decode gave up but still holds the pages: a write now is harmless.
+    const int64_t held = decode->stats().kv_pages_used;
+    EXPECT_GE(held, 3) << "prompt pages + reserve";
+    const TransferWrite w{src.region_id, 0, 0,
+                          uint64_t(fake.request.page_ids[1]) * kPageSize *
+                              fake.request.bytes_per_token_layer,
+                          late.size()};
+    EXPECT_TRUE(send_late(*te, fake.request.regions[0], w).ok());
+    std::this_thread::sleep_for(milliseconds(300));
+    EXPECT_EQ(decode->stats().kv_pages_used, held) << "pages freed before prefill confirmed";
+    const auto confirmed = SteadyClock::now();
+    ASSERT_TRUE(fake.ch->send(Abort{room, "decode aborted: confirmed"}, milliseconds(1000)).ok());
+    reader.join();
+    EXPECT_GE(ended, confirmed) << "the request ended before prefill confirmed";
+    EXPECT_LT(std::chrono::duration<double>(ended - confirmed).count(), 0.5);
+    if (client_abort) {
+      EXPECT_EQ(r.reason, FinishReason::kAbort) << r.error;
+    } else {
+      EXPECT_EQ(r.reason, FinishReason::kError);
+      EXPECT_NE(r.error.find("chunk out of order"), std::string::npos) << r.error;
+    }
+    EXPECT_TRUE(idle(*decode));
+  }
+  EXPECT_EQ(dw->fences(), 2);
+  EXPECT_EQ(dw->fences_timed_out(), 0);
+
+  {  // a prefill that never confirms: the pages go at transfer timeout + margin, not before
+    FakePrefill fake;
+    std::shared_ptr<RequestStream> s;
+    ASSERT_TRUE(dw->submit(0x92, fake.listener->endpoint(), greedy(prompt, 4), &s).ok());
+    fake.accept();
+    ASSERT_TRUE(fake.ch->send(KvChunkDone{fake.request.room_id, 3, 0, 4, false},
+                              milliseconds(1000)).ok());
+    ASSERT_TRUE(fake.heard_abort());
+    const auto t0 = SteadyClock::now();
+    const Read r = read_all(*s);
+    const double waited = seconds_since(t0);
+    EXPECT_GE(waited, (kTransferMs + DecodeWorker::kFenceMarginMs) / 1000.0 - 0.05);
+    EXPECT_LT(waited, 2.0);
+    EXPECT_EQ(r.reason, FinishReason::kError);
+    EXPECT_TRUE(idle(*decode));
+    EXPECT_EQ(dw->fences_timed_out(), 1);
+  }
+
+  // The next request through a real prefill gives the colocated output exactly.
+  auto prefill = make_engine(m.prefill);
+  prefill->start();
+  std::unique_ptr<PrefillWorker> pw;
+  ASSERT_TRUE(PrefillWorker::create(*prefill, pd_config(), &pw).ok());
+  std::mt19937 rng(12);
+  const GenerateRequest req = greedy(random_prompt(rng, 45), 6);
+  std::vector<int32_t> expected;
+  {
+    auto colo = make_engine(m.decode);
+    std::shared_ptr<RequestStream> c;
+    ASSERT_TRUE(colo->submit(req, &c).ok());
+    colo->run_until_idle();
+    expected = read_all(*c).ids;
+  }
+  std::shared_ptr<RequestStream> p, d;
+  ASSERT_TRUE(pw->submit(0x93, req, &p).ok());
+  ASSERT_TRUE(dw->submit(0x93, pw->bootstrap_endpoint(), req, &d).ok());
+  const Read rd = read_all(*d);
+  EXPECT_EQ(rd.error, "");
+  EXPECT_EQ(rd.ids, expected);
+  EXPECT_EQ(read_all(*p).error, "");
+  EXPECT_TRUE(idle(*decode));
+  EXPECT_TRUE(idle(*prefill));
 }
 
 }  // namespace
