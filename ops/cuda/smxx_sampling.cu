@@ -52,6 +52,24 @@ __device__ __forceinline__ uint32_t order_key(float x) {
   return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
 }
 
+// Calls f(i, logits[i]) for i = lo + start, lo + start + step, ... < hi, in increasing order,
+// with kUnroll loads in flight per thread: one load at a time left each pass waiting on
+// memory latency (9 GB/s for a single row).
+constexpr int kUnroll = 8;
+template <class F>
+__device__ __forceinline__ void for_row(const float* lg, int32_t lo, int32_t hi, int32_t start,
+                                        int32_t step, const F& f) {
+  int32_t i = lo + start;
+  for (; i + (kUnroll - 1) * step < hi; i += kUnroll * step) {
+    float v[kUnroll];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) v[u] = __ldg(lg + i + u * step);
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) f(i + u * step, v[u]);
+  }
+  for (; i < hi; i += step) f(i, __ldg(lg + i));
+}
+
 // Adds v to bin b of a shared histogram; a warp whose lanes all hit one bin (the common case
 // at the top digit, where most of a row shares a few exponents) adds once.
 template <class T>
@@ -108,7 +126,7 @@ __device__ void pick_digit(const T* hist, T want, int32_t* digit, T* rest) {
 // elements with in(i), and the rank left among the elements with exactly that key. weight(i)
 // is the unit (1 for counts). Returns false when `want` is never reached (rounding).
 template <class T, class In, class Key, class Weight>
-__device__ bool radix_select(int32_t n, T want, const In& in, const Key& key,
+__device__ bool radix_select(const float* lg, int32_t n, T want, const In& in, const Key& key,
                              const Weight& weight, Shared& sh, uint32_t* sel_key, T* rest,
                              T* at_key) {
   T* hist = reinterpret_cast<T*>(&sh.hist);
@@ -117,17 +135,26 @@ __device__ bool radix_select(int32_t n, T want, const In& in, const Key& key,
     for (int b = threadIdx.x; b < 256; b += kThreads) hist[b] = 0;
     __syncthreads();
     // Every lane runs the same number of iterations so the warp-wide adds stay converged.
-    for (int32_t base = 0; base < n; base += kThreads) {
-      const int32_t i = base + int32_t(threadIdx.x);
-      bool act = false;
-      uint32_t k = 0;
-      T v = 0;
-      if (i < n && in(i)) {
-        k = key(i);
-        act = (k & mask) == prefix;
-        if (act) v = weight(i);
+    for (int32_t base = 0; base < n; base += kThreads * kUnroll) {
+      float l[kUnroll];
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        const int32_t i = base + u * kThreads + int32_t(threadIdx.x);
+        l[u] = i < n ? __ldg(lg + i) : 0.0f;
       }
-      hist_add(hist, (k >> shift) & 255u, v, act);
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        const int32_t i = base + u * kThreads + int32_t(threadIdx.x);
+        bool act = false;
+        uint32_t k = 0;
+        T v = 0;
+        if (i < n && in(i, l[u])) {
+          k = key(l[u]);
+          act = (k & mask) == prefix;
+          if (act) v = weight(l[u]);
+        }
+        hist_add(hist, (k >> shift) & 255u, v, act);
+      }
     }
     __syncthreads();
     if (threadIdx.x < 32) {
@@ -153,7 +180,7 @@ __device__ bool radix_select(int32_t n, T want, const In& in, const Key& key,
 // part's index (-1 when the target is past the total) and the target left inside it; `last`
 // gets the last index with a positive weight in the range (-1 when none).
 template <class Weight>
-__device__ int32_t split_find(int32_t lo, int32_t hi, double target, bool fraction,
+__device__ int32_t split_find(const float* lg, int32_t lo, int32_t hi, double target, bool fraction,
                               const Weight& weight, Shared& sh, double* left, int32_t* last,
                               int32_t* part_lo, int32_t* part_hi) {
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -161,11 +188,11 @@ __device__ int32_t split_find(int32_t lo, int32_t hi, double target, bool fracti
   const int32_t a = min(hi, lo + warp * chunk), b = min(hi, a + chunk);
   double s = 0.0;
   int32_t l = -1;
-  for (int32_t i = a + lane; i < b; i += 32) {
-    const double v = weight(i);
+  for_row(lg, a, b, lane, 32, [&](int32_t i, float x) {
+    const double v = weight(i, x);
     s += v;
     if (v > 0.0) l = i;
-  }
+  });
   s = warp_sum_d(s);
   l = warp_max_i(l);
   if (lane == 0) {
@@ -208,20 +235,20 @@ __device__ int32_t split_find(int32_t lo, int32_t hi, double target, bool fracti
 // index with a positive weight when rounding leaves the target past the total; -1 when every
 // weight is 0.
 template <class Weight>
-__device__ int32_t find_prefix(int32_t n, double target, bool fraction, const Weight& weight,
+__device__ int32_t find_prefix(const float* lg, int32_t n, double target, bool fraction, const Weight& weight,
                                Shared& sh) {
   double left = 0.0;
   int32_t last = -1, a = 0, b = 0;
-  if (split_find(0, n, target, fraction, weight, sh, &left, &last, &a, &b) < 0) return last;
+  if (split_find(lg, 0, n, target, fraction, weight, sh, &left, &last, &a, &b) < 0) return last;
   int32_t last2 = -1, a2 = 0, b2 = 0;
   double left2 = 0.0;
-  if (split_find(a, b, left, false, weight, sh, &left2, &last2, &a2, &b2) < 0) return last2;
+  if (split_find(lg, a, b, left, false, weight, sh, &left2, &last2, &a2, &b2) < 0) return last2;
   if (threadIdx.x < 32) {
     const int lane = threadIdx.x;
     int32_t found = -1;
     for (int32_t base = a2; base < b2; base += 32) {
       const int32_t i = base + lane;
-      const double v = i < b2 ? weight(i) : 0.0;
+      const double v = i < b2 ? weight(i, __ldg(lg + i)) : 0.0;
       double incl = v;
       for (int o = 1; o < 32; o <<= 1) {
         const double u = __shfl_up_sync(kFull, incl, o);
@@ -252,9 +279,8 @@ __global__ void __launch_bounds__(kThreads) sample_tokens_kernel(SampleTokensPar
   // Pass 1: max with its lowest index, and the log-sum-exp of the raw logits (online).
   float best = -INFINITY, m = -INFINITY, s = 0.0f;
   int32_t best_i = kNoIndex;
-  for (int32_t i = threadIdx.x; i < n; i += kThreads) {
-    const float l = lg[i];
-    if (l > best) {
+  for_row(lg, 0, n, int32_t(threadIdx.x), kThreads, [&](int32_t i, float l) {
+    if (l > best) {  // increasing i: the first maximum
       best = l;
       best_i = i;
     }
@@ -264,7 +290,7 @@ __global__ void __launch_bounds__(kThreads) sample_tokens_kernel(SampleTokensPar
     } else if (l != -INFINITY) {
       s += expf(l - m);
     }
-  }
+  });
   for (int o = 16; o > 0; o >>= 1) {
     const float b2 = __shfl_xor_sync(kFull, best, o);
     const int32_t i2 = __shfl_xor_sync(kFull, best_i, o);
@@ -314,11 +340,10 @@ __global__ void __launch_bounds__(kThreads) sample_tokens_kernel(SampleTokensPar
     const float mx = __fmul_rn(lmax, inv_t);  // rounding is monotonic: the max of x
     const int32_t top_k = p.top_k[row];
     const float top_p = p.top_p[row], min_p = p.min_p[row];
-    auto x_of = [&](int32_t i) { return __fmul_rn(lg[i], inv_t); };
-    auto key_of = [&](int32_t i) { return order_key(x_of(i)); };
-    auto w_of = [&](int32_t i) { return exp(double(__fsub_rn(x_of(i), mx))); };
-    auto all = [](int32_t) { return true; };
-    auto one = [](int32_t) { return 1u; };
+    auto key_of = [=](float l) { return order_key(__fmul_rn(l, inv_t)); };
+    auto w_of = [=](float l) { return exp(double(__fsub_rn(__fmul_rn(l, inv_t), mx))); };
+    auto all = [](int32_t, float) { return true; };
+    auto one = [](float) { return 1u; };
 
     // Top-k: keys above k_key, and ties at k_key up to index k_tie.
     const bool use_k = top_k > 0 && top_k < n;
@@ -326,17 +351,17 @@ __global__ void __launch_bounds__(kThreads) sample_tokens_kernel(SampleTokensPar
     int32_t k_tie = kNoIndex;
     if (use_k) {
       uint32_t rest = 0, at = 0;
-      radix_select<uint32_t>(n, uint32_t(top_k), all, key_of, one, sh, &k_key, &rest, &at);
+      radix_select<uint32_t>(lg, n, uint32_t(top_k), all, key_of, one, sh, &k_key, &rest, &at);
       if (rest < at) {
         const uint32_t kk = k_key;
         k_tie = find_prefix(
-            n, double(rest) - 0.5, false,
-            [&](int32_t i) { return key_of(i) == kk ? 1.0 : 0.0; }, sh);
+            lg, n, double(rest) - 0.5, false,
+            [&](int32_t, float l) { return key_of(l) == kk ? 1.0 : 0.0; }, sh);
       }
     }
-    auto in_k = [&](int32_t i) {
+    auto in_k = [&](int32_t i, float l) {
       if (!use_k) return true;
-      const uint32_t k = key_of(i);
+      const uint32_t k = key_of(l);
       return k > k_key || (k == k_key && i <= k_tie);
     };
 
@@ -346,7 +371,8 @@ __global__ void __launch_bounds__(kThreads) sample_tokens_kernel(SampleTokensPar
     int32_t p_tie = kNoIndex;
     if (use_p) {
       double part = 0.0;
-      for (int32_t i = threadIdx.x; i < n; i += kThreads) part += in_k(i) ? w_of(i) : 0.0;
+      for_row(lg, 0, n, int32_t(threadIdx.x), kThreads,
+              [&](int32_t i, float l) { part += in_k(i, l) ? w_of(l) : 0.0; });
       part = warp_sum_d(part);
       if (lane == 0) sh.part[warp] = part;
       __syncthreads();
@@ -359,7 +385,7 @@ __global__ void __launch_bounds__(kThreads) sample_tokens_kernel(SampleTokensPar
       const double target = double(top_p) * sh.d[2];
       __syncthreads();
       double rest = 0.0, at = 0.0;
-      use_p = radix_select<double>(n, target, in_k, key_of, w_of, sh, &p_key, &rest, &at);
+      use_p = radix_select<double>(lg, n, target, in_k, key_of, w_of, sh, &p_key, &rest, &at);
       if (use_p) {
         // Tied tokens at p_key (equal weights) join in id order until the mass is reached.
         const uint32_t pk = p_key;
@@ -374,24 +400,24 @@ __global__ void __launch_bounds__(kThreads) sample_tokens_kernel(SampleTokensPar
         }
         if (m_take < cnt) {
           p_tie = find_prefix(
-              n, m_take - 0.5, false,
-              [&](int32_t i) { return in_k(i) && key_of(i) == pk ? 1.0 : 0.0; }, sh);
+              lg, n, m_take - 0.5, false,
+              [&](int32_t i, float l) { return in_k(i, l) && key_of(l) == pk ? 1.0 : 0.0; }, sh);
         }
       }
     }
-    auto in_p = [&](int32_t i) {
+    auto in_p = [&](int32_t i, float l) {
       if (!use_p) return true;
-      const uint32_t k = key_of(i);
+      const uint32_t k = key_of(l);
       return k > p_key || (k == p_key && i <= p_tie);
     };
 
     const double min_w = double(min_p);
     const double u = sampling_uniform(uint64_t(p.seed[row]), uint64_t(p.draw[row]));
     const int32_t t = find_prefix(
-        n, u, true,
-        [&](int32_t i) {
-          if (!in_k(i) || !in_p(i)) return 0.0;
-          const double w = w_of(i);
+        lg, n, u, true,
+        [&](int32_t i, float l) {
+          if (!in_k(i, l) || !in_p(i, l)) return 0.0;
+          const double w = w_of(l);
           return w < min_w ? 0.0 : w;
         },
         sh);
