@@ -206,12 +206,19 @@ __global__ void __launch_bounds__(NHT * 128) mla_decode_mma_kernel(MlaDecodePara
     *reinterpret_cast<__nv_bfloat162*>(&sm.q[r][c]) = __floats2bfloat162_rn(v.x, v.y);
   }
 
-  auto fill_slots = [&](int blk, int stage) {
+  // The page of this thread's key of block blk (tid < kKeys), loaded one block before
+  // fill_slots needs it: under full memory traffic a load takes microseconds, and fill_slots
+  // runs just before a barrier.
+  auto fetch_page = [&](int blk) -> int32_t {
+    const int64_t j = begin + int64_t(blk) * kKeys + tid;
+    return tid < kKeys && j < end ? __ldg(&pages[j / p.page_size]) : 0;
+  };
+  auto fill_slots = [&](int blk, int stage, int32_t page) {
     if (tid < kKeys) {
       const int64_t j = begin + int64_t(blk) * kKeys + tid;
       int32_t slot = kSlotPast;
       if (j < end) {
-        const int64_t s = int64_t(pages[j / p.page_size]) * p.page_size + j % p.page_size;
+        const int64_t s = int64_t(page) * p.page_size + j % p.page_size;
         if (s < 0 || s >= p.num_slots) {
           report_error(p.error, kErrDecodeSlot, s, p.num_slots, b);
           slot = kSlotBad;
@@ -238,7 +245,8 @@ __global__ void __launch_bounds__(NHT * 128) mla_decode_mma_kernel(MlaDecodePara
     cp_async_commit();
   };
 
-  if (nblocks > 0) fill_slots(0, 0);
+  if (nblocks > 0) fill_slots(0, 0, fetch_page(0));
+  int32_t page_ahead = fetch_page(1);  // block blk + 1's, in iteration blk
   __syncthreads();
   if (nblocks > 0) load_block(0);
 
@@ -251,7 +259,8 @@ __global__ void __launch_bounds__(NHT * 128) mla_decode_mma_kernel(MlaDecodePara
 
   for (int blk = 0; blk < nblocks; ++blk) {
     const int stage = blk & 1;
-    if (blk + 1 < nblocks) fill_slots(blk + 1, stage ^ 1);
+    if (blk + 1 < nblocks) fill_slots(blk + 1, stage ^ 1, page_ahead);
+    page_ahead = fetch_page(blk + 2);
     cp_async_wait_all();
     __syncthreads();  // block blk landed; slots of blk + 1 visible; blk - 1 fully consumed
     if (blk + 1 < nblocks) load_block(stage ^ 1);
@@ -372,24 +381,26 @@ __global__ void __launch_bounds__(NHT * 128) mla_decode_mma_kernel(MlaDecodePara
 }
 
 // ---- Up to 16 heads (memory-bound): one CTA of 4 warps per (split, sequence) streams 32-key
-// blocks through kH16Stages cp.async stages, so four blocks (147 KB) are in flight while one
-// is computed. Scores: warp ds holds the query's A fragments for dims [144 ds, 144 ds + 144)
+// blocks through kH16Stages cp.async stages, so kH16Stages - 1 blocks (37 KB each) are in
+// flight while one is computed. Scores: warp ds holds the query's A fragments for dims [144 ds, 144 ds + 144)
 // in registers (loaded once) and computes partial scores of all 16 heads x 32 keys; the four
 // partials meet in shared memory. Softmax and P @ C as in mla_decode_mma_kernel (out dims
 // [128 ds, 128 ds + 128) per warp).
 constexpr int kH16Keys = 32;
-constexpr int kH16Stages = 5;
 constexpr int kH16Steps = kWidth / 16 / 4;  // k-steps of 16 dims per warp (9)
 
+template <int kH16Stages>
 struct H16Smem {
   __nv_bfloat16 kv[kH16Stages][kH16Keys][kRowPad];  // the last stage first holds the query
   float s[4][16][kH16Keys + 4];                      // partial scores per warp
   int32_t slot[kH16Stages][kH16Keys];
 };
 
+// kH16Stages = 5: one CTA per SM (196 KB); 2: two CTAs per SM (84 KB each), twice the splits.
+template <int kH16Stages>
 __global__ void __launch_bounds__(128) mla_decode_h16_kernel(MlaDecodeParams p) {
   extern __shared__ __align__(128) unsigned char smem_raw[];
-  H16Smem& sm = *reinterpret_cast<H16Smem*>(smem_raw);
+  H16Smem<kH16Stages>& sm = *reinterpret_cast<H16Smem<kH16Stages>*>(smem_raw);
   const int tid = threadIdx.x, lane = tid & 31, ds = tid >> 5;
   const int g = lane >> 2, t = lane & 3;
   const int split = blockIdx.y;
@@ -422,12 +433,19 @@ __global__ void __launch_bounds__(128) mla_decode_h16_kernel(MlaDecodeParams p) 
     *reinterpret_cast<__nv_bfloat162*>(&q[r][c]) = __floats2bfloat162_rn(v.x, v.y);
   }
 
-  auto fill_slots = [&](int blk, int stage) {
+  // The page of this thread's key of block blk (tid < kH16Keys), loaded one block before
+  // fill_slots needs it: under full memory traffic a load takes microseconds, and fill_slots
+  // runs just before a barrier.
+  auto fetch_page = [&](int blk) -> int32_t {
+    const int64_t j = begin + int64_t(blk) * kH16Keys + tid;
+    return tid < kH16Keys && j < end ? __ldg(&pages[j / p.page_size]) : 0;
+  };
+  auto fill_slots = [&](int blk, int stage, int32_t page) {
     if (tid < kH16Keys) {
       const int64_t j = begin + int64_t(blk) * kH16Keys + tid;
       int32_t slot = kSlotPast;
       if (j < end) {
-        const int64_t s = int64_t(pages[j / p.page_size]) * p.page_size + j % p.page_size;
+        const int64_t s = int64_t(page) * p.page_size + j % p.page_size;
         if (s < 0 || s >= p.num_slots) {
           report_error(p.error, kErrDecodeSlot, s, p.num_slots, b);
           slot = kSlotBad;
@@ -454,7 +472,8 @@ __global__ void __launch_bounds__(128) mla_decode_h16_kernel(MlaDecodeParams p) 
 
 #pragma unroll
   for (int s = 0; s < kH16Stages - 1; ++s)
-    if (s < nblocks) fill_slots(s, s);
+    if (s < nblocks) fill_slots(s, s, fetch_page(s));
+  int32_t page_ahead = fetch_page(kH16Stages - 1);  // block blk + kH16Stages - 1's, in iteration blk
   __syncthreads();
   uint32_t qf[kH16Steps][4];  // A fragments of the query, dims [144 ds, 144 ds + 144)
   {
@@ -482,7 +501,8 @@ __global__ void __launch_bounds__(128) mla_decode_h16_kernel(MlaDecodeParams p) 
   for (int blk = 0; blk < nblocks; ++blk) {
     const int stage = blk % kH16Stages;
     const int next = blk + kH16Stages - 1;
-    if (next < nblocks) fill_slots(next, next % kH16Stages);
+    if (next < nblocks) fill_slots(next, next % kH16Stages, page_ahead);
+    page_ahead = fetch_page(next + 1);
     cp_async_wait<kH16Stages - 2>();  // one group per block: block blk has landed
     __syncthreads();  // blk visible to all; slots of next visible; blk - 1 fully consumed
     if (next < nblocks) {
@@ -680,12 +700,19 @@ __global__ void __launch_bounds__(256, 1) mla_decode_wgmma_kernel(MlaDecodeParam
     *reinterpret_cast<uint4*>(&sm.q[c >> 3][swizzled(r, c & 7)]) = v;
   }
 
-  auto fill_slots = [&](int blk, int stage) {
+  // The page of this thread's key of block blk (tid < kWgKeys), loaded one block before
+  // fill_slots needs it: under full memory traffic a load takes microseconds, and fill_slots
+  // runs just before a barrier.
+  auto fetch_page = [&](int blk) -> int32_t {
+    const int64_t j = begin + int64_t(blk) * kWgKeys + tid;
+    return tid < kWgKeys && j < end ? __ldg(&pages[j / p.page_size]) : 0;
+  };
+  auto fill_slots = [&](int blk, int stage, int32_t page) {
     if (tid < kWgKeys) {
       const int64_t j = begin + int64_t(blk) * kWgKeys + tid;
       int32_t slot = kSlotPast;
       if (j < end) {
-        const int64_t s = int64_t(pages[j / p.page_size]) * p.page_size + j % p.page_size;
+        const int64_t s = int64_t(page) * p.page_size + j % p.page_size;
         if (s < 0 || s >= p.num_slots) {
           report_error(p.error, kErrDecodeSlot, s, p.num_slots, b);
           slot = kSlotBad;
@@ -710,7 +737,8 @@ __global__ void __launch_bounds__(256, 1) mla_decode_wgmma_kernel(MlaDecodeParam
     cp_async_commit();
   };
 
-  if (nblocks > 0) fill_slots(0, 0);
+  if (nblocks > 0) fill_slots(0, 0, fetch_page(0));
+  int32_t page_ahead = fetch_page(1);  // block blk + 1's, in iteration blk
   __syncthreads();
   if (nblocks > 0) load_block(0);
 
@@ -723,7 +751,8 @@ __global__ void __launch_bounds__(256, 1) mla_decode_wgmma_kernel(MlaDecodeParam
 
   for (int blk = 0; blk < nblocks; ++blk) {
     const int stage = blk & 1;
-    if (blk + 1 < nblocks) fill_slots(blk + 1, stage ^ 1);
+    if (blk + 1 < nblocks) fill_slots(blk + 1, stage ^ 1, page_ahead);
+    page_ahead = fetch_page(blk + 2);
     cp_async_wait<0>();
     fence_proxy_async();  // the copies (and the query) become visible to the tensor cores
     __syncthreads();      // block blk landed; slots of blk + 1 visible; blk - 1 fully consumed
@@ -889,28 +918,41 @@ void launch_nht(const MlaDecodeParams& p, cudaStream_t stream) {
   mla_decode_mma_kernel<NHT><<<grid, NHT * 128, smem, stream>>>(p);
 }
 
-// Kernel choice, for comparisons (and a way around a kernel should one misbehave on a device):
-// TANDEM_MLA_DECODE_WGMMA=0 sends more than 32 heads to the mma.sync kernel (32 heads per CTA)
-// instead of the wgmma kernel; TANDEM_MLA_DECODE_H16=1|0 picks the multi-stage 16-head kernel
-// or the two-stage mma.sync kernel (16 heads per CTA) for up to 16 heads.
-bool env_flag(const char* name, bool fallback) {
+template <int kStages>
+void launch_h16_stages(const MlaDecodeParams& p, dim3 grid, cudaStream_t stream) {
+  constexpr size_t smem = sizeof(H16Smem<kStages>);
+  cudaFuncSetAttribute(mla_decode_h16_kernel<kStages>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                       int(smem));
+  mla_decode_h16_kernel<kStages><<<grid, 128, smem, stream>>>(p);
+}
+void launch_h16(const MlaDecodeParams& p, dim3 grid, int stages, cudaStream_t stream) {
+  if (stages == 5) {
+    launch_h16_stages<5>(p, grid, stream);
+  } else {
+    launch_h16_stages<2>(p, grid, stream);
+  }
+}
+
+// Kernel choice, for comparisons (and a way around a kernel should one misbehave on a device),
+// read at every launch so a test can switch: TANDEM_MLA_DECODE_WGMMA=0 sends more than 32 heads
+// to the mma.sync kernel (32 heads per CTA) instead of the wgmma kernel;
+// TANDEM_MLA_DECODE_H16=0|1|2 runs up to 16 heads on the two-stage mma.sync kernel of 64-key
+// blocks (0, the default), or the 32-key kernel with five stages (1) or with two stages and two
+// CTAs per multiprocessor (2).
+int env_digit(const char* name, int fallback) {
   const char* e = std::getenv(name);
-  return e && e[0] ? e[0] != '0' : fallback;
+  return e && e[0] >= '0' && e[0] <= '9' ? e[0] - '0' : fallback;
 }
-bool wgmma_enabled() {
-  static const bool on = env_flag("TANDEM_MLA_DECODE_WGMMA", true);
-  return on;
-}
-bool h16_enabled() {
-  static const bool on = env_flag("TANDEM_MLA_DECODE_H16", false);
-  return on;
-}
+bool wgmma_enabled() { return env_digit("TANDEM_MLA_DECODE_WGMMA", 1) != 0; }
+int h16_mode() { return env_digit("TANDEM_MLA_DECODE_H16", 0); }
 
 }  // namespace
 
 int mla_decode_mma_heads_per_cta(int64_t heads) {
   return heads <= 16 ? 16 : heads <= 32 || !wgmma_enabled() ? 32 : 64;
 }
+
+int mla_decode_mma_ctas_per_sm(int64_t heads) { return heads <= 16 && h16_mode() == 2 ? 2 : 1; }
 
 bool mla_decode_mma_supported(const MlaDecodeParams& p) {
   return p.cache_dtype == DType::kBF16 && p.lora == kLora && p.rope == kRope &&
@@ -927,12 +969,11 @@ void launch_mla_decode_mma(const MlaDecodeParams& p, cudaStream_t stream) {
   const dim3 grid(unsigned((p.heads + mla_decode_mma_heads_per_cta(p.heads) - 1) /
                            mla_decode_mma_heads_per_cta(p.heads)),
                   unsigned(p.num_splits), unsigned(p.batch));
-  if (p.heads <= 16 && !h16_enabled()) {
+  const int h16 = p.heads <= 16 ? h16_mode() : 0;
+  if (p.heads <= 16 && h16 != 1 && h16 != 2) {
     launch_nht<1>(p, stream);
   } else if (p.heads <= 16) {
-    constexpr size_t smem = sizeof(H16Smem);
-    cudaFuncSetAttribute(mla_decode_h16_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
-    mla_decode_h16_kernel<<<grid, 128, smem, stream>>>(p);
+    launch_h16(p, grid, h16 == 1 ? 5 : 2, stream);
   } else if (p.heads <= 32 || !wgmma_enabled()) {
     launch_nht<2>(p, stream);
   } else {

@@ -7,6 +7,9 @@
 
 namespace tandem::ops::cuda {
 
+// CTAs of the tensor-core kernel that share one multiprocessor (sm90_mla_decode.cu).
+int mla_decode_mma_ctas_per_sm(int64_t heads);
+
 namespace {
 constexpr int64_t kMaxLatentDim = 1024;  // 8 values per thread of 128 (smxx_attention.cuh)
 constexpr int64_t kMinKeysPerSplit = 256;
@@ -18,14 +21,15 @@ int sm_count(int device) {
   return n;
 }
 
-// Splits for the tensor-core kernel: enough CTAs to cover the multiprocessors once (one CTA
-// per SM fits: about 170-200 KB of shared memory each), never under 256 keys per split. Sized
-// from the page table's capacity, so no synchronization on the lengths.
+// Splits for the tensor-core kernel: enough CTAs to fill every multiprocessor once (one CTA per
+// SM for the kernels of 170-230 KB of shared memory, two for the 84 KB one), never under 256
+// keys per split. Sized from the page table's capacity, so no synchronization on the lengths.
 int mma_num_splits(const MlaDecodeParams& p, int device) {
   const int64_t ctas = p.batch * ((p.heads + mla_decode_mma_heads_per_cta(p.heads) - 1) /
                                   mla_decode_mma_heads_per_cta(p.heads));
   const int64_t by_len = (p.max_pages * p.page_size + kMinKeysPerSplit - 1) / kMinKeysPerSplit;
-  const int64_t want = sm_count(device) / std::max<int64_t>(1, ctas);
+  const int64_t want =
+      sm_count(device) * mla_decode_mma_ctas_per_sm(p.heads) / std::max<int64_t>(1, ctas);
   return int(std::clamp<int64_t>(want, 1, std::max<int64_t>(1, std::min(by_len, kMaxMmaSplits))));
 }
 }  // namespace

@@ -814,14 +814,25 @@ TEST_F(OpHarness, MlaDecodeAttention) {
     const Tensor qp = q.slice(2, 128, 192);
     Tensor ref = Tensor::empty({batch, heads, lora}, DType::kF32);
     ops::mla_decode_attention(ql, qp, cache, table, seq_lens, page_size, 0.07f, ref);
-    Guarded out({batch, heads, lora}, DType::kF32, 0);
-    ops::mla_decode_attention(ql.to(kGpu), q.to(kGpu).slice(2, 128, 192), cache.to(kGpu), table.to(kGpu),
-                              seq_lens.to(kGpu), page_size, 0.07f, out.view);
     std::string label = std::string("cache ") + std::string(dtype_name(c.cdt)) + " page " + std::to_string(page_size) +
                         " H=" + std::to_string(heads) + " lens ";
     for (size_t i = 0; i < c.lens.size(); ++i) label += (i ? "," : "") + std::to_string(c.lens[i]);
-    expect_close("mla_decode_attention", label, out.result("mla_decode"), ref,
-                 c.cdt == DType::kF32 ? 2e-6 : 5e-3);
+    // Every kernel the launcher can pick for this head count (sm90_mla_decode.cu's switches).
+    std::vector<std::pair<const char*, const char*>> variants = {{nullptr, nullptr}};
+    if (c.cdt == DType::kBF16 && heads <= 16)
+      variants = {{"TANDEM_MLA_DECODE_H16", "0"}, {"TANDEM_MLA_DECODE_H16", "1"}, {"TANDEM_MLA_DECODE_H16", "2"}};
+    if (c.cdt == DType::kBF16 && heads > 32)
+      variants = {{"TANDEM_MLA_DECODE_WGMMA", "1"}, {"TANDEM_MLA_DECODE_WGMMA", "0"}};
+    for (const auto& [name, value] : variants) {
+      if (name) setenv(name, value, 1);
+      Guarded out({batch, heads, lora}, DType::kF32, 0);
+      ops::mla_decode_attention(ql.to(kGpu), q.to(kGpu).slice(2, 128, 192), cache.to(kGpu), table.to(kGpu),
+                                seq_lens.to(kGpu), page_size, 0.07f, out.view);
+      const std::string vlabel = name ? label + " " + name + "=" + value : label;
+      expect_close("mla_decode_attention", vlabel, out.result("mla_decode"), ref,
+                   c.cdt == DType::kF32 ? 2e-6 : 5e-3);
+      if (name) unsetenv(name);
+    }
   }
 }
 
@@ -892,24 +903,46 @@ TEST_F(OpHarness, Perf) {
                 us, 2.0 * m * n * k / us / 1e6);
   }
   // MLA decode, bf16 cache, batch 128 x 4096 keys: 128 heads (compute-bound: 2 * 576 + 2 * 512
-  // flops per head and key) and 16 heads (memory-bound: the cache read once).
+  // flops per head and key) and 16 heads (memory-bound: the cache read once). The main lines
+  // use scattered pages (a random permutation); extra lines ("variant ...") time the other
+  // kernels of the head count (sm90_mla_decode.cu's switches) and the default kernel over
+  // pages in order (page table = 0, 1, 2, ...), which tells what scattering costs.
   for (int64_t heads : {128, 16}) {
     const int64_t batch = 128, lora = 512, rope = 64, len = 4096, page = 64;
     const int64_t pages = len / page;
     Tensor cache = randn({batch * pages * page, lora + rope}, 1.0f, DType::kBF16).to(kGpu);
     const Tensor perm = permutation_prefix(batch * pages, int32_t(batch * pages));  // scattered pages
     Tensor pt = perm.view({batch, pages}).to(kGpu);
+    std::vector<int32_t> in_order(size_t(batch * pages));
+    std::iota(in_order.begin(), in_order.end(), 0);
+    Tensor pt_in_order = Tensor::from_vector(in_order, {batch, pages}).to(kGpu);
     Tensor lens = Tensor::from_vector(std::vector<int32_t>(batch, int32_t(len)), {batch}).to(kGpu);
     Tensor ql = randn({batch, heads, lora}, 0.1f).to(kGpu), qp = randn({batch, heads, rope}).to(kGpu);
     Tensor out = Tensor::empty({batch, heads, lora}, DType::kF32, kGpu);
-    const double us = median_us([&] {
-      ops::mla_decode_attention(ql, qp, cache, pt, lens, page, 0.07f, out);
-    });
     const double bytes = double(batch) * len * (lora + rope) * 2 +
                          double(batch) * heads * (2 * lora + rope) * 4;
     const double flops = 2.0 * batch * heads * len * (lora + rope + lora);
+    auto time = [&](const Tensor& table) {
+      return median_us([&] { ops::mla_decode_attention(ql, qp, cache, table, lens, page, 0.07f, out); });
+    };
+    const double us = time(pt);
     std::printf("OPPERF mla_decode B=128,H=%lld,len=4096,bf16cache %.1f us %.0f GB/s %.1f TFLOP/s\n",
                 (long long)heads, us, bytes / us / 1e3, flops / us / 1e6);
+    auto variant = [&](const char* what, double vus) {
+      std::printf("OPPERF mla_decode B=128,H=%lld,len=4096,bf16cache variant %s %.1f us %.0f GB/s %.1f TFLOP/s\n",
+                  (long long)heads, what, vus, bytes / vus / 1e3, flops / vus / 1e6);
+    };
+    variant("pages_in_order", time(pt_in_order));
+    const std::vector<std::pair<const char*, const char*>> switches =
+        heads <= 16 ? std::vector<std::pair<const char*, const char*>>{{"TANDEM_MLA_DECODE_H16", "1"},
+                                                                      {"TANDEM_MLA_DECODE_H16", "2"}}
+                    : std::vector<std::pair<const char*, const char*>>{{"TANDEM_MLA_DECODE_WGMMA", "0"}};
+    for (const auto& [name, value] : switches) {
+      setenv(name, value, 1);
+      variant((std::string(name) + "=" + value).c_str(), time(pt));
+      if (heads <= 16) variant((std::string(name) + "=" + value + ",pages_in_order").c_str(), time(pt_in_order));
+      unsetenv(name);
+    }
   }
 }
 
