@@ -6,13 +6,13 @@
 //   head), keys in chunks with an online softmax; keys are re-read by every query of a sequence
 //   (through L2). The exact path: f32 inputs give the CPU op's result to f32 rounding.
 // - mla_prefill_mma_kernel (tensor cores, bf16 inputs, nope = v = 128, rope = 64): flash
-//   attention 2 (Dao 2023, arXiv:2307.08691). One CTA of 4 warps per (64 queries, head,
+//   attention 2 (Dao 2023, arXiv:2307.08691). One CTA of 8 warps per (128 queries, head,
 //   sequence); each warp owns 16 query rows, keeps their query fragments (192 dims) and their
 //   f32 output accumulator (16 x 128) in registers, and loops over 64-key blocks of its
 //   sequence: S = Q K^T on mma.sync m16n8k16 (bf16 in, f32 accumulate), the causal mask only on
 //   the blocks that cross the diagonal, blocks past the tile's last query never loaded, an online
 //   softmax in base 2 with f32 statistics, P rounded to bf16 as the A operand of O += P V.
-//   K (k_nope | k_pe) and V blocks are double-buffered in shared memory with cp.async, read
+//   K (k_nope | k_pe) and V blocks go through three shared-memory stages with cp.async, read
 //   with ldmatrix (V transposed by ldmatrix.trans).
 //
 // Why mma.sync and not wgmma: the same fragment layouts as the decode kernel
@@ -109,20 +109,30 @@ void launch_simt(const MlaPrefillParams& p, cudaStream_t stream) {
 // ---------------------------------------------------------------------------------------------
 
 constexpr int kNope = 128, kRope = 64, kQk = kNope + kRope, kV = 128;
-constexpr int kTileM = 64;             // queries per CTA: 4 warps x 16 rows
+// 128 queries per CTA: each key block loaded from L2 serves 128 rows (64 rows measured 100-110
+// TFLOP/s on the H200, bound by the key/value traffic and the load instructions per MMA).
+constexpr int kTileM = 128;            // queries per CTA: 8 warps x 16 rows
 constexpr int kTileN = 64;             // keys per block
-constexpr int kMmaWarps = 4, kMmaThreads = kMmaWarps * 32;
+constexpr int kMmaWarps = kTileM / 16, kMmaThreads = kMmaWarps * 32;
 // Shared rows padded by 16 bytes (400 and 272 bytes, odd multiples of 16): the eight row
 // addresses of one ldmatrix fall on distinct bank groups.
 constexpr int kQkPad = kQk + 8, kVPad = kV + 8;
 constexpr int kQChunks = kQk * 2 / 16;                  // 16-byte chunks per query row (24)
-constexpr int kKvChunks = (kQk + kV) * 2 / 16;          // per key: k_nope 16, k_pe 8, v 16 (40)
+constexpr int kNopeChunks = kNope * 2 / 16, kRopeChunks = kRope * 2 / 16;  // 16, 8 per key
+// Each thread copies fixed chunks of a key block: k_nope and v chunk tid % 16 of keys
+// tid / 16 + 16 j, k_pe chunk tid % 8 of keys tid / 8 + 32 j.
+constexpr int kNopeRowStep = kMmaThreads / kNopeChunks, kRopeRowStep = kMmaThreads / kRopeChunks;
+static_assert(kTileN % kNopeRowStep == 0 && kTileN % kRopeRowStep == 0, "key block copy split");
 constexpr float kLog2e = 1.4426950408889634f;
 
-struct MmaSmem {
+// Key blocks in flight: three stages keep two blocks loading while one is used (the loads come
+// from L2 and HBM with a latency of the order of the compute of one block).
+constexpr int kStages = 3;
+
+struct MmaSmem {  // 176 KB: one CTA per multiprocessor
   __nv_bfloat16 q[kTileM][kQkPad];
-  __nv_bfloat16 k[2][kTileN][kQkPad];  // [k_nope | k_pe] per key
-  __nv_bfloat16 v[2][kTileN][kVPad];
+  __nv_bfloat16 k[kStages][kTileN][kQkPad];  // [k_nope | k_pe] per key
+  __nv_bfloat16 v[kStages][kTileN][kVPad];
 };
 
 __device__ __forceinline__ uint32_t smem_u32(const void* ptr) {
@@ -169,11 +179,11 @@ __device__ __forceinline__ void store_pair(__nv_bfloat16* p, float a, float b) {
   *reinterpret_cast<__nv_bfloat162*>(p) = __floats2bfloat162_rn(a, b);
 }
 
-// Grid: x over the query tiles of all sequences (an upper bound, ceil(T / 64) + B; spare CTAs
+// Grid: x over the query tiles of all sequences (an upper bound, ceil(T / 128) + B; spare CTAs
 // exit), y over heads. Within a sequence the tiles run last first: the last tile sees the most
 // keys, so the longest CTAs start first.
 template <class TOut>
-__global__ void __launch_bounds__(kMmaThreads, 2) mla_prefill_mma_kernel(MlaPrefillParams p) {
+__global__ void __launch_bounds__(kMmaThreads, 1) mla_prefill_mma_kernel(MlaPrefillParams p) {
   extern __shared__ __align__(128) unsigned char smem_raw[];
   MmaSmem& sm = *reinterpret_cast<MmaSmem*>(smem_raw);
   __shared__ int64_t s_seq, s_tile;
@@ -217,9 +227,9 @@ __global__ void __launch_bounds__(kMmaThreads, 2) mla_prefill_mma_kernel(MlaPref
     return;
   }
   // Query i of the sequence sits at key position shift + i and sees keys 0..shift + i.
-  const int64_t shift = kv_len - q_len;
-  const int nblocks = int((shift + m0 + rows - 1) / kTileN + 1);  // up to the last row's key
-  const int64_t all_see = shift + m0 + 1;  // keys below this are visible to every row of the tile
+  const int shift = int(kv_len - q_len), kv_n = int(kv_len);  // lengths < 2^31 (i32 cu_kv)
+  const int nblocks = (shift + int(m0) + rows - 1) / kTileN + 1;  // up to the last row's key
+  const int all_see = shift + int(m0) + 1;  // keys below this are visible to every row of the tile
 
   // Query tile (rows past the sequence are zero).
   for (int i = tid; i < kTileM * kQChunks; i += kMmaThreads) {
@@ -233,26 +243,43 @@ __global__ void __launch_bounds__(kMmaThreads, 2) mla_prefill_mma_kernel(MlaPref
   }
   // Key block blk into stage: k_nope and v from kv's head row, k_pe from its shared row. Keys
   // past the sequence are zero (a zero probability times stale shared memory could be NaN).
+  const int64_t kv_row = p.heads * (kNope + kV);  // elements between keys in kv
+  const __nv_bfloat16* nope_src = kvg + (kv0 * p.heads + h) * (kNope + kV) + (tid % kNopeChunks) * 8;
+  const __nv_bfloat16* rope_src = peg + kv0 * p.k_pe_stride + (tid % kRopeChunks) * 8;
+  const int nope_col = (tid % kNopeChunks) * 8, rope_col = kNope + (tid % kRopeChunks) * 8;
   auto load_block = [&](int blk, int stage) {
-    for (int i = tid; i < kTileN * kKvChunks; i += kMmaThreads) {
-      const int r = i / kKvChunks, c = i % kKvChunks;
-      const int64_t key = int64_t(blk) * kTileN + r;
-      void* dst = c < 24 ? static_cast<void*>(&sm.k[stage][r][c * 8])
-                         : static_cast<void*>(&sm.v[stage][r][(c - 24) * 8]);
-      if (key < kv_len) {
-        const int64_t row = kv0 + key;
-        const __nv_bfloat16* src =
-            c < 16 ? kvg + (row * p.heads + h) * (kNope + kV) + c * 8
-            : c < 24 ? peg + row * p.k_pe_stride + (c - 16) * 8
-                     : kvg + (row * p.heads + h) * (kNope + kV) + kNope + (c - 24) * 8;
-        cp_async16(dst, src);
+    const int key0 = blk * kTileN;
+#pragma unroll
+    for (int j = 0; j < kTileN / kNopeRowStep; ++j) {
+      const int r = tid / kNopeChunks + j * kNopeRowStep;
+      void* kdst = &sm.k[stage][r][nope_col];
+      void* vdst = &sm.v[stage][r][nope_col];
+      if (key0 + r < kv_len) {
+        const __nv_bfloat16* src = nope_src + int64_t(key0 + r) * kv_row;
+        cp_async16(kdst, src);
+        cp_async16(vdst, src + kNope);
+      } else {
+        *reinterpret_cast<uint4*>(kdst) = make_uint4(0, 0, 0, 0);
+        *reinterpret_cast<uint4*>(vdst) = make_uint4(0, 0, 0, 0);
+      }
+    }
+#pragma unroll
+    for (int j = 0; j < kTileN / kRopeRowStep; ++j) {
+      const int r = tid / kRopeChunks + j * kRopeRowStep;
+      void* dst = &sm.k[stage][r][rope_col];
+      if (key0 + r < kv_len) {
+        cp_async16(dst, rope_src + int64_t(key0 + r) * p.k_pe_stride);
       } else {
         *reinterpret_cast<uint4*>(dst) = make_uint4(0, 0, 0, 0);
       }
     }
   };
   load_block(0, 0);
-  cp_async_commit();
+  cp_async_commit();  // group 0: the query tile and block 0
+  if (nblocks > 1) {
+    load_block(1, 1);
+    cp_async_commit();
+  }
 
   uint32_t qf[kQk / 16][4];  // A fragments of the warp's 16 query rows
   float o[kV / 8][4];        // out[16 rows][8 n + {2 t4, 2 t4 + 1}], rows g and g + 8
@@ -261,18 +288,23 @@ __global__ void __launch_bounds__(kMmaThreads, 2) mla_prefill_mma_kernel(MlaPref
   float m_row[2] = {-INFINITY, -INFINITY};  // running max (log2 units) of rows g, g + 8
   float l_row[2] = {0.0f, 0.0f};            // this thread's part of the running sum
   const float scale_log2 = p.scale * kLog2e;
-  const int64_t row_lo = m0 + warp * 16 + g;  // the sequence-local query of rows g (and + 8)
+  const int row_lo = int(m0) + warp * 16 + g;  // the sequence-local query of rows g (and + 8)
 
+  // One barrier per block: past it, block blk has landed for every thread and every warp has
+  // finished block blk - 1, so its stage ((blk + 2) % 3) can be refilled. Warps then drift
+  // apart within a block, so one warp's softmax overlaps another's MMAs.
   for (int blk = 0; blk < nblocks; ++blk) {
-    const int stage = blk & 1;
-    if (blk + 1 < nblocks) {  // the stage it overwrites was released by the last barrier
-      load_block(blk + 1, stage ^ 1);
-      cp_async_commit();
+    const int stage = blk % kStages;
+    if (blk + 1 < nblocks) {
       cp_async_wait<1>();
     } else {
       cp_async_wait<0>();
     }
-    __syncthreads();  // block blk (and the query tile) landed for every thread
+    __syncthreads();
+    if (blk + 2 < nblocks) {
+      load_block(blk + 2, (blk + 2) % kStages);
+      cp_async_commit();
+    }
     if (blk == 0) {
       const __nv_bfloat16* qa = &sm.q[warp * 16 + (lane & 7) + ((lane >> 3) & 1) * 8][(lane >> 4) * 8];
 #pragma unroll
@@ -296,16 +328,16 @@ __global__ void __launch_bounds__(kMmaThreads, 2) mla_prefill_mma_kernel(MlaPref
     }
 
     // Scale to log2 units; the causal mask where the block crosses the diagonal.
-    const bool crosses = int64_t(blk + 1) * kTileN > all_see;
+    const bool crosses = (blk + 1) * kTileN > all_see;
 #pragma unroll
     for (int n = 0; n < kTileN / 8; ++n) {
 #pragma unroll
       for (int i = 0; i < 4; ++i) {
         float x = s[n][i] * scale_log2;
         if (crosses) {
-          const int64_t key = int64_t(blk) * kTileN + n * 8 + 2 * t4 + (i & 1);
-          const int64_t row = row_lo + 8 * (i >> 1);
-          if (key > shift + row || key >= kv_len) x = -INFINITY;
+          const int key = blk * kTileN + n * 8 + 2 * t4 + (i & 1);
+          const int row = row_lo + 8 * (i >> 1);
+          if (key > shift + row || key >= kv_n) x = -INFINITY;
         }
         s[n][i] = x;
       }
@@ -351,7 +383,6 @@ __global__ void __launch_bounds__(kMmaThreads, 2) mla_prefill_mma_kernel(MlaPref
         mma_bf16(o[2 * dp + 1], pa[kk], bb[2], bb[3]);
       }
     }
-    __syncthreads();  // every warp is done with this stage before it is refilled
   }
 
   // out = O / l for the rows of the sequence.
@@ -361,8 +392,8 @@ __global__ void __launch_bounds__(kMmaThreads, 2) mla_prefill_mma_kernel(MlaPref
     l += __shfl_xor_sync(0xffffffffu, l, 1);
     l += __shfl_xor_sync(0xffffffffu, l, 2);
     const float inv = __fdiv_rn(1.0f, l);
-    const int64_t row = row_lo + 8 * r;
-    if (row - m0 >= rows) continue;
+    const int row = row_lo + 8 * r;
+    if (row - int(m0) >= rows) continue;
     TOut* dst = outg + ((q0 + row) * p.heads + h) * kV + 2 * t4;
 #pragma unroll
     for (int n = 0; n < kV / 8; ++n) store_pair(dst + n * 8, o[n][2 * r] * inv, o[n][2 * r + 1] * inv);

@@ -8,14 +8,16 @@
 # Binaries built on the dev box and carried (docs/cuda.md):
 #   cmake --build build/<dir> -j2 --target op_harness_test golden_cuda_test
 #   tools/device/pack_devbin.sh build/<dir>
-# then `run` with carry [".devbin"] and command `bash tools/device/prefill_bench.sh`.
+# then `run` with carry [".devbin"] and command `bash tools/device/prefill_bench.sh`
+# (DEVBIN=<folder> names another carried folder of the same layout).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-$PWD/out}
 mkdir -p "$OUT"
 root=$PWD
-bin=$root/.devbin/bin
-export LD_LIBRARY_PATH=$root/.devbin/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
+devbin=$root/${DEVBIN:-.devbin}
+bin=$devbin/bin
+export LD_LIBRARY_PATH=$devbin/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
 [[ -x $bin/op_harness_test ]] || { echo "no $bin/op_harness_test: pack it first (pack_devbin.sh)"; exit 1; }
 
 {
