@@ -25,6 +25,10 @@ constexpr int kWarps = kThreads / 32;
 constexpr unsigned kFull = 0xffffffffu;
 constexpr int32_t kNoIndex = 0x7fffffff;
 
+// Radix select candidates (the elements of the chosen top digit) kept in shared memory when
+// they fit, so the lower digits need no pass over the row.
+constexpr int kCandidates = 2048;
+
 struct Shared {
   double part[kWarps];        // per-warp sums
   int32_t part_last[kWarps];  // per-warp last index with a positive weight
@@ -32,6 +36,9 @@ struct Shared {
     uint32_t count[256];
     double mass[256];
   } hist;
+  uint32_t cand_key[kCandidates];
+  double cand_w[kCandidates];
+  int32_t cand_n;
   double d[4];  // values broadcast by one thread
   int32_t i[4];
   float f[4];
@@ -70,28 +77,38 @@ __device__ __forceinline__ void for_row(const float* lg, int32_t lo, int32_t hi,
   for (; i < hi; i += step) f(i, __ldg(lg + i));
 }
 
-// Adds v to bin b of a shared histogram; a warp whose lanes all hit one bin (the common case
-// at the top digit, where most of a row shares a few exponents) adds once.
-template <class T>
-__device__ __forceinline__ void hist_add(T* hist, uint32_t b, T v, bool active) {
+// Adds v to bin b of a shared histogram where `active`. At the top digit most of a row shares
+// a few exponents, and same-address shared atomics serialize (f64 ones especially): counts add
+// once per bin per warp; masses once per distinct bin (a warp-wide sum each) for the warp's
+// first four bins, then per lane.
+__device__ __forceinline__ void hist_add(uint32_t* hist, uint32_t b, uint32_t v, bool active) {
+  // Counts (v is 1): the lanes of one bin add their number at once.
   const unsigned lanes = __ballot_sync(kFull, active);
-  if (lanes == 0) return;
-  if (lanes == kFull) {
-    const uint32_t b0 = __shfl_sync(kFull, b, 0);
-    if (__all_sync(kFull, b == b0)) {
-      T s = v;
-      for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(kFull, s, o);
-      if ((threadIdx.x & 31) == 0) atomicAdd(hist + b0, s);
-      return;
-    }
+  if (active) {
+    const unsigned peers = __match_any_sync(lanes, b);
+    if (int(threadIdx.x & 31) == __ffs(peers) - 1) atomicAdd(hist + b, v * __popc(peers));
   }
-  if (active) atomicAdd(hist + b, v);
+}
+__device__ __forceinline__ void hist_add(double* hist, uint32_t b, double v, bool active) {
+  unsigned pending = __ballot_sync(kFull, active);
+  const int lane = threadIdx.x & 31;
+  for (int round = 0; round < 4 && pending != 0; ++round) {
+    const int leader = __ffs(pending) - 1;
+    const uint32_t bl = __shfl_sync(kFull, b, leader);
+    const bool mine = active && b == bl;
+    const unsigned group = __ballot_sync(kFull, mine);
+    double sum = mine ? v : 0.0;
+    for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(kFull, sum, o);
+    if (lane == leader) atomicAdd(hist + bl, sum);
+    pending &= ~group;
+  }
+  if ((pending >> lane) & 1u) atomicAdd(hist + b, v);
 }
 
 // Warp 0: the bin holding the `want`-th unit from the top (bins 255 down to 0): the first bin b
 // with above + hist[b] >= want. Writes b and want - above (the rank left inside b) to sh.
 template <class T>
-__device__ void pick_digit(const T* hist, T want, int32_t* digit, T* rest) {
+__device__ void pick_digit(const T* hist, T want, bool fraction, int32_t* digit, T* rest) {
   const int lane = threadIdx.x & 31;
   T mine = 0;
   for (int j = 0; j < 8; ++j) mine += hist[255 - lane * 8 - j];
@@ -100,6 +117,7 @@ __device__ void pick_digit(const T* hist, T want, int32_t* digit, T* rest) {
     const T v = __shfl_up_sync(kFull, incl, o);
     if (lane >= o) incl += v;
   }
+  if (fraction) want = want * __shfl_sync(kFull, incl, 31);  // a fraction of the total
   const unsigned hit = __ballot_sync(kFull, incl >= want);
   if (hit == 0) {  // rounding (mass): not reached; the caller keeps everything
     if (lane == 0) *digit = -1;
@@ -126,49 +144,92 @@ __device__ void pick_digit(const T* hist, T want, int32_t* digit, T* rest) {
 // elements with in(i), and the rank left among the elements with exactly that key. weight(i)
 // is the unit (1 for counts). Returns false when `want` is never reached (rounding).
 template <class T, class In, class Key, class Weight>
-__device__ bool radix_select(const float* lg, int32_t n, T want, const In& in, const Key& key,
+__device__ bool radix_select(const float* lg, int32_t n, T want, bool fraction, const In& in,
+                             const Key& key,
                              const Weight& weight, Shared& sh, uint32_t* sel_key, T* rest,
                              T* at_key) {
   T* hist = reinterpret_cast<T*>(&sh.hist);
   uint32_t prefix = 0, mask = 0;
+  bool compact = false;  // the candidates are in sh.cand_* (nc of them)
+  int32_t nc = 0;
   for (int shift = 24; shift >= 0; shift -= 8) {
     for (int b = threadIdx.x; b < 256; b += kThreads) hist[b] = 0;
     __syncthreads();
     // Every lane runs the same number of iterations so the warp-wide adds stay converged.
-    for (int32_t base = 0; base < n; base += kThreads * kUnroll) {
-      float l[kUnroll];
-#pragma unroll
-      for (int u = 0; u < kUnroll; ++u) {
-        const int32_t i = base + u * kThreads + int32_t(threadIdx.x);
-        l[u] = i < n ? __ldg(lg + i) : 0.0f;
-      }
-#pragma unroll
-      for (int u = 0; u < kUnroll; ++u) {
-        const int32_t i = base + u * kThreads + int32_t(threadIdx.x);
+    if (compact) {
+      for (int32_t base = 0; base < nc; base += kThreads) {
+        const int32_t j = base + int32_t(threadIdx.x);
         bool act = false;
         uint32_t k = 0;
         T v = 0;
-        if (i < n && in(i, l[u])) {
-          k = key(l[u]);
+        if (j < nc) {
+          k = sh.cand_key[j];
           act = (k & mask) == prefix;
-          if (act) v = weight(l[u]);
+          if (act) v = T(sh.cand_w[j]);
         }
         hist_add(hist, (k >> shift) & 255u, v, act);
+      }
+    } else {
+      for (int32_t base = 0; base < n; base += kThreads * kUnroll) {
+        float l[kUnroll];
+#pragma unroll
+        for (int u = 0; u < kUnroll; ++u) {
+          const int32_t i = base + u * kThreads + int32_t(threadIdx.x);
+          l[u] = i < n ? __ldg(lg + i) : 0.0f;
+        }
+#pragma unroll
+        for (int u = 0; u < kUnroll; ++u) {
+          const int32_t i = base + u * kThreads + int32_t(threadIdx.x);
+          bool act = false;
+          uint32_t k = 0;
+          T v = 0;
+          if (i < n && in(i, l[u])) {
+            k = key(l[u]);
+            act = (k & mask) == prefix;
+            if (act) v = weight(l[u]);
+          }
+          hist_add(hist, (k >> shift) & 255u, v, act);
+        }
       }
     }
     __syncthreads();
     if (threadIdx.x < 32) {
       int32_t* digit = &sh.i[0];
-      pick_digit(hist, want, digit, reinterpret_cast<T*>(&sh.d[0]));
+      pick_digit(hist, want, fraction && shift == 24, digit, reinterpret_cast<T*>(&sh.d[0]));
     }
     __syncthreads();
     const int32_t d = sh.i[0];
     if (d < 0) return false;
     want = *reinterpret_cast<T*>(&sh.d[0]);
-    if (shift == 0) *at_key = hist[d];
+    const T in_bin = hist[d];
     __syncthreads();
     prefix |= uint32_t(d) << shift;
     mask |= 0xffu << shift;
+    // Counts: when the whole bin is wanted, every key from its lowest value up is selected
+    // (the caller's "key == selected" ties then include all of the bin): stop early.
+    if (shift == 0 || (!fraction && want == in_bin)) {
+      *at_key = in_bin;
+      break;
+    }
+    // After the top digit: gather its elements (key and weight) when they fit.
+    if (shift == 24 && (fraction || in_bin <= T(kCandidates))) {
+      if (threadIdx.x == 0) sh.cand_n = 0;
+      __syncthreads();
+      for_row(lg, 0, n, int32_t(threadIdx.x), kThreads, [&](int32_t i, float l) {
+        if (!in(i, l)) return;
+        const uint32_t k = key(l);
+        if ((k & mask) != prefix) return;
+        const int32_t slot = atomicAdd(&sh.cand_n, 1);
+        if (slot < kCandidates) {
+          sh.cand_key[slot] = k;
+          sh.cand_w[slot] = double(weight(l));
+        }
+      });
+      __syncthreads();
+      nc = sh.cand_n;
+      compact = nc <= kCandidates;
+      __syncthreads();
+    }
   }
   *sel_key = prefix;
   *rest = want;
@@ -351,7 +412,8 @@ __global__ void __launch_bounds__(kThreads) sample_tokens_kernel(SampleTokensPar
     int32_t k_tie = kNoIndex;
     if (use_k) {
       uint32_t rest = 0, at = 0;
-      radix_select<uint32_t>(lg, n, uint32_t(top_k), all, key_of, one, sh, &k_key, &rest, &at);
+      radix_select<uint32_t>(lg, n, uint32_t(top_k), false, all, key_of, one, sh, &k_key, &rest,
+                             &at);
       if (rest < at) {
         const uint32_t kk = k_key;
         k_tie = find_prefix(
@@ -370,22 +432,10 @@ __global__ void __launch_bounds__(kThreads) sample_tokens_kernel(SampleTokensPar
     uint32_t p_key = 0;
     int32_t p_tie = kNoIndex;
     if (use_p) {
-      double part = 0.0;
-      for_row(lg, 0, n, int32_t(threadIdx.x), kThreads,
-              [&](int32_t i, float l) { part += in_k(i, l) ? w_of(l) : 0.0; });
-      part = warp_sum_d(part);
-      if (lane == 0) sh.part[warp] = part;
-      __syncthreads();
-      if (threadIdx.x == 0) {
-        double t = 0.0;
-        for (int w = 0; w < kWarps; ++w) t += sh.part[w];
-        sh.d[2] = t;
-      }
-      __syncthreads();
-      const double target = double(top_p) * sh.d[2];
-      __syncthreads();
+      // top_p of the top-k set's mass: the fraction is taken of the first digit's total.
       double rest = 0.0, at = 0.0;
-      use_p = radix_select<double>(lg, n, target, in_k, key_of, w_of, sh, &p_key, &rest, &at);
+      use_p = radix_select<double>(lg, n, double(top_p), true, in_k, key_of, w_of, sh, &p_key,
+                                   &rest, &at);
       if (use_p) {
         // Tied tokens at p_key (equal weights) join in id order until the mass is reached.
         const uint32_t pk = p_key;
