@@ -101,6 +101,41 @@ __device__ __forceinline__ void wgmma_commit() {
 __device__ __forceinline__ void wgmma_wait_all() {
   asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
 }
+// ---- bulk copies (the TMA engine) completing on an mbarrier ----
+__device__ __forceinline__ void mbar_init(uint64_t* bar, uint32_t count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(smem_u32(bar)), "r"(count));
+}
+__device__ __forceinline__ void mbar_init_fence() {
+  asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+}
+// One arrival that also announces `bytes` of bulk copies completing on the barrier.
+__device__ __forceinline__ void mbar_arrive_expect(uint64_t* bar, uint32_t bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(smem_u32(bar)),
+               "r"(bytes)
+               : "memory");
+}
+__device__ __forceinline__ bool mbar_try_wait(uint64_t* bar, uint32_t parity) {
+  uint32_t done;
+  asm volatile(
+      "{\n"
+      ".reg .pred p;\n"
+      "mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
+      "selp.u32 %0, 1, 0, p;\n"
+      "}\n"
+      : "=r"(done)
+      : "r"(smem_u32(bar)), "r"(parity)
+      : "memory");
+  return done != 0;
+}
+// global -> shared, `bytes` a multiple of 16, both addresses 16-byte aligned.
+__device__ __forceinline__ void bulk_copy(void* dst, const void* src, uint32_t bytes, uint64_t* bar) {
+  asm volatile(
+      "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::"r"(
+          smem_u32(dst)),
+      "l"(src), "r"(bytes), "r"(smem_u32(bar))
+      : "memory");
+}
+
 // Pins accumulator registers at this point of the program (the wgmma writes them asynchronously).
 template <int N>
 __device__ __forceinline__ void fence_regs(float (&r)[N]) {
@@ -394,10 +429,13 @@ struct H16Smem {
   __nv_bfloat16 kv[kH16Stages][kH16Keys][kRowPad];  // the last stage first holds the query
   float s[4][16][kH16Keys + 4];                      // partial scores per warp
   int32_t slot[kH16Stages][kH16Keys];
+  uint64_t bar[kH16Stages];                          // kBulk: copies of the stage landed
 };
 
 // kH16Stages = 5: one CTA per SM (196 KB); 2: two CTAs per SM (84 KB each), twice the splits.
-template <int kH16Stages>
+// kBulk: each key row (1152 bytes) is one bulk copy by the TMA engine (warp 0, a lane per
+// row) completing on the stage's mbarrier, instead of 72 cp.async of 16 bytes by all threads.
+template <int kH16Stages, bool kBulk>
 __global__ void __launch_bounds__(128) mla_decode_h16_kernel(MlaDecodeParams p) {
   extern __shared__ __align__(128) unsigned char smem_raw[];
   H16Smem<kH16Stages>& sm = *reinterpret_cast<H16Smem<kH16Stages>*>(smem_raw);
@@ -457,19 +495,60 @@ __global__ void __launch_bounds__(128) mla_decode_h16_kernel(MlaDecodeParams p) 
     }
   };
   auto load_block = [&](int stage) {
-    for (int i = tid; i < kH16Keys * kChunks; i += 128) {
-      const int r = i / kChunks, c = i % kChunks;
-      const int32_t slot = sm.slot[stage][r];
-      void* dst = &sm.kv[stage][r][c * 8];
-      if (slot >= 0) {
-        cp_async16(dst, cache + int64_t(slot) * kWidth + c * 8);
-      } else {
-        *reinterpret_cast<uint4*>(dst) = make_uint4(0, 0, 0, 0);
+    if constexpr (kBulk) {
+      if (tid < kH16Keys) {  // warp 0, lane = row
+        const int32_t slot = sm.slot[stage][tid];
+        const unsigned valid = __ballot_sync(0xffffffffu, slot >= 0);
+        fence_proxy_async();  // earlier reads of the stage come before the copies' writes
+        if (tid == 0) mbar_arrive_expect(&sm.bar[stage], uint32_t(__popc(valid)) * kWidth * 2);
+        __syncwarp();
+        if (slot >= 0) {
+          bulk_copy(&sm.kv[stage][tid][0], cache + int64_t(slot) * kWidth, kWidth * 2, &sm.bar[stage]);
+        } else {
+#pragma unroll 8
+          for (int c = 0; c < kChunks; ++c)
+            *reinterpret_cast<uint4*>(&sm.kv[stage][tid][c * 8]) = make_uint4(0, 0, 0, 0);
+        }
       }
+    } else {
+      for (int i = tid; i < kH16Keys * kChunks; i += 128) {
+        const int r = i / kChunks, c = i % kChunks;
+        const int32_t slot = sm.slot[stage][r];
+        void* dst = &sm.kv[stage][r][c * 8];
+        if (slot >= 0) {
+          cp_async16(dst, cache + int64_t(slot) * kWidth + c * 8);
+        } else {
+          *reinterpret_cast<uint4*>(dst) = make_uint4(0, 0, 0, 0);
+        }
+      }
+      cp_async_commit();
     }
-    cp_async_commit();
+  };
+  // kBulk: waits for block blk's copies (the stage's (blk / kH16Stages)-th phase). Bounded, so
+  // a copy that never lands (a bug) poisons the output with NaN instead of hanging the GPU.
+  bool lost = false;
+  auto wait_block = [&](int blk) {
+    if constexpr (kBulk) {
+      const uint32_t parity = uint32_t(blk / kH16Stages) & 1;
+      const long long t0 = clock64();
+      while (!lost && !mbar_try_wait(&sm.bar[blk % kH16Stages], parity)) {
+        if (clock64() - t0 > (1ll << 28)) {  // ~0.1 s; a block lands in microseconds
+          lost = true;
+          break;
+        }
+      }
+    } else {
+      cp_async_wait<kH16Stages - 2>();  // one group per block: block blk has landed
+    }
   };
 
+  if constexpr (kBulk) {
+    if (tid == 0) {
+#pragma unroll
+      for (int s = 0; s < kH16Stages; ++s) mbar_init(&sm.bar[s], 1);
+      mbar_init_fence();
+    }
+  }
 #pragma unroll
   for (int s = 0; s < kH16Stages - 1; ++s)
     if (s < nblocks) fill_slots(s, s, fetch_page(s));
@@ -486,7 +565,7 @@ __global__ void __launch_bounds__(128) mla_decode_h16_kernel(MlaDecodeParams p) 
   for (int s = 0; s < kH16Stages - 1; ++s) {
     if (s < nblocks) {
       load_block(s);
-    } else {
+    } else if constexpr (!kBulk) {
       cp_async_commit();
     }
   }
@@ -503,11 +582,11 @@ __global__ void __launch_bounds__(128) mla_decode_h16_kernel(MlaDecodeParams p) 
     const int next = blk + kH16Stages - 1;
     if (next < nblocks) fill_slots(next, next % kH16Stages, page_ahead);
     page_ahead = fetch_page(next + 1);
-    cp_async_wait<kH16Stages - 2>();  // one group per block: block blk has landed
+    wait_block(blk);
     __syncthreads();  // blk visible to all; slots of next visible; blk - 1 fully consumed
     if (next < nblocks) {
       load_block(next % kH16Stages);
-    } else {
+    } else if constexpr (!kBulk) {
       cp_async_commit();
     }
 
@@ -603,7 +682,7 @@ __global__ void __launch_bounds__(128) mla_decode_h16_kernel(MlaDecodeParams p) 
       }
     }
   }
-  cp_async_wait<0>();  // no copy outlives the CTA
+  if constexpr (!kBulk) cp_async_wait<0>();  // no copy outlives the CTA
 
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
@@ -614,6 +693,7 @@ __global__ void __launch_bounds__(128) mla_decode_h16_kernel(MlaDecodeParams p) 
   for (int r = 0; r < 2; ++r) {
     const int64_t h = g + 8 * r;
     if (h >= p.heads) continue;
+    if (lost) l_row[r] = m_row[r] = __int_as_float(0x7fc00000);
     if (p.num_splits == 1) {
       const float inv = l_row[r] > 0.0f ? 1.0f / l_row[r] : __int_as_float(0x7fc00000);
       float* out = p.out + b * p.out_stride_b + h * p.out_stride_h + ds * 128 + 2 * t;
@@ -918,27 +998,30 @@ void launch_nht(const MlaDecodeParams& p, cudaStream_t stream) {
   mla_decode_mma_kernel<NHT><<<grid, NHT * 128, smem, stream>>>(p);
 }
 
-template <int kStages>
+template <int kStages, bool kBulk>
 void launch_h16_stages(const MlaDecodeParams& p, dim3 grid, cudaStream_t stream) {
   constexpr size_t smem = sizeof(H16Smem<kStages>);
-  cudaFuncSetAttribute(mla_decode_h16_kernel<kStages>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                       int(smem));
-  mla_decode_h16_kernel<kStages><<<grid, 128, smem, stream>>>(p);
+  cudaFuncSetAttribute(mla_decode_h16_kernel<kStages, kBulk>,
+                       cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
+  mla_decode_h16_kernel<kStages, kBulk><<<grid, 128, smem, stream>>>(p);
 }
-void launch_h16(const MlaDecodeParams& p, dim3 grid, int stages, cudaStream_t stream) {
-  if (stages == 5) {
-    launch_h16_stages<5>(p, grid, stream);
+// mode 1: five stages; 2: two stages, two CTAs per SM; 3: five stages of bulk copies.
+void launch_h16(const MlaDecodeParams& p, dim3 grid, int mode, cudaStream_t stream) {
+  if (mode == 1) {
+    launch_h16_stages<5, false>(p, grid, stream);
+  } else if (mode == 2) {
+    launch_h16_stages<2, false>(p, grid, stream);
   } else {
-    launch_h16_stages<2>(p, grid, stream);
+    launch_h16_stages<5, true>(p, grid, stream);
   }
 }
 
 // Kernel choice, for comparisons (and a way around a kernel should one misbehave on a device),
 // read at every launch so a test can switch: TANDEM_MLA_DECODE_WGMMA=0 sends more than 32 heads
 // to the mma.sync kernel (32 heads per CTA) instead of the wgmma kernel;
-// TANDEM_MLA_DECODE_H16=0|1|2 runs up to 16 heads on the two-stage mma.sync kernel of 64-key
-// blocks (0, the default), or the 32-key kernel with five stages (1) or with two stages and two
-// CTAs per multiprocessor (2).
+// TANDEM_MLA_DECODE_H16=0|1|2|3 runs up to 16 heads on the two-stage mma.sync kernel of 64-key
+// blocks (0, the default), or the 32-key kernel with five stages (1), with two stages and two
+// CTAs per multiprocessor (2), or with five stages filled by bulk copies (3).
 int env_digit(const char* name, int fallback) {
   const char* e = std::getenv(name);
   return e && e[0] >= '0' && e[0] <= '9' ? e[0] - '0' : fallback;
@@ -970,10 +1053,10 @@ void launch_mla_decode_mma(const MlaDecodeParams& p, cudaStream_t stream) {
                            mla_decode_mma_heads_per_cta(p.heads)),
                   unsigned(p.num_splits), unsigned(p.batch));
   const int h16 = p.heads <= 16 ? h16_mode() : 0;
-  if (p.heads <= 16 && h16 != 1 && h16 != 2) {
+  if (p.heads <= 16 && (h16 < 1 || h16 > 3)) {
     launch_nht<1>(p, stream);
   } else if (p.heads <= 16) {
-    launch_h16(p, grid, h16 == 1 ? 5 : 2, stream);
+    launch_h16(p, grid, h16, stream);
   } else if (p.heads <= 32 || !wgmma_enabled()) {
     launch_nht<2>(p, stream);
   } else {

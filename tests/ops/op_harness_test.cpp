@@ -820,7 +820,8 @@ TEST_F(OpHarness, MlaDecodeAttention) {
     // Every kernel the launcher can pick for this head count (sm90_mla_decode.cu's switches).
     std::vector<std::pair<const char*, const char*>> variants = {{nullptr, nullptr}};
     if (c.cdt == DType::kBF16 && heads <= 16)
-      variants = {{"TANDEM_MLA_DECODE_H16", "0"}, {"TANDEM_MLA_DECODE_H16", "1"}, {"TANDEM_MLA_DECODE_H16", "2"}};
+      variants = {{"TANDEM_MLA_DECODE_H16", "0"}, {"TANDEM_MLA_DECODE_H16", "1"}, {"TANDEM_MLA_DECODE_H16", "2"},
+                  {"TANDEM_MLA_DECODE_H16", "3"}};
     if (c.cdt == DType::kBF16 && heads > 32)
       variants = {{"TANDEM_MLA_DECODE_WGMMA", "1"}, {"TANDEM_MLA_DECODE_WGMMA", "0"}};
     for (const auto& [name, value] : variants) {
@@ -935,7 +936,8 @@ TEST_F(OpHarness, Perf) {
     variant("pages_in_order", time(pt_in_order));
     const std::vector<std::pair<const char*, const char*>> switches =
         heads <= 16 ? std::vector<std::pair<const char*, const char*>>{{"TANDEM_MLA_DECODE_H16", "1"},
-                                                                      {"TANDEM_MLA_DECODE_H16", "2"}}
+                                                                      {"TANDEM_MLA_DECODE_H16", "2"},
+                                                                      {"TANDEM_MLA_DECODE_H16", "3"}}
                     : std::vector<std::pair<const char*, const char*>>{{"TANDEM_MLA_DECODE_WGMMA", "0"}};
     for (const auto& [name, value] : switches) {
       setenv(name, value, 1);
