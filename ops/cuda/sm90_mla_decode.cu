@@ -1,17 +1,24 @@
 // MLA decode attention on tensor cores for a bf16 latent cache of DeepSeek's width
 // (kv_lora_rank 512 + rope 64), absorbed form (DeepSeek-V2 paper, 2.1.3):
 // score_j = (q_latent . c_j + q_pe . k_pe_j) * scale, out = softmax(score) @ c[:, :512].
+// Three kernels, picked by head count in launch_mla_decode_mma (switches for comparisons there):
+// - mla_decode_mma_kernel (up to 32 heads; below), mma.sync;
+// - mla_decode_h16_kernel (up to 16 heads, opt-in), 32-key blocks in 2-5 stages, cp.async or
+//   bulk copies;
+// - mla_decode_wgmma_kernel (more than 32 heads, the default there), wgmma over 64 heads.
+// All share the split scheme and the combine kernel; none synchronizes with the host or
+// allocates, so they are safe in CUDA graphs. Thread-safety: stateless launches.
 //
-// One CTA per (head group of 16 * NHT heads, KV split, sequence): every key block is loaded
-// once into shared memory (cp.async, two stages) and used by all heads of the group, so a
-// sequence's cache is read from memory once per group instead of once per head. Warps are
-// (head tile ht of 16 heads) x (slice ds of 4): for scores, warp (ht, ds) computes the 16 heads
+// mla_decode_mma_kernel: one CTA per (head group of 16 * NHT heads, KV split, sequence): every key
+// block is loaded once into shared memory (cp.async, two stages) and used by all heads of the
+// group, so a sequence's cache is read from memory once per group instead of once per head. Warps
+// are (head tile ht of 16 heads) x (slice ds of 4): for scores, warp (ht, ds) computes the 16 heads
 // x 16 keys [16 ds, 16 ds + 16) of the 64-key block over all 576 dims; after a barrier each warp
 // reads the 16 x 64 scores of its head tile, runs the online softmax (base 2) and accumulates
-// out[16 heads, dims 128 ds .. 128 ds + 128). mma.sync m16n8k16 bf16 with f32 accumulation;
-// the query and the probabilities are rounded to bf16 (as FlashMLA does), so the result is
-// bf16-accurate (relative error about 3e-3), not f32-accurate: the f32 cache keeps the exact
-// SIMT kernel (smxx_mla_decode.cu).
+// out[16 heads, dims 128 ds .. 128 ds + 128). mma.sync m16n8k16 bf16 with f32 accumulation; the
+// query and the probabilities are rounded to bf16 (as FlashMLA does), so the result is
+// bf16-accurate (relative error about 3e-3), not f32-accurate: the f32 cache keeps the exact SIMT
+// kernel (smxx_mla_decode.cu).
 //
 // Shared-memory rows are padded from 576 to 584 bf16 (1168 bytes = 73 x 16): ldmatrix's eight
 // row addresses then fall on distinct bank groups.
