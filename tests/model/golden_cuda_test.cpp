@@ -356,6 +356,39 @@ TEST(GoldenCudaFp8, V3Fp8Bf16ActivationsOnFp8GemmMatchCpuTwin) {
     cc.push_back(KvCache::create(gc.model.config, ph.pages, ph.page_size, DType::kBF16, Device::cpu()));
     diverged.emplace_back(size_t(ph.sequences), false);
   }
+  {
+    // Where the two part, if they do: relative L2 of every named intermediate of the prefill
+    // step (GPU FP8 GEMM vs CPU twin), printed as FP8DIAG lines in forward order.
+    const GoldenStep& st = golden_schedule(gg)[0];
+    const int64_t ps = kGoldenPhases[0].page_size;
+    std::vector<std::pair<std::string, Tensor>> ig, ic;
+    auto capture = [](std::vector<std::pair<std::string, Tensor>>& into) {
+      return [&into](const std::string& n, const Tensor& t) {
+        if (t.dtype() == DType::kF32 || t.dtype() == DType::kBF16) {
+          into.emplace_back(n, to_f32(t.to(Device::cpu()).contiguous()));
+        }
+      };
+    };
+    KvCache kg = KvCache::create(gg.model.config, 32, ps, DType::kBF16, kGpu);
+    KvCache kc = KvCache::create(gc.model.config, 32, ps, DType::kBF16, Device::cpu());
+    gg.model.model->on_intermediate = capture(ig);
+    gg.model.model->forward(ForwardBatch::build(st.mode, st.seqs, ps, kGpu), kg);
+    gc.model.model->on_intermediate = capture(ic);
+    gc.model.model->forward(ForwardBatch::build(st.mode, st.seqs, ps, Device::cpu()), kc);
+    gg.model.model->on_intermediate = nullptr;
+    gc.model.model->on_intermediate = nullptr;
+    for (size_t i = 0; i < std::min(ig.size(), ic.size()); ++i) {
+      const Tensor &a = ig[i].second, &b = ic[i].second;
+      if (a.shape() != b.shape() || a.dtype() != DType::kF32) continue;
+      double num = 0, den = 0;
+      for (int64_t j = 0; j < a.numel(); ++j) {
+        const double d = double(a.data<float>()[j]) - b.data<float>()[j];
+        num += d * d;
+        den += double(b.data<float>()[j]) * b.data<float>()[j];
+      }
+      std::printf("FP8DIAG %-22s rel_l2 %.3e\n", ig[i].first.c_str(), std::sqrt(num / std::max(den, 1e-30)));
+    }
+  }
   float worst = 0.0f, worst_hf = 0.0f;
   int rows = 0, skipped = 0, checked = 0, bad = 0;
   for (const GoldenStep& st : golden_schedule(gg)) {
