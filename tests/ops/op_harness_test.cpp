@@ -406,6 +406,10 @@ TEST_F(OpHarness, LinearFp8Gemm) {
   check_linear_fp8("x f32 out f32 M=130 N=384 K=1024 str", 130, 384, 1024, f, f, true);
   check_linear_fp8("x bf16 out bf16 M=64 N=2048 K=7168 str", 64, 2048, 7168, b, b, true);
   check_linear_fp8("x bf16 out f32 M=256 N=512 K=2048", 256, 512, 2048, b, f, false);
+  // The golden v3_fp8 model's FP8 shapes: kv_b and o_proj (one K block), the dense gate/up.
+  check_linear_fp8("x bf16 out bf16 M=33 N=256 K=128", 33, 256, 128, b, b, false);
+  check_linear_fp8("x bf16 out bf16 M=33 N=256 K=128 str", 33, 256, 128, b, b, true);
+  check_linear_fp8("x bf16 out bf16 M=33 N=512 K=256 str", 33, 512, 256, b, b, true);
   // Not whole blocks: the exact path.
   check_linear_fp8("x bf16 out bf16 M=9 N=192 K=256 (N%128)", 9, 192, 256, b, b, false, false);
   check_linear_fp8("x bf16 out f32 M=9 N=256 K=96 (K%128)", 9, 256, 96, b, f, false, false);
