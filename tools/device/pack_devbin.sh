@@ -9,6 +9,7 @@ rm -rf .devbin && mkdir -p .devbin/bin .devbin/lib
 cp "$build/tests/ops/op_harness_test" "$build/tests/model/golden_cuda_test" .devbin/bin/
 [[ -x $build/tests/runtime/cuda_graph_test ]] && cp "$build/tests/runtime/cuda_graph_test" .devbin/bin/
 [[ -x $build/tests/ops/sampling_cuda_test ]] && cp "$build/tests/ops/sampling_cuda_test" .devbin/bin/
+[[ -x $build/tests/model/dummy_cuda_test ]] && cp "$build/tests/model/dummy_cuda_test" .devbin/bin/
 # PD (tools/device/pd_cycle.sh): the GPU transport test and the transfer benchmark (a build
 # configured with -DTANDEM_BUILD_BENCH=ON); PD_BUILD picks another build directory for them.
 pd=${PD_BUILD:-$build}
