@@ -27,7 +27,7 @@ constexpr int32_t kNoIndex = 0x7fffffff;
 
 // Radix select candidates (the elements of the chosen top digit) kept in shared memory when
 // they fit, so the lower digits need no pass over the row.
-constexpr int kCandidates = 2048;
+constexpr int kCandidates = 8192;
 
 struct Shared {
   double part[kWarps];        // per-warp sums
@@ -36,8 +36,7 @@ struct Shared {
     uint32_t count[256];
     double mass[256];
   } hist;
-  uint32_t cand_key[kCandidates];
-  double cand_w[kCandidates];
+  uint32_t cand_key[kCandidates];  // a weight is recomputed from its key
   int32_t cand_n;
   double d[4];  // values broadcast by one thread
   int32_t i[4];
@@ -57,6 +56,11 @@ __device__ __forceinline__ int32_t warp_max_i(int32_t v) {
 __device__ __forceinline__ uint32_t order_key(float x) {
   const uint32_t b = __float_as_uint(x == 0.0f ? 0.0f : x);
   return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
+}
+
+// The x of a key (order_key's inverse).
+__device__ __forceinline__ float key_value(uint32_t k) {
+  return __uint_as_float((k & 0x80000000u) ? (k & 0x7fffffffu) : ~k);
 }
 
 // Calls f(i, logits[i]) for i = lo + start, lo + start + step, ... < hi, in increasing order,
@@ -143,10 +147,10 @@ __device__ void pick_digit(const T* hist, T want, bool fraction, int32_t* digit,
 // Radix select over keys from the top: the key of the `want`-th unit (count or mass) among the
 // elements with in(i), and the rank left among the elements with exactly that key. weight(i)
 // is the unit (1 for counts). Returns false when `want` is never reached (rounding).
-template <class T, class In, class Key, class Weight>
+template <class T, class In, class Key, class Weight, class KeyWeight>
 __device__ bool radix_select(const float* lg, int32_t n, T want, bool fraction, const In& in,
-                             const Key& key,
-                             const Weight& weight, Shared& sh, uint32_t* sel_key, T* rest,
+                             const Key& key, const Weight& weight,
+                             const KeyWeight& weight_of_key, Shared& sh, uint32_t* sel_key, T* rest,
                              T* at_key) {
   T* hist = reinterpret_cast<T*>(&sh.hist);
   uint32_t prefix = 0, mask = 0;
@@ -165,7 +169,7 @@ __device__ bool radix_select(const float* lg, int32_t n, T want, bool fraction, 
         if (j < nc) {
           k = sh.cand_key[j];
           act = (k & mask) == prefix;
-          if (act) v = T(sh.cand_w[j]);
+          if (act) v = weight_of_key(k);
         }
         hist_add(hist, (k >> shift) & 255u, v, act);
       }
@@ -220,10 +224,7 @@ __device__ bool radix_select(const float* lg, int32_t n, T want, bool fraction, 
         const uint32_t k = key(l);
         if ((k & mask) != prefix) return;
         const int32_t slot = atomicAdd(&sh.cand_n, 1);
-        if (slot < kCandidates) {
-          sh.cand_key[slot] = k;
-          sh.cand_w[slot] = double(weight(l));
-        }
+        if (slot < kCandidates) sh.cand_key[slot] = k;
       });
       __syncthreads();
       nc = sh.cand_n;
@@ -403,8 +404,10 @@ __global__ void __launch_bounds__(kThreads) sample_tokens_kernel(SampleTokensPar
     const float top_p = p.top_p[row], min_p = p.min_p[row];
     auto key_of = [=](float l) { return order_key(__fmul_rn(l, inv_t)); };
     auto w_of = [=](float l) { return exp(double(__fsub_rn(__fmul_rn(l, inv_t), mx))); };
+    auto w_of_key = [=](uint32_t k) { return exp(double(__fsub_rn(key_value(k), mx))); };
     auto all = [](int32_t, float) { return true; };
     auto one = [](float) { return 1u; };
+    auto one_of_key = [](uint32_t) { return 1u; };
 
     // Top-k: keys above k_key, and ties at k_key up to index k_tie.
     const bool use_k = top_k > 0 && top_k < n;
@@ -412,8 +415,8 @@ __global__ void __launch_bounds__(kThreads) sample_tokens_kernel(SampleTokensPar
     int32_t k_tie = kNoIndex;
     if (use_k) {
       uint32_t rest = 0, at = 0;
-      radix_select<uint32_t>(lg, n, uint32_t(top_k), false, all, key_of, one, sh, &k_key, &rest,
-                             &at);
+      radix_select<uint32_t>(lg, n, uint32_t(top_k), false, all, key_of, one, one_of_key, sh,
+                             &k_key, &rest, &at);
       if (rest < at) {
         const uint32_t kk = k_key;
         k_tie = find_prefix(
@@ -434,14 +437,12 @@ __global__ void __launch_bounds__(kThreads) sample_tokens_kernel(SampleTokensPar
     if (use_p) {
       // top_p of the top-k set's mass: the fraction is taken of the first digit's total.
       double rest = 0.0, at = 0.0;
-      use_p = radix_select<double>(lg, n, double(top_p), true, in_k, key_of, w_of, sh, &p_key,
-                                   &rest, &at);
+      use_p = radix_select<double>(lg, n, double(top_p), true, in_k, key_of, w_of, w_of_key, sh,
+                                   &p_key, &rest, &at);
       if (use_p) {
         // Tied tokens at p_key (equal weights) join in id order until the mass is reached.
         const uint32_t pk = p_key;
-        // One tied token's weight: all of them share x.
-        const float xt = __uint_as_float((pk & 0x80000000u) ? (pk & 0x7fffffffu) : ~pk);
-        const double wt = exp(double(__fsub_rn(xt, mx)));
+        const double wt = w_of_key(pk);  // one tied token's weight: all of them share x
         const double cnt = wt > 0.0 ? rint(at / wt) : 0.0;
         double r = rest, m_take = 0.0;
         while (r > 0.0 && m_take < cnt) {
