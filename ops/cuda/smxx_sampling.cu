@@ -1,8 +1,9 @@
 // ops::sample_tokens on CUDA: one block per row, the row read from global memory (L2) a few
 // times, no sort. Per row (the definition is in ops/ops.h):
 //  - one pass: the raw max and its lowest index (greedy), and log-sum-exp (logprobs);
-//  - top-k: a radix select of the k-th largest x over its order-preserving 32-bit key (4 passes
-//    of 8 bits, counts), then the id cut among ties at that key;
+//  - top-k: a radix select of the k-th largest x over its order-preserving 32-bit key (8-bit
+//    digits; the top digit's elements then usually fit in shared memory, so the lower digits
+//    read no more of the row), then the id cut among ties at that key;
 //  - top-p: the same radix select, by probability mass instead of count, over the top-k set;
 //  - the draw: the kept tokens' weights summed in id order in three levels (16 parts of the
 //    row, 16 parts of the chosen part, then a warp scan), finding the first token whose
