@@ -253,7 +253,7 @@ void forward_generation(RouterContext& ctx, const httplib::Request& req, httplib
     ctx.metrics.request_rejected("no_decode");
     return set_api_error(res, 503, "no healthy decode server", "service_unavailable");
   }
-  body["bootstrap_host"] = p->url.host;
+  body["bootstrap_host"] = ctx.pool.bootstrap_host(*p);
   body["bootstrap_port"] = p->bootstrap_port.load();
   body["bootstrap_room"] = ctx.new_room();
   const std::string upstream_body = body.dump();
@@ -373,6 +373,12 @@ void forward_generation(RouterContext& ctx, const httplib::Request& req, httplib
     ex->cancel();
   }
   ex->join();
+  if (ex->decode_streaming) {
+    // Decode's whole stream came before the response was committed (a short one): its bytes
+    // are in `chunks`, not in the leg's body.
+    for (const std::string& c : ex->chunks) ex->decode.body += c;
+    ex->chunks.clear();
+  }
   if (reason.empty()) {
     pass_reply(res, ex->decode);
   } else if (reason == "prefill_error") {

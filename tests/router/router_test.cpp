@@ -144,6 +144,20 @@ TEST_F(RouterTest, StreamsDecodeBytesExactlyAsTheyCome) {
   EXPECT_GT(arrivals.back() - arrivals.front(), 0.15);
 }
 
+// A short stream that decode finishes before prefill answers (found by pd_server_test's 200
+// requests: the client got 200 with an empty body): the bytes still reach the client.
+TEST_F(RouterTest, StreamFinishedBeforePrefillAnsweredIsPassedWhole) {
+  make_upstreams(1, 1);
+  prefills_[0]->delay_ms = 600;  // decode's 5 events take about 300 ms
+  start_router();
+  auto r = post({{"prompt", "hi"}, {"stream", true}});
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 200);
+  ASSERT_EQ(decodes_[0]->bodies().size(), 1u);
+  EXPECT_EQ(r->body, FakeUpstream::stream_bytes(decodes_[0]->bodies()[0]));
+  EXPECT_EQ(r->get_header_value("Content-Type"), "text/event-stream");
+}
+
 TEST_F(RouterTest, RoundRobinSpreadsOverHealthyServers) {
   make_upstreams(2, 3);
   start_router("round-robin");
