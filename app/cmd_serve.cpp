@@ -40,6 +40,7 @@ void add_serve_command(CLI::App& app, int& exit_code) {
   cmd->add_option("--role", c->role, "colocated: prefill and decode here; prefill or decode: one side of a PD pair, behind `tandem router`")->capture_default_str()->check(CLI::IsMember({"colocated", "prefill", "decode"}));
   cmd->add_option("--disaggregation-bootstrap-port", c->pd.bootstrap_port, "--role prefill: port of the bootstrap endpoint decode servers connect to (0: any free; GET /pd_info tells)")->capture_default_str();
   cmd->add_option("--transfer-backend", c->pd.transfer.backend, "PD KV transfer: tcp, ucx or cuda_ipc")->capture_default_str()->check(CLI::IsMember({"tcp", "ucx", "cuda_ipc"}));
+  cmd->add_option("--pd-advertise-host", c->pd.transfer.advertise_host, "PD: the address peers on other hosts use to reach this server (prefill: bootstrap endpoint, given to the router in /pd_info; decode: KV transfer endpoint); default --host, or 127.0.0.1 when --host is 0.0.0.0");
   cmd->add_option("--pd-token", c->pd.transfer.token, "Shared secret of a PD job's prefill and decode servers (bootstrap and transfer handshakes)")->envname("TANDEM_PD_TOKEN");
   cmd->add_option("--disaggregation-decode-reserve", c->engine.pd_decode_reserve_tokens, "--role decode: KV tokens reserved per request beyond its prompt (up to its max_tokens)")->capture_default_str();
   cmd->add_option("--bootstrap-timeout-ms", c->pd.bootstrap_timeout_ms, "PD: how long a room waits for its peer (connect, handshake, page reservation)")->capture_default_str();

@@ -84,8 +84,22 @@ void UpstreamPool::poll_one(Upstream& u) {
       return set_state(u, false, "/pd_info: prefill bootstrap_port " + std::to_string(port) + " is not a port");
     }
     u.bootstrap_port = static_cast<int>(port);
+    std::string advertised;
+    if (j.contains("bootstrap_host")) {
+      if (!j["bootstrap_host"].is_string() || j["bootstrap_host"].get<std::string>().empty()) {
+        return set_state(u, false, "/pd_info: bootstrap_host is not a non-empty string");
+      }
+      advertised = j["bootstrap_host"];
+    }
+    std::lock_guard lock(mu_);
+    u.advertised_host = advertised;
   }
   set_state(u, true, "");
+}
+
+std::string UpstreamPool::bootstrap_host(const Upstream& u) const {
+  std::lock_guard lock(mu_);
+  return u.advertised_host.empty() ? u.url.host : u.advertised_host;
 }
 
 void UpstreamPool::set_state(Upstream& u, bool healthy, const std::string& problem) {

@@ -29,6 +29,7 @@ struct Upstream {
   std::atomic<int64_t> in_flight{0};   // requests through this router now
   std::atomic<int64_t> requests_total{0};  // generation requests sent to it
   std::string last_problem;  // guarded by UpstreamPool's mutex; logged when it changes
+  std::string advertised_host;  // /pd_info "bootstrap_host" (prefill, optional); guarded by mu_
 };
 
 class UpstreamPool {
@@ -50,6 +51,9 @@ class UpstreamPool {
   void mark_down(Upstream* u, const std::string& why);
 
   bool any_healthy(Role role) const;
+  // Where decode servers reach this prefill's bootstrap endpoint: the host /pd_info advertised
+  // (serve --pd-advertise-host), else the host of its URL.
+  std::string bootstrap_host(const Upstream& u) const;
   const std::vector<std::unique_ptr<Upstream>>& all() const { return upstreams_; }
 
  private:

@@ -132,7 +132,11 @@ void handle_metrics(ServerState& state, const HttpRequest&, HttpResponse& res) {
 }
 
 void handle_pd_info(ServerState& state, const HttpRequest&, HttpResponse& res) {
-  send_json(res, json{{"role", state.config.role}, {"bootstrap_port", state.bootstrap_port}});
+  json info{{"role", state.config.role}, {"bootstrap_port", state.bootstrap_port}};
+  // --pd-advertise-host: where decode servers reach this prefill (tandem router uses it).
+  if (state.config.is_prefill() && !state.config.pd.transfer.advertise_host.empty())
+    info["bootstrap_host"] = state.config.pd.transfer.advertise_host;
+  send_json(res, info);
 }
 
 }  // namespace tandem::server

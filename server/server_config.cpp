@@ -1,6 +1,7 @@
 #include "server/server_config.h"
 
 #include <algorithm>
+#include <cctype>
 #include <charconv>
 #include <thread>
 
@@ -100,6 +101,23 @@ Status ServerConfig::validate() const {
       pd.transfer.backend != "cuda_ipc") {
     return invalid(fmt::format("--transfer-backend must be tcp, ucx or cuda_ipc, got '{}'",
                                pd.transfer.backend));
+  }
+  if (const std::string& a = pd.transfer.advertise_host; !a.empty()) {
+    if (role == "colocated") {
+      return invalid("--pd-advertise-host is for --role prefill or decode (this server runs "
+                     "colocated)");
+    }
+    const bool bad_char = std::any_of(a.begin(), a.end(), [](unsigned char ch) {
+      return !(std::isalnum(ch) || ch == '.' || ch == '-' || ch == ':' || ch == '_');
+    });
+    if (bad_char || a.size() > 253 || a.front() == '-' || a.front() == '.') {
+      return invalid(fmt::format("--pd-advertise-host '{}' is not a host name or IP address "
+                                 "(letters, digits, '.', '-', ':', at most 253 characters)", a));
+    }
+    if (a == "0.0.0.0" || a == "::" || a.find_first_not_of(":0") == std::string::npos) {
+      return invalid(fmt::format("--pd-advertise-host '{}' is a wildcard address: give the "
+                                 "address peers should connect to", a));
+    }
   }
   if (role != "colocated") {
     if (Status s = pd.validate(); !s.ok()) return invalid("PD settings (--role " + role + "): " + s.message());

@@ -98,9 +98,12 @@ class PdServerTest : public ::testing::Test {
     return false;
   }
 
+
+ public:
   static void expect_pd_matches_colocated(const ServerProcess& prefill,
-                                          const ServerProcess& decode, int bootstrap_port,
-                                          int count);
+                                          const ServerProcess& decode, int count, int threads);
+
+ protected:
 
   static ServerProcess *prefill_, *decode_, *colocated_;
   static int bootstrap_port_;
@@ -195,11 +198,16 @@ TEST_F(PdServerTest, PdInfoAndRequestsWithoutBootstrapFields) {
   EXPECT_TRUE(idle(*decode_));
 }
 
-// Sends `count` requests of mixed endpoints and prompt lengths to `prefill` + `decode` as the
-// router would and to the colocated server; D's output must equal the colocated one.
+// Sends `count` requests of mixed endpoints, prompt lengths and output lengths to a real
+// `tandem router` in front of `prefill` + `decode` and the same to the colocated server,
+// `threads` at a time; the router's answer must equal the colocated one.
 void PdServerTest::expect_pd_matches_colocated(const ServerProcess& prefill,
-                                               const ServerProcess& decode, int bootstrap_port,
-                                               int count) {
+                                               const ServerProcess& decode, int count,
+                                               int threads) {
+  ServerProcess router({"--prefill", "http://127.0.0.1:" + std::to_string(prefill.port()),
+                        "--decode", "http://127.0.0.1:" + std::to_string(decode.port()),
+                        "--health-interval-s", "0.5", "--request-timeout-s", "60"},
+                       ServerProcess::Command::kRouter);
   std::mt19937 rng(11 + uint32_t(count));
   struct Job {
     std::string path;
@@ -208,7 +216,8 @@ void PdServerTest::expect_pd_matches_colocated(const ServerProcess& prefill,
   };
   std::vector<Job> jobs;
   for (int i = 0; i < count; ++i) {
-    const int len = i % 3 == 0 ? kChunk + 1 + int(rng() % 150) : 1 + int(rng() % kChunk);
+    // A third longer than the chunk (up to 4 chunks), the rest 1 token to one chunk.
+    const int len = i % 3 == 0 ? kChunk + 1 + int(rng() % (3 * kChunk)) : 1 + int(rng() % kChunk);
     std::vector<int32_t> prompt(static_cast<size_t>(len));
     for (int32_t& t : prompt) t = int32_t(100 + rng() % 20000);
     const int max_tokens = 1 + int(rng() % 12);
@@ -226,61 +235,62 @@ void PdServerTest::expect_pd_matches_colocated(const ServerProcess& prefill,
   }
   jobs[1].body["prompt"] = jobs[0].body["input_ids"];  // a repeat: P's prefix cache serves it
 
-  std::vector<Output> expected(jobs.size()), got(jobs.size()), first(jobs.size());
+  std::vector<Output> expected(jobs.size()), got(jobs.size());
   std::atomic<size_t> next{0};
   auto worker = [&] {
     for (size_t i; (i = next.fetch_add(1)) < jobs.size();) {
       const Job& j = jobs[i];
       expected[i] = read_output(j.path, TestClient(colocated_->port()).post(j.path, j.body), j.stream);
-      const json pd = with_bootstrap(j.body, new_room(), bootstrap_port);
-      // As the router does: both at once; P answers once its part is done.
-      auto p = std::async(std::launch::async, [&] {
-        return TestClient(prefill.port()).post(j.path, pd);
-      });
-      got[i] = read_output(j.path, TestClient(decode.port()).post(j.path, pd), j.stream);
-      first[i] = read_output(j.path, p.get(), /*stream=*/false);  // P never streams
+      got[i] = read_output(j.path, TestClient(router.port()).post(j.path, j.body), j.stream);
     }
   };
   const auto t0 = Clock::now();
-  std::vector<std::thread> threads;
-  for (int t = 0; t < 4; ++t) threads.emplace_back(worker);
-  for (std::thread& t : threads) t.join();
-  std::printf("%zu PD requests in %.1f s\n", jobs.size(), seconds_since(t0));
+  std::vector<std::thread> pool;
+  for (int t = 0; t < threads; ++t) pool.emplace_back(worker);
+  for (std::thread& t : pool) t.join();
+  std::printf("%zu requests through tandem router in %.1f s\n", jobs.size(), seconds_since(t0));
 
-  int chunked = 0;
+  int chunked = 0, equal = 0;
   for (size_t i = 0; i < jobs.size(); ++i) {
     ASSERT_EQ(expected[i].status, 200) << expected[i];
     EXPECT_EQ(got[i], expected[i]) << "request " << i << " " << jobs[i].path
                                    << (jobs[i].stream ? " (stream)" : "");
-    EXPECT_EQ(first[i].status, 200) << first[i];
-    EXPECT_EQ(first[i].finish, "length") << first[i];
-    if (jobs[i].path == "/generate") {
-      ASSERT_EQ(first[i].ids.size(), 1u) << first[i];
-      EXPECT_EQ(first[i].ids[0], expected[i].ids.at(0)) << "request " << i;
-    } else {
-      EXPECT_EQ(expected[i].text.rfind(first[i].text, 0), 0u)
-          << "request " << i << ": P's first token is not how the output starts";
-    }
+    equal += got[i] == expected[i];
     const json& prompt = jobs[i].body.contains("input_ids") ? jobs[i].body["input_ids"]
                                                             : jobs[i].body["prompt"];
     chunked += prompt.size() > size_t(kChunk);
   }
+  std::printf("%d of %zu equal token for token; %d prompts chunked\n", equal, jobs.size(), chunked);
   EXPECT_GE(chunked, count / 4);
+  // Every request went through this pair: the router counted them and both sides are idle.
+  const std::string rm = TestClient(router.port()).get("/metrics").body;
+  EXPECT_NE(rm.find("tandem_router"), std::string::npos);
   EXPECT_TRUE(idle(prefill));
   EXPECT_TRUE(idle(decode));
 }
 
-TEST_F(PdServerTest, FortyRequestsMatchColocatedTokenForToken) {
-  expect_pd_matches_colocated(*prefill_, *decode_, bootstrap_port_, 44);
+// The requirement: 200 requests of mixed lengths over each transfer backend, through
+// `tandem router`, token for token the colocated output. tcp: 200 in CI (about 35 s on the
+// shared 2-core machine); ucx: 40 in CI and the 200 as a separate ctest entry labelled `slow`
+// (pd_server_slow_test, filter *Slow), since both 200s take over a minute there.
+TEST_F(PdServerTest, TwoHundredRequestsThroughRouterMatchColocatedOverTcp) {
+  expect_pd_matches_colocated(*prefill_, *decode_, 200, 8);
 }
 
 #ifdef TANDEM_TEST_UCX
-TEST_F(PdServerTest, UcxTransferBackendMatchesColocated) {
+void expect_ucx_pair_matches_colocated(int count) {
   ServerProcess p(args({"--role", "prefill", "--disaggregation-bootstrap-port", "0",
                         "--transfer-backend", "ucx"}));
   ServerProcess d(args({"--role", "decode", "--transfer-backend", "ucx"}));
-  const int port = TestClient(p.port()).get("/pd_info").json()["bootstrap_port"];
-  expect_pd_matches_colocated(p, d, port, 12);
+  PdServerTest::expect_pd_matches_colocated(p, d, count, 8);
+}
+
+TEST_F(PdServerTest, FortyRequestsThroughRouterMatchColocatedOverUcx) {
+  expect_ucx_pair_matches_colocated(40);
+}
+
+TEST_F(PdServerTest, TwoHundredRequestsThroughRouterMatchColocatedOverUcxSlow) {
+  expect_ucx_pair_matches_colocated(200);
 }
 #endif
 
@@ -329,6 +339,12 @@ TEST_F(PdServerTest, BadPdFlagsAreRefusedNamingTheFlag) {
       {{"--role", "decode", "--disaggregation-decode-reserve", "-1"},
        "--disaggregation-decode-reserve must be >= 0"},
       {{"--transfer-backend", "carrier-pigeon"}, "--transfer-backend"},
+      {{"--role", "prefill", "--pd-advertise-host", "0.0.0.0"},
+       "--pd-advertise-host '0.0.0.0' is a wildcard address"},
+      {{"--role", "decode", "--pd-advertise-host", "::"}, "--pd-advertise-host '::' is a wildcard"},
+      {{"--role", "decode", "--pd-advertise-host", "my host"},
+       "--pd-advertise-host 'my host' is not a host name or IP address"},
+      {{"--pd-advertise-host", "10.0.0.2"}, "--pd-advertise-host is for --role prefill or decode"},
       // The bootstrap port is taken (by the suite's prefill server).
       {{"--role", "prefill", "--disaggregation-bootstrap-port", std::to_string(bootstrap_port_)},
        "--role prefill"},
@@ -341,6 +357,38 @@ TEST_F(PdServerTest, BadPdFlagsAreRefusedNamingTheFlag) {
       EXPECT_NE(std::string(e.what()).find(want), std::string::npos)
           << json(flags).dump() << ":\n" << e.what();
     }
+  }
+}
+
+// --pd-advertise-host on a prefill: /pd_info names it and tandem router tells decode servers to
+// connect there instead of the host in the prefill's URL. Advertised as 127.0.0.2, where
+// nobody listens (the prefill binds 127.0.0.1 only), the decode side's connection fails naming
+// that address; advertised as "localhost", requests work.
+TEST_F(PdServerTest, AdvertiseHostIsWhereTheRouterSendsDecode) {
+  const json body{{"input_ids", {5, 6, 7, 8, 9, 10, 11}},
+                  {"sampling_params", {{"max_new_tokens", 3}, {"temperature", 0}, {"ignore_eos", true}}}};
+  const Output want = read_output("/generate", TestClient(colocated_->port()).post("/generate", body), false);
+  for (const std::string host : {"127.0.0.2", "localhost"}) {
+    SCOPED_TRACE(host);
+    ServerProcess p(args({"--role", "prefill", "--disaggregation-bootstrap-port", "0",
+                          "--pd-advertise-host", host}));
+    const json info = TestClient(p.port()).get("/pd_info").json();
+    EXPECT_EQ(info.value("bootstrap_host", ""), host) << info.dump();
+    ServerProcess router({"--prefill", "http://127.0.0.1:" + std::to_string(p.port()), "--decode",
+                          "http://127.0.0.1:" + std::to_string(decode_->port())},
+                         ServerProcess::Command::kRouter);
+    const Reply r = TestClient(router.port()).post("/generate", body);
+    if (host == "localhost") {
+      EXPECT_EQ(read_output("/generate", r, false), want) << r.body;
+    } else {
+      EXPECT_EQ(r.status, 502) << r.body;
+      EXPECT_NE(r.body.find("cannot reach the prefill bootstrap endpoint 127.0.0.2:" +
+                            std::to_string(info.value("bootstrap_port", 0))),
+                std::string::npos)
+          << r.body;
+    }
+    EXPECT_TRUE(idle(*decode_));
+    EXPECT_TRUE(idle(p));
   }
 }
 

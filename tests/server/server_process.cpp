@@ -45,12 +45,17 @@ fs::path test_model_dir() {
   return dir;
 }
 
-ServerProcess::ServerProcess(const std::vector<std::string>& args) {
-  const fs::path model = test_model_dir();
+ServerProcess::ServerProcess(const std::vector<std::string>& args, Command command) {
+  const bool serve = command == Command::kServe;
+  const std::string name = serve ? "serve" : "router";
   log_path_ = fs::path(TANDEM_BINARY_DIR) / "tests" / "server" /
-              ("serve-" + std::to_string(::getpid()) + "-" +
+              (name + "-" + std::to_string(::getpid()) + "-" +
                std::to_string(std::chrono::steady_clock::now().time_since_epoch().count()) + ".log");
-  std::vector<std::string> argv{TANDEM_EXE, "serve", "--model-path", model.string(), "--port", "0"};
+  std::vector<std::string> argv{TANDEM_EXE, name, "--port", "0"};
+  if (serve) {
+    argv.push_back("--model-path");
+    argv.push_back(test_model_dir().string());
+  }
   argv.insert(argv.end(), args.begin(), args.end());
   pid_ = ::fork();
   if (pid_ == 0) {
@@ -75,11 +80,11 @@ ServerProcess::ServerProcess(const std::vector<std::string>& args) {
     int status = 0;
     if (::waitpid(pid_, &status, WNOHANG) == pid_) {
       pid_ = -1;
-      throw std::runtime_error("tandem serve exited during start-up:\n" + text);
+      throw std::runtime_error("tandem " + name + " exited during start-up:\n" + text);
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
-  throw std::runtime_error("tandem serve did not start within 60 s:\n" + log());
+  throw std::runtime_error("tandem " + name + " did not start within 60 s:\n" + log());
 }
 
 ServerProcess::~ServerProcess() {

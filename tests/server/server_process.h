@@ -24,9 +24,11 @@ std::filesystem::path test_model_dir();
 
 class ServerProcess {
  public:
-  // Starts `tandem serve --model-path <test model> --port 0 <args>` and waits (up to 60 s)
-  // for its "listening on" line. Throws std::runtime_error with the server's log on failure.
-  explicit ServerProcess(const std::vector<std::string>& args);
+  enum class Command { kServe, kRouter };
+  // Starts `tandem serve --model-path <test model> --port 0 <args>` (kRouter: `tandem router
+  // --port 0 <args>`) and waits (up to 60 s) for its "listening on" line. Throws
+  // std::runtime_error with the process's log on failure.
+  explicit ServerProcess(const std::vector<std::string>& args, Command command = Command::kServe);
   ~ServerProcess();  // SIGKILL if still running
 
   int port() const { return port_; }
