@@ -376,6 +376,57 @@ TEST(PdEngine, DecodeReservesThenStreamsTheFirstTokenAndDecodes) {
   EXPECT_EQ(st.generated_tokens, 12);
 }
 
+// A seeded sampled request (temperature 3, a presence penalty) gives the same tokens split
+// over a prefill and a decode engine as on one colocated engine: the decode side's Sampler
+// accepts the first token (penalty state) and continues the request's draw counter.
+TEST(PdEngine, SeededSamplingContinuesFromPrefillToDecode) {
+  const std::vector<int32_t> prompt = prompt_of(13, 9);
+  auto request = [&] {
+    GenerateRequest r{prompt, "", {}};
+    r.params.temperature = 3.0f;  // flat enough that the draws leave the greedy path
+    r.params.presence_penalty = 0.5f;
+    r.params.seed = 77;
+    r.params.max_tokens = 40;
+    r.params.ignore_eos = true;
+    return r;
+  };
+  Engine colocated = make_engine(engine_config(256, 64));
+  std::shared_ptr<RequestStream> cs;
+  ASSERT_TRUE(colocated.submit(request(), &cs).ok());
+  colocated.run_until_idle();
+  const Read want = read_all(*cs);
+  ASSERT_EQ(want.ids.size(), 40u);
+
+  Engine prefill = make_engine(engine_config(256, 64));
+  SampleResult first;
+  bool last = false;
+  std::shared_ptr<RequestStream> ps;
+  ASSERT_TRUE(prefill
+                  .submit_prefill(request(),
+                                  [&](const PrefillChunk& c) {
+                                    if (c.last) {
+                                      first = c.first;
+                                      last = true;
+                                    }
+                                  },
+                                  &ps)
+                  .ok());
+  prefill.run_until_idle();
+  ASSERT_TRUE(last);
+  prefill.pd_done(ps->id(), {});
+  prefill.run_until_idle();
+  Engine decode = make_engine(engine_config(256, 64));
+  std::shared_ptr<RequestStream> ds;
+  ASSERT_TRUE(decode.submit_decode(request(), [](const KvReservation&) {}, &ds).ok());
+  decode.run_until_idle();
+  decode.kv_arrived(ds->id(), first);
+  decode.run_until_idle();
+  const Read got = read_all(*ds);
+  EXPECT_EQ(got.ids, want.ids);
+  // The fake's logits make the sampled tokens differ from greedy decoding somewhere.
+  EXPECT_NE(want.ids, fake_expected_output(prompt, 40));
+}
+
 TEST(PdEngine, DecodeAbortErrorAndEarlyKvFreeReservedPages) {
   Engine engine = make_engine(engine_config(64, 64, 0));  // 16 pages
   std::shared_ptr<RequestStream> a, b, c, d;
