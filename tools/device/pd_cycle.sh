@@ -8,22 +8,26 @@
 # to $OUT; the summary table is printed last even when a step fails.
 # Needs in .devbin/: bin/tandem (tools/device/pack_serve.sh), bin/disagg_cuda_test and
 # bin/transfer_bench (tools/device/pack_devbin.sh from a build with -DTANDEM_BUILD_BENCH=ON),
-# lib/, tokenizer/. Optional: PD_REQUESTS (50), V2L_LAYERS (8), PD_SKIP_BENCH=1.
+# lib/, tokenizer/. Optional: PD_REQUESTS (50), V2L_LAYERS (8), PD_SKIP_BENCH=1; for a dry run
+# of the script on a CPU box: PD_BIN (a dir with tandem), PD_TOKENIZER, PD_DEVICES ("cuda:0
+# cuda:1": prefill, decode; colocated uses the first), PD_BACKEND (cuda_ipc).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-$PWD/out}
 mkdir -p "$OUT"
 export NCCL_NVLS_ENABLE=0
 export LD_LIBRARY_PATH=$PWD/.devbin/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
-B=$PWD/.devbin/bin
+B=${PD_BIN:-$PWD/.devbin/bin}
 T=$B/tandem
-tok=$PWD/.devbin/tokenizer
+tok=${PD_TOKENIZER:-$PWD/.devbin/tokenizer}
+read -r dev_p dev_d <<< "${PD_DEVICES:-cuda:0 cuda:1}"
+backend=${PD_BACKEND:-cuda_ipc}
 N=${PD_REQUESTS:-50}
 summary=$OUT/pd_summary.txt
 : > "$summary"
 row() { printf '| %s | %s | %s |\n' "$1" "$2" "$3" >> "$summary"; }
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill -TERM "$p" 2> /dev/null; done; sleep 1
+cleanup() { for p in "${pids[@]}"; do kill -TERM "$p" 2> /dev/null; done; sleep 3
             for p in "${pids[@]}"; do kill -KILL "$p" 2> /dev/null; done; pids=(); }
 trap cleanup EXIT
 
@@ -71,15 +75,15 @@ pd_model() {  # name model_dir base_port extra-serve-args...
   shift 3
   local common=(--model-path "$model" --tokenizer-path "$tok" --served-model-name "$name"
                 --max-running-requests 32 --chunked-prefill-size 512 "$@")
-  local pd=(--pd-token pd-cycle --transfer-backend cuda_ipc --bootstrap-timeout-ms 20000
+  local pd=(--pd-token pd-cycle --transfer-backend "$backend" --bootstrap-timeout-ms 20000
             --transfer-timeout-ms 30000)
-  "$T" serve "${common[@]}" "${pd[@]}" --device cuda:0 --role prefill --port $base \
+  "$T" serve "${common[@]}" "${pd[@]}" --device "$dev_p" --role prefill --port $base \
     --disaggregation-bootstrap-port $((base + 4)) > "$OUT/${name}_prefill.log" 2>&1 &
   local p=$!; pids+=($p)
-  "$T" serve "${common[@]}" "${pd[@]}" --device cuda:1 --role decode --port $((base + 1)) \
+  "$T" serve "${common[@]}" "${pd[@]}" --device "$dev_d" --role decode --port $((base + 1)) \
     > "$OUT/${name}_decode.log" 2>&1 &
   local d=$!; pids+=($d)
-  "$T" serve "${common[@]}" --device cuda:0 --port $((base + 2)) > "$OUT/${name}_colocated.log" 2>&1 &
+  "$T" serve "${common[@]}" --device "$dev_p" --port $((base + 2)) > "$OUT/${name}_colocated.log" 2>&1 &
   local c=$!; pids+=($c)
   local ok=1
   for pp in "$base:$p" "$((base + 1)):$d" "$((base + 2)):$c"; do
@@ -125,7 +129,7 @@ for i in range(n):
     equal += same
     rows.append(f"| {i} | {plen} | {body['sampling_params']['max_new_tokens']} | {sc}/{sr} | "
                 f"{'equal' if same else 'DIFFERENT'} | {'' if same else (first if first is not None else str(jr.get('error', ''))[:120])} |")
-print(f"## {name}: PD (router -> prefill GPU0 + decode GPU1, cuda_ipc) vs colocated, {n} greedy /generate requests in {time.time() - t0:.1f} s")
+print(f"## {name}: PD (router -> prefill + decode) vs colocated, {n} greedy /generate requests in {time.time() - t0:.1f} s")
 print("| # | prompt | max_new | status colo/pd | result | first differing index or error |")
 print("| ---: | ---: | ---: | --- | --- | --- |")
 print("\n".join(rows))
