@@ -125,16 +125,27 @@ class DpEngine::StepRunner : public ModelRunner {
  public:
   StepRunner(DpEngine& dp, Rank& rank, std::unique_ptr<ModelRunner> inner)
       : dp_(dp), rank_(rank), inner_(std::move(inner)) {}
-  Tensor run(const Decision& decision, const Scheduler& scheduler) override {
+  // (Before its callers: its return type is deduced.)
+  template <typename Fn>
+  auto bracket(const Decision& decision, Fn&& fn) {
     if (rank_.offline.load()) TANDEM_FAIL("the expert-parallel ranks have stopped");
     rank_.layer_calls = 0;
     rank_.decode = decision.decode_only;
     try {
-      return inner_->run(decision, scheduler);
+      return fn();
     } catch (const std::exception& e) {
       dp_.fail(rank_.index, e.what());
       throw;
     }
+  }
+
+  Tensor run(const Decision& decision, const Scheduler& scheduler) override {
+    return bracket(decision, [&] { return inner_->run(decision, scheduler); });
+  }
+  // Keeps the inner runner's device sampling (CUDA).
+  StepOutput step(const Decision& decision, const Scheduler& scheduler,
+                  std::span<const RowSampling> sampling) override {
+    return bracket(decision, [&] { return inner_->step(decision, scheduler, sampling); });
   }
   KvMemory kv_memory() override { return inner_->kv_memory(); }
 
@@ -444,6 +455,11 @@ EngineStats DpEngine::stats() const {
   }
   sum.kv_usage = sum.kv_pages_total > 0 ? double(sum.kv_pages_used) / sum.kv_pages_total : 0.0;
   return sum;
+}
+
+std::string DpEngine::failure() const {
+  std::lock_guard lk(mu_);
+  return failure_;
 }
 
 std::vector<DpRankCounters> DpEngine::counters() const {

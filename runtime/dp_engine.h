@@ -49,6 +49,8 @@ class EngineFront {
   virtual Status submit(GenerateRequest request, std::shared_ptr<RequestStream>* stream) = 0;
   virtual void abort(RequestId id) = 0;
   virtual EngineStats stats() const = 0;
+  // Why the engine can serve no more (a failed rank), or empty.
+  virtual std::string failure() const { return {}; }
   // A front over `engine` (which must outlive it).
   static std::unique_ptr<EngineFront> of(Engine& engine);
 };
@@ -105,6 +107,7 @@ class DpEngine : public EngineFront {
   Status submit(GenerateRequest request, std::shared_ptr<RequestStream>* stream) override;
   void abort(RequestId id) override;
   EngineStats stats() const override;  // summed over the ranks
+  std::string failure() const override;
   std::vector<EngineStats> rank_stats() const;
   std::vector<DpRankCounters> counters() const;
   int32_t ranks() const { return config_.ep; }

@@ -121,7 +121,15 @@ int64_t slots(const std::vector<DpRankCounters>& c) {
   return n;
 }
 
-void settle() { std::this_thread::sleep_for(std::chrono::milliseconds(50)); }
+// Waits until the ranks are asleep: no slot for 100 ms (at most 5 s), so the last pushes'
+// stats and counters have landed.
+void settle(const DpEngine& dp) {
+  for (int i = 0; i < 50; ++i) {
+    const int64_t before = slots(dp.counters());
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    if (slots(dp.counters()) == before) return;
+  }
+}
 
 double process_cpu_s() {
   timespec ts{};
@@ -172,7 +180,7 @@ void check_mixed(int ep) {
                                      << " tokens) differs from EP=1";
   }
   // The ranks' last pushes come before their stats and counters move on.
-  settle();
+  settle(*dp);
   const std::vector<DpRankCounters> c = dp->counters();
   for (int r = 0; r < ep; ++r) {
     std::printf("EP=%d rank %d: %lld forward slots, %lld idle, %lld quiet, %lld low_latency\n", ep,
@@ -214,7 +222,7 @@ TEST(DpEngine, RanksWithoutRequestsJoinTheForwards) {
   std::shared_ptr<RequestStream> s;
   ASSERT_TRUE(dp->submit(greedy(jobs[0]), &s).ok());
   EXPECT_EQ(collect(*s).tokens, expected[0]);
-  settle();
+  settle(*dp);
   const std::vector<DpRankCounters> c = dp->counters();
   EXPECT_GE(c[0].forward_slots, 9);  // a prefill (chunked or not) and 8 decode forwards
   for (int r = 1; r < 4; ++r) {
