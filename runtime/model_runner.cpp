@@ -229,38 +229,63 @@ void DeepseekRunner::forward_part(const std::vector<size_t>& idx, ForwardMode mo
 }
 
 // ops::sample_tokens over this forward's rows; rows the host samples get greedy parameters
-// (a single pass) and are ignored. Only tokens and logprobs come back: 8 bytes a row.
+// (a single pass) and are ignored. The parameters go up in one copy and the tokens and
+// logprobs (8 bytes a row) come back in one: one buffer, [R] each of temperature, top_k,
+// top_p, min_p (4 bytes), seed, draw (8 bytes), then the outputs, tokens and logprobs.
 void DeepseekRunner::sample_on_device(const Tensor& logits, const std::vector<size_t>& idx,
                                       const std::vector<int32_t>& dev_rows,
                                       std::span<const RowSampling> sampling, StepOutput& out) {
   const auto n = int64_t(idx.size());
-  std::vector<float> temperature(size_t(n), 0.0f), top_p(size_t(n), 1.0f), min_p(size_t(n), 0.0f);
-  std::vector<int32_t> top_k(size_t(n), 0);
-  std::vector<int64_t> seed(size_t(n), 0), draw(size_t(n), 0);
+  const int64_t in_bytes = 32 * n, bytes = 40 * n;
+  std::vector<uint8_t>& host = sample_staging_;
+  host.assign(size_t(bytes), 0);
+  const auto at = [&](int64_t offset, auto value_type) {
+    return reinterpret_cast<decltype(value_type)*>(host.data() + offset);
+  };
+  float* temperature = at(0, float{});
+  int32_t* top_k = at(4 * n, int32_t{});
+  float* top_p = at(8 * n, float{});
+  float* min_p = at(12 * n, float{});
+  int64_t* seed = at(16 * n, int64_t{});
+  int64_t* draw = at(24 * n, int64_t{});
+  for (int64_t r = 0; r < n; ++r) top_p[r] = 1.0f;  // others 0: greedy, off
   for (const int32_t r : dev_rows) {
     const RowSampling& s = sampling[idx[size_t(r)]];
-    temperature[size_t(r)] = s.params.temperature;
-    top_k[size_t(r)] = s.params.top_k;
-    top_p[size_t(r)] = s.params.top_p;
-    min_p[size_t(r)] = s.params.min_p;
-    seed[size_t(r)] = int64_t(s.seed);
-    draw[size_t(r)] = int64_t(s.draw);
+    temperature[r] = s.params.temperature;
+    top_k[r] = s.params.top_k;
+    top_p[r] = s.params.top_p;
+    min_p[r] = s.params.min_p;
+    seed[r] = int64_t(s.seed);
+    draw[r] = int64_t(s.draw);
   }
   const Device d = logits.device();
+  if (!sample_buffer_.defined() || sample_buffer_.numel() < bytes) {
+    sample_buffer_ = Tensor::empty({std::max<int64_t>(bytes, 40 * 256)}, DType::kU8, d);
+  }
+  auto* base = static_cast<uint8_t*>(sample_buffer_.raw_data());
+  // Views into the runner's buffer, which outlives the step (null owner).
+  const auto view = [&](int64_t offset, DType dtype) {
+    return Tensor::from_blob(base + offset, {n}, dtype, d, nullptr);
+  };
+  sample_buffer_.slice(0, 0, in_bytes)
+      .copy_from(Tensor::from_blob(host.data(), {in_bytes}, DType::kU8, Device::cpu(), nullptr));
   ops::SamplingRows rows;
-  rows.temperature = Tensor::from_vector(temperature, {n}).to(d);
-  rows.top_k = Tensor::from_vector(top_k, {n}).to(d);
-  rows.top_p = Tensor::from_vector(top_p, {n}).to(d);
-  rows.min_p = Tensor::from_vector(min_p, {n}).to(d);
-  rows.seed = Tensor::from_vector(seed, {n}).to(d);
-  rows.draw = Tensor::from_vector(draw, {n}).to(d);
-  Tensor tokens = Tensor::empty({n}, DType::kI32, d), logprobs = Tensor::empty({n}, DType::kF32, d);
+  rows.temperature = view(0, DType::kF32);
+  rows.top_k = view(4 * n, DType::kI32);
+  rows.top_p = view(8 * n, DType::kF32);
+  rows.min_p = view(12 * n, DType::kF32);
+  rows.seed = view(16 * n, DType::kI64);
+  rows.draw = view(24 * n, DType::kI64);
+  Tensor tokens = view(in_bytes, DType::kI32), logprobs = view(in_bytes + 4 * n, DType::kF32);
   ops::sample_tokens(logits, rows, tokens, logprobs);
-  const Tensor tok = tokens.to(Device::cpu()), lp = logprobs.to(Device::cpu());
+  Tensor::from_blob(host.data() + in_bytes, {8 * n}, DType::kU8, Device::cpu(), nullptr)
+      .copy_from(sample_buffer_.slice(0, in_bytes, bytes));
+  const int32_t* tok = at(in_bytes, int32_t{});
+  const float* lp = at(in_bytes + 4 * n, float{});
   for (const int32_t r : dev_rows) {
     const size_t i = idx[size_t(r)];
-    out.token[i] = tok.data<int32_t>()[r];
-    out.logprob[i] = lp.data<float>()[r];
+    out.token[i] = tok[r];
+    out.logprob[i] = lp[r];
   }
   device_sampled_ += int64_t(dev_rows.size());
 }

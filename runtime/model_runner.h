@@ -115,6 +115,8 @@ class DeepseekRunner : public ModelRunner {
   std::shared_ptr<void> pinned_;          // page-locked logits buffer on CUDA
   size_t pinned_bytes_ = 0;
   int64_t device_sampled_ = 0;
+  Tensor sample_buffer_;                   // device: sample_on_device's parameters and outputs
+  std::vector<uint8_t> sample_staging_;   // its host side
   struct StepStats {
     int64_t steps = 0;
     double wall_s = 0, gpu_ms = 0, gap_s = 0;  // gap: engine host work before the step
