@@ -128,7 +128,10 @@ class DpEngine::StepRunner : public ModelRunner {
   // (Before its callers: its return type is deduced.)
   template <typename Fn>
   auto bracket(const Decision& decision, Fn&& fn) {
-    if (rank_.offline.load()) TANDEM_FAIL("the expert-parallel ranks have stopped");
+    if (rank_.offline.load()) {
+      const std::string why = dp_.failure();
+      TANDEM_FAIL("{}", why.empty() ? "the expert-parallel ranks have stopped" : why);
+    }
     rank_.layer_calls = 0;
     rank_.decode = decision.decode_only;
     try {
@@ -339,6 +342,10 @@ void DpEngine::retire(Rank& r) {
     r.ep.reset();
     return;
   }
+  // After a failure, a step that schedules anything fails in the runner (offline), which ends
+  // every request of the engine with the failure's message; what is left is aborted. No step
+  // here reaches a collective.
+  if (!failure().empty()) r.engine->step();
   std::vector<RequestId> left;
   {
     std::lock_guard lk(mu_);
@@ -347,8 +354,6 @@ void DpEngine::retire(Rank& r) {
     }
   }
   for (const RequestId id : left) r.engine->abort(id);
-  // Aborts end the requests; anything still scheduled fails in the runner (offline), which
-  // ends it with an error. No step here reaches a collective.
   for (int i = 0; i < 3 && r.engine->step(); ++i) {}
   std::unique_ptr<Engine> engine;
   {

@@ -12,6 +12,7 @@
 
 #include <time.h>
 
+#include <atomic>
 #include <chrono>
 #include <random>
 #include <thread>
@@ -254,6 +255,55 @@ TEST(DpEngine, ShutdownWithRequestsInFlight) {
     EXPECT_EQ(r.reason, FinishReason::kAbort);
     EXPECT_LT(r.tokens.size(), 1000u);
   }
+  dp.reset();
+}
+
+// A runner whose forward throws once `*countdown` reaches zero (over all ranks' runners).
+class FailingRunner : public ModelRunner {
+ public:
+  FailingRunner(std::unique_ptr<ModelRunner> inner, std::shared_ptr<std::atomic<int>> countdown)
+      : inner_(std::move(inner)), countdown_(std::move(countdown)) {}
+  Tensor run(const Decision& d, const Scheduler& s) override {
+    if (countdown_->fetch_sub(1) <= 0) TANDEM_FAIL("injected forward failure");
+    return inner_->run(d, s);
+  }
+
+ private:
+  std::unique_ptr<ModelRunner> inner_;
+  std::shared_ptr<std::atomic<int>> countdown_;
+};
+
+// A forward that throws on one rank while the others run or wait: every request on every rank
+// ends with an error, /health's failure() says why, later submits are refused, and the
+// engine still shuts down.
+TEST(DpEngine, AFailingForwardFailsEveryRank) {
+  DpEngineConfig c;
+  c.ep = 4;
+  c.engine = engine_config();
+  auto countdown = std::make_shared<std::atomic<int>>(12);
+  std::unique_ptr<DpEngine> dp;
+  const Status created = DpEngine::create(
+      test_config(), c, dummy_loader(), nullptr, &dp,
+      [countdown](std::unique_ptr<ModelRunner> r) -> std::unique_ptr<ModelRunner> {
+        return std::make_unique<FailingRunner>(std::move(r), countdown);
+      });
+  ASSERT_TRUE(created.ok()) << created.message();
+  std::vector<std::shared_ptr<RequestStream>> streams(6);
+  for (size_t i = 0; i < streams.size(); ++i) {
+    ASSERT_TRUE(dp->submit(greedy({{3, 4, int32_t(5 + i)}, 200}), &streams[i]).ok());
+  }
+  for (auto& s : streams) {
+    const Result r = collect(*s);
+    EXPECT_EQ(r.reason, FinishReason::kError);
+    EXPECT_FALSE(r.error.empty());
+    EXPECT_LT(r.tokens.size(), 200u);
+  }
+  EXPECT_NE(dp->failure().find("injected forward failure"), std::string::npos) << dp->failure();
+  std::shared_ptr<RequestStream> late;
+  const Status refused = dp->submit(greedy({{3, 4}, 4}), &late);
+  EXPECT_EQ(refused.code(), StatusCode::kUnavailable);
+  EXPECT_NE(refused.message().find("injected forward failure"), std::string::npos)
+      << refused.message();
   dp.reset();
 }
 
