@@ -412,6 +412,17 @@ TEST_F(OpHarness, LinearFp8Gemm) {
   check_linear_fp8("x bf16 out bf16 M=33 N=512 K=256 str", 33, 512, 256, b, b, true);
   // Not whole blocks: the exact path.
   check_linear_fp8("x bf16 out bf16 M=9 N=192 K=256 (N%128)", 9, 192, 256, b, b, false, false);
+  if (std::getenv("TANDEM_FP8_SWEEP")) {  // which (M, K, out) cuBLASLt's block FP8 GEMM gets right
+    for (int64_t m : {16, 33, 37, 64}) {
+      for (int64_t k : {128, 256, 512, 1024}) {
+        for (DType o : {b, f}) {
+          check_linear_fp8("sweep M=" + std::to_string(m) + " N=256 K=" + std::to_string(k) +
+                               (o == b ? " out bf16" : " out f32"),
+                           m, 256, k, b, o, false);
+        }
+      }
+    }
+  }
   check_linear_fp8("x bf16 out f32 M=9 N=256 K=96 (K%128)", 9, 256, 96, b, f, false, false);
 }
 
