@@ -26,8 +26,14 @@ bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 
 // 37 or 130 and runs M = 64, 128, 256, 4096 (H200 run of 2026-11-28): M is padded to this.
 constexpr int64_t kFp8RowPad = 16;
 
+// cuBLASLt 13.0's block-scaled FP8 GEMM (1x128 x 128x128 scales) gave wrong results for K = 128
+// and 256 on the H200 (rel. L2 0.03-0.6 against the same quantized inputs, every M and out
+// dtype tried; K = 512 and 1024 at 1.3e-4 / 7e-4: op harness TANDEM_FP8_SWEEP run of
+// 2026-11-28), so K < kFp8MinK takes the exact path. Every DeepSeek-V3 projection has K >= 512.
+constexpr int64_t kFp8MinK = 512;
+
 // The FP8 tensor-core path for an fp8 weight; false (nothing written) where it does not apply:
-// K and N multiples of 128 (whole scale blocks, cuBLASLt's FP8 leading-dimension rule),
+// K >= kFp8MinK, K and N multiples of 128 (whole scale blocks, cuBLASLt's FP8 leading-dimension rule),
 // contiguous weight rows and scales, an out with contiguous, 16-byte aligned rows, and an
 // algorithm offered by cuBLASLt. M not a multiple of kFp8RowPad: the GEMM runs over zero rows
 // appended to the quantized x into a scratch out, and the first M rows are copied to out.
@@ -35,7 +41,7 @@ bool linear_block_fp8(const Tensor& x, const LinearWeight& w, Tensor& out, const
   const int64_t m = x.size(0), n = w.out_features(), k = w.in_features();
   const int64_t kb = k / LinearWeight::kBlock;
   const int64_t out_es = int64_t(dtype_size_bytes(out.dtype()));
-  const bool shapes = m > 0 && k % 128 == 0 && n % 128 == 0 && x.stride(1) == 1 &&
+  const bool shapes = m > 0 && k >= kFp8MinK && k % 128 == 0 && n % 128 == 0 && x.stride(1) == 1 &&
                       w.weight.stride(0) == k && w.weight.stride(1) == 1 &&
                       w.scale_inv.size(0) == n / 128 && w.scale_inv.size(1) == kb &&
                       w.scale_inv.stride(0) == kb && w.scale_inv.stride(1) == 1 &&
