@@ -358,7 +358,8 @@ TEST(GoldenCudaFp8, V3Fp8Bf16ActivationsOnFp8GemmMatchCpuTwin) {
   {
     // Where the two part, if they do: relative L2 of every named intermediate of the prefill
     // step (GPU FP8 GEMM vs CPU twin), printed as FP8DIAG lines in forward order.
-    const GoldenStep& st = golden_schedule(gg)[0];
+    const std::vector<GoldenStep> schedule = golden_schedule(gg);
+    const GoldenStep& st = schedule[0];
     const int64_t ps = kGoldenPhases[0].page_size;
     std::vector<std::pair<std::string, Tensor>> ig, ic;
     auto capture = [](std::vector<std::pair<std::string, Tensor>>& into) {
