@@ -19,6 +19,9 @@ struct LinearWeight {
   Tensor weight;     // [out, in] f32 | bf16 | f8_e4m3
   Tensor scale_inv;  // f32 [ceil(out/128), ceil(in/128)] for f8_e4m3, else undefined
   static constexpr int64_t kBlock = 128;
+  // The smallest K whose fp8 weights take the CUDA FP8 GEMM (ops/cuda/smxx_linear.cpp says
+  // why); ops::cpu's FP8-activation mode (ops/cpu/fp8_quant.h) follows the same rule.
+  static constexpr int64_t kFp8GemmMinK = 512;
 
   int64_t out_features() const { return weight.size(0); }
   int64_t in_features() const { return weight.size(1); }

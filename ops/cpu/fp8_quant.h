@@ -18,8 +18,9 @@ void quantize_fp8_rows(const Tensor& x, Tensor& q, Tensor& scale);
 Tensor fp8_quantized_activations(const Tensor& x);
 
 // The CUDA FP8 GEMM's numerics in the CPU linear, for references (golden_cuda_test): while on,
-// linear with fp8 weights whose K and N are multiples of 128 (where the CUDA op takes the FP8
-// GEMM) multiplies fp8_quantized_activations(x) instead of x. Off by default; process-wide.
+// linear with fp8 weights whose K and N are multiples of 128 and K >= kFp8GemmMinK (where the
+// CUDA op takes the FP8 GEMM) multiplies fp8_quantized_activations(x) instead of x. Off by
+// default; process-wide.
 void set_linear_fp8_activations(bool on);
 bool linear_fp8_activations();
 class ScopedLinearFp8Activations {

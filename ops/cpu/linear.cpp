@@ -31,8 +31,9 @@ void linear(const Tensor& x, const LinearWeight& w, Tensor& out) {
   const int64_t tokens = x.size(0), n_out = w.out_features(), k = w.in_features();
   // f32 activations are read in place; bf16 ones are widened once (exact). In FP8-activation
   // mode they are the e4m3-rounded values the CUDA FP8 GEMM multiplies.
-  const bool fp8_act = g_fp8_activations && w.is_fp8() && k % LinearWeight::kBlock == 0 &&
-                       n_out % LinearWeight::kBlock == 0 && tokens > 0;
+  const bool fp8_act = g_fp8_activations && w.is_fp8() && k >= LinearWeight::kFp8GemmMinK &&
+                       k % LinearWeight::kBlock == 0 && n_out % LinearWeight::kBlock == 0 &&
+                       tokens > 0;
   const Tensor xf = fp8_act ? fp8_quantized_activations(x)
                             : (x.dtype() == DType::kF32 ? x : to_f32(x));
   const float* xd = xf.data<float>();

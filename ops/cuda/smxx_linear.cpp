@@ -30,7 +30,7 @@ constexpr int64_t kFp8RowPad = 16;
 // and 256 on the H200 (rel. L2 0.03-0.6 against the same quantized inputs, every M and out
 // dtype tried; K = 512 and 1024 at 1.3e-4 / 7e-4: op harness TANDEM_FP8_SWEEP run of
 // 2026-11-28), so K < kFp8MinK takes the exact path. Every DeepSeek-V3 projection has K >= 512.
-constexpr int64_t kFp8MinK = 512;
+constexpr int64_t kFp8MinK = LinearWeight::kFp8GemmMinK;
 
 // The FP8 tensor-core path for an fp8 weight; false (nothing written) where it does not apply:
 // K >= kFp8MinK, K and N multiples of 128 (whole scale blocks, cuBLASLt's FP8 leading-dimension rule),
