@@ -40,12 +40,18 @@ float spec_std(const WeightSpec& spec) {
 
 }  // namespace
 
+DType random_weight_dtype(const WeightSpec& spec, bool fp8) {
+  if (fp8 && spec.kind == WeightKind::kLinear) return DType::kF8E4M3;
+  return spec.kind == WeightKind::kRouterBias ? DType::kF32 : DType::kBF16;
+}
+
 RandomWeight random_weight(const WeightSpec& spec, bool fp8, uint64_t seed, Device device) {
   const uint64_t key = ops::splitmix64(seed ^ hash_name(spec.name));
   const float std_dev = spec_std(spec);
   const float amplitude = std_dev * std::sqrt(3.0f);  // uniform(-a, a) has std a / sqrt(3)
   RandomWeight out;
-  if (fp8 && spec.kind == WeightKind::kLinear) {
+  const DType dtype = random_weight_dtype(spec, fp8);
+  if (dtype == DType::kF8E4M3) {
     // Uniform codes over [-448, 448) with one scale per block: amplitude / 448.
     out.weight = Tensor::empty(spec.shape, DType::kF8E4M3, device);
     ops::fill_random(out.weight, key, kFp8E4M3Max, 0.0f);
@@ -58,7 +64,6 @@ RandomWeight random_weight(const WeightSpec& spec, bool fp8, uint64_t seed, Devi
                         .to(device);
     return out;
   }
-  const DType dtype = spec.kind == WeightKind::kRouterBias ? DType::kF32 : DType::kBF16;
   out.weight = Tensor::empty(spec.shape, dtype, device);
   ops::fill_random(out.weight, key, amplitude, spec.kind == WeightKind::kNorm ? 1.0f : 0.0f);
   return out;

@@ -24,6 +24,8 @@ struct RandomWeight {
 // Made on `device` (ops::fill_random): the same bits on the CPU and on a GPU.
 RandomWeight random_weight(const WeightSpec& spec, bool fp8, uint64_t seed,
                            Device device = Device::cpu());
+// The dtype random_weight gives `spec`'s weight.
+DType random_weight_dtype(const WeightSpec& spec, bool fp8);
 
 struct MakeModelOptions {
   std::filesystem::path out_dir;

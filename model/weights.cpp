@@ -33,10 +33,10 @@ class Loader {
     for (WeightSpec& spec : weight_specs(c)) {
       int64_t n = 1;
       for (int64_t d : spec.shape) n *= d;
-      dummy_elements_ += uint64_t(n);
+      dummy_bytes_ += uint64_t(n) * dtype_size_bytes(random_weight_dtype(spec, c.quantization.enabled));
       specs_.emplace(spec.name, std::move(spec));
     }
-    progress_ = std::make_unique<ProgressBar>("dummy weights", dummy_elements_, "");
+    progress_ = std::make_unique<ProgressBar>("dummy weights", dummy_bytes_);
   }
 
   bool has(const std::string& name) const { return ckpt_ ? ckpt_->has(name) : specs_.count(name) > 0; }
@@ -163,7 +163,7 @@ class Loader {
     TANDEM_CHECK(it->second.shape == shape, "dummy weights: tensor '{}' is {}, expected {}", name,
                  shape_str(it->second.shape), shape_str(shape));
     RandomWeight r = random_weight(it->second, c_.quantization.enabled, dummy_seed_, device);
-    if (counted) progress_->advance(uint64_t(r.weight.numel()));
+    if (counted) progress_->advance(r.weight.nbytes());
     return r;
   }
 
@@ -171,7 +171,7 @@ class Loader {
   const Checkpoint* ckpt_;  // null: dummy weights
   uint64_t dummy_seed_ = 0;
   std::unordered_map<std::string, WeightSpec> specs_;
-  uint64_t dummy_elements_ = 0;
+  uint64_t dummy_bytes_ = 0;  // of the weights (not the fp8 block scales): the progress total
   std::unique_ptr<ProgressBar> progress_;
   Device device_;
 };
