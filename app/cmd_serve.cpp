@@ -34,6 +34,9 @@ void add_serve_command(CLI::App& app, int& exit_code) {
   cmd->add_option("--kv-cache-dtype", c->kv_cache_dtype, "KV cache element type: auto (bf16), bf16 or f32")->capture_default_str();
   cmd->add_option("--max-body-bytes", c->max_body_bytes, "Largest request body accepted; larger ones get 413")->capture_default_str();
   cmd->add_option("--cuda-graph-max-bs", c->cuda_graph_max_bs, "With --device cuda: decode batches of up to this many requests replay CUDA graphs captured at startup (0: off)")->capture_default_str();
+  cmd->add_option("--ep", c->ep, "Expert parallelism: each MoE layer's routed experts spread over N ranks (CPU: threads; --device cuda: GPUs 0..N-1, NCCL); needs --dp-attention")->capture_default_str();
+  cmd->add_flag("--dp-attention", c->dp_attention, "Data-parallel attention: each --ep rank serves its own requests (attention, dense layers, lm_head, a KV pool of --max-total-tokens) and joins every MoE layer");
+  cmd->add_option("--max-dispatch-tokens-per-rank", c->max_dispatch_tokens_per_rank, "--ep: tokens a rank sends in one low_latency (decode) dispatch at most; sizes its buffers (0: --max-running-requests)")->capture_default_str();
   cmd->add_option("--http-threads", c->http_threads, "I/O threads serving every HTTP connection (no thread per connection); default min(4, hardware threads)")->capture_default_str();
   cmd->add_option("--shutdown-timeout", c->shutdown_timeout_s, "Seconds in-flight requests get to finish after SIGTERM/SIGINT before they are aborted")->capture_default_str();
   // PD disaggregation (docs/disagg.md "HTTP"; SGLang's names).

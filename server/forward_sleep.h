@@ -16,19 +16,22 @@ namespace tandem::server {
 class SleepyRunner : public runtime::ModelRunner {
  public:
   explicit SleepyRunner(std::unique_ptr<runtime::ModelRunner> inner) : inner_(std::move(inner)) {}
+  // --ep: every rank's runner follows `shared`'s setting (one /slow_down for all ranks).
+  SleepyRunner(std::unique_ptr<runtime::ModelRunner> inner, const SleepyRunner& shared)
+      : inner_(std::move(inner)), sleep_s_(shared.sleep_s_) {}
 
-  void set_sleep(double seconds) { sleep_s_.store(seconds > 0.0 ? seconds : 0.0); }
-  double sleep_seconds() const { return sleep_s_.load(); }
+  void set_sleep(double seconds) { sleep_s_->store(seconds > 0.0 ? seconds : 0.0); }
+  double sleep_seconds() const { return sleep_s_->load(); }
 
   Tensor run(const runtime::Decision& decision, const runtime::Scheduler& scheduler) override {
-    if (const double s = sleep_s_.load(); s > 0.0) {
+    if (const double s = sleep_s_->load(); s > 0.0) {
       std::this_thread::sleep_for(std::chrono::duration<double>(s));
     }
     return inner_->run(decision, scheduler);
   }
   runtime::StepOutput step(const runtime::Decision& decision, const runtime::Scheduler& scheduler,
                            std::span<const runtime::RowSampling> sampling) override {
-    if (const double s = sleep_s_.load(); s > 0.0) {
+    if (const double s = sleep_s_->load(); s > 0.0) {
       std::this_thread::sleep_for(std::chrono::duration<double>(s));
     }
     return inner_->step(decision, scheduler, sampling);  // keeps the inner runner's GPU sampling
@@ -38,7 +41,7 @@ class SleepyRunner : public runtime::ModelRunner {
 
  private:
   std::unique_ptr<runtime::ModelRunner> inner_;
-  std::atomic<double> sleep_s_{0.0};
+  std::shared_ptr<std::atomic<double>> sleep_s_ = std::make_shared<std::atomic<double>>(0.0);
 };
 
 }  // namespace tandem::server

@@ -114,6 +114,13 @@ void handle_health(ServerState& state, const HttpRequest&, HttpResponse& res) {
     e.message = "The server is shutting down";
     return send_error(state, res, e);
   }
+  if (const std::string why = state.engine.failure(); !why.empty()) {  // --ep: a rank failed
+    ApiError e;
+    e.http_status = 503;
+    e.type = "server_error";
+    e.message = "The engine failed: " + why;
+    return send_error(state, res, e);
+  }
   send_json(res, json{{"status", "ok"}});
 }
 
@@ -127,6 +134,29 @@ void handle_metrics(ServerState& state, const HttpRequest&, HttpResponse& res) {
         "handles.\n# TYPE tandem:pd_rooms_in_flight gauge\n"
         "tandem:pd_rooms_in_flight{{model_name=\"{}\",role=\"{}\"}} {}\n",
         prometheus_escape(state.parse_context.model_name), state.config.role, rooms);
+  }
+  if (state.dp) {  // --ep: each rank's batch, KV pool and lockstep slots (the sums are above)
+    const std::vector<runtime::EngineStats> ranks = state.dp->rank_stats();
+    const std::vector<runtime::DpRankCounters> slots = state.dp->counters();
+    const std::string model = prometheus_escape(state.parse_context.model_name);
+    auto per_rank = [&](const char* type, const char* name, const char* help, auto value) {
+      text += fmt::format("# HELP {} {}\n# TYPE {} {}\n", name, help, name, type);
+      for (size_t r = 0; r < ranks.size(); ++r) {
+        text += fmt::format("{}{{model_name=\"{}\",rank=\"{}\"}} {}\n", name, model, r, value(r));
+      }
+    };
+    per_rank("gauge", "tandem:dp_rank_requests_running", "Sequences in an EP rank's running batch.",
+             [&](size_t r) { return ranks[r].running; });
+    per_rank("gauge", "tandem:dp_rank_requests_waiting", "Sequences waiting on an EP rank.",
+             [&](size_t r) { return ranks[r].waiting; });
+    per_rank("gauge", "tandem:dp_rank_kv_pages_used", "KV cache pages held on an EP rank.",
+             [&](size_t r) { return ranks[r].kv_pages_used; });
+    per_rank("counter", "tandem:dp_rank_forward_slots_total",
+             "Model forwards an EP rank ran (each met the other ranks in one slot).",
+             [&](size_t r) { return slots[r].forward_slots; });
+    per_rank("counter", "tandem:dp_rank_idle_slots_total",
+             "Other ranks' forwards an EP rank joined with no tokens of its own.",
+             [&](size_t r) { return slots[r].idle_slots; });
   }
   res.set_content(text, "text/plain; version=0.0.4; charset=utf-8");
 }

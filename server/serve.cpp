@@ -104,9 +104,41 @@ Status start_pd_worker(const ServerConfig& config, const Device& device, runtime
   return disagg::DecodeWorker::create(engine, pd, decode);
 }
 
+// --ep N --dp-attention (docs/parallel.md "The DP engine"): N ranks, each loading only its
+// experts from the checkpoint (or making them: --load-format dummy) on its own thread; every
+// rank's runner follows `sleep_setting` (one /slow_down for all).
+Status start_dp_engine(const ServerConfig& config, const Device& device, LoadFormat format,
+                       const ModelConfig& model, const tokenizer::Tokenizer* tok,
+                       const SleepyRunner& sleep_setting, std::unique_ptr<runtime::DpEngine>* dp) {
+  runtime::DpEngineConfig c;
+  c.ep = config.ep;
+  c.backend = device.is_cuda() ? runtime::DpBackend::kNccl : runtime::DpBackend::kInProcess;
+  c.engine = config.engine;
+  c.max_dispatch_tokens_per_rank = config.max_dispatch_tokens_per_rank;
+  c.context_length = config.context_length;
+  if (Status s = c.validate(model); !s.ok()) return s;  // before reading the checkpoint
+  if (device.is_cuda() && config.cuda_graph_max_bs > 0) {
+    TANDEM_LOG_INFO("--ep: decode steps run eagerly (no CUDA graphs: a step's ranks agree on the "
+                    "host before each forward)");
+  }
+  std::shared_ptr<Checkpoint> ckpt;
+  if (format != LoadFormat::kDummy) {
+    ckpt = std::make_shared<Checkpoint>(Checkpoint::open(config.model_path));
+    ckpt->prefetch();
+  }
+  auto load = [ckpt, model](int, Device d, const ExpertFilter& keep) {
+    return ckpt ? load_weights(model, *ckpt, d, keep) : load_dummy_weights(model, 0, d, keep);
+  };
+  auto wrap = [&sleep_setting](std::unique_ptr<runtime::ModelRunner> r)
+      -> std::unique_ptr<runtime::ModelRunner> {
+    return std::make_unique<SleepyRunner>(std::move(r), sleep_setting);
+  };
+  return runtime::DpEngine::create(model, c, load, tok, dp, wrap);
+}
+
 }  // namespace
 
-ServerState::ServerState(const ServerConfig& c, const ModelConfig& m, runtime::Engine& e,
+ServerState::ServerState(const ServerConfig& c, const ModelConfig& m, runtime::EngineFront& e,
                          const tokenizer::Tokenizer* tok, SleepyRunner& r)
     : config(c),
       model(m),
@@ -132,7 +164,14 @@ int run_serve(const ServerConfig& config_in) {
   std::unique_ptr<tokenizer::Tokenizer> tok = load_tokenizer(config);
   LoadFormat format = LoadFormat::kAuto;
   (void)load_format_from_name(config.load_format, &format);  // checked by the flag table
-  LoadedModel m = load_model(config.model_path, device, format);
+  // One engine loads the whole model here; the DP engine's ranks load their parts themselves.
+  LoadedModel m;
+  if (config.dp_attention) {
+    m.config = ModelConfig::from_json_file(std::filesystem::path(config.model_path) / "config.json");
+    TANDEM_LOG_INFO("model {}", m.config.summary());
+  } else {
+    m = load_model(config.model_path, device, format);
+  }
   ModelConfig served = m.config;
   if (config.context_length > 0) {
     TANDEM_CHECK(config.context_length <= m.config.max_position_embeddings,
@@ -146,21 +185,44 @@ int run_serve(const ServerConfig& config_in) {
   }
 
   const runtime::SchedulerConfig& sc = config.engine.scheduler;
-  auto sleepy = std::make_unique<SleepyRunner>(std::make_unique<runtime::DeepseekRunner>(
-      *m.model, sc.num_pages(), sc.page_size, config.engine.kv_dtype, device,
-      std::min<int32_t>(config.cuda_graph_max_bs, sc.max_running_requests)));
-  SleepyRunner& runner = *sleepy;
-  runtime::Engine engine(served, std::move(sleepy), tok.get(), config.engine);
-  engine.start();
+  std::unique_ptr<runtime::Engine> engine;       // one engine
+  std::unique_ptr<runtime::EngineFront> front;  // over `engine`
+  std::unique_ptr<runtime::DpEngine> dp;         // or --ep ranks
+  std::unique_ptr<SleepyRunner> sleepy;
+  SleepyRunner* runner = nullptr;
+  if (config.dp_attention) {
+    sleepy = std::make_unique<SleepyRunner>(nullptr);  // runs nothing: the ranks' shared setting
+    runner = sleepy.get();
+    if (Status s = start_dp_engine(config, device, format, m.config, tok.get(), *runner, &dp);
+        !s.ok()) {
+      std::fprintf(stderr, "error: %s\n", s.message().c_str());
+      return 1;
+    }
+  } else {
+    sleepy = std::make_unique<SleepyRunner>(std::make_unique<runtime::DeepseekRunner>(
+        *m.model, sc.num_pages(), sc.page_size, config.engine.kv_dtype, device,
+        std::min<int32_t>(config.cuda_graph_max_bs, sc.max_running_requests)));
+    runner = sleepy.get();
+    engine = std::make_unique<runtime::Engine>(served, std::move(sleepy), tok.get(), config.engine);
+    engine->start();
+    front = runtime::EngineFront::of(*engine);
+  }
+  auto stop_engine = [&] {
+    if (engine) engine->stop();
+    if (dp) dp->stop();
+  };
 
-  ServerState state(config, served, engine, tok.get(), runner);
+  ServerState state(config, served, dp ? static_cast<runtime::EngineFront&>(*dp) : *front, tok.get(),
+                    *runner);
+  state.dp = dp.get();
   // PD roles (docs/disagg.md "HTTP"): the worker beside the engine; destroyed before it.
   std::unique_ptr<disagg::PrefillWorker> prefill_worker;
   std::unique_ptr<disagg::DecodeWorker> decode_worker;
-  if (Status s = start_pd_worker(config, device, engine, &prefill_worker, &decode_worker);
+  if (Status s = engine ? start_pd_worker(config, device, *engine, &prefill_worker, &decode_worker)
+                        : Status();
       !s.ok()) {
     std::fprintf(stderr, "error: --role %s: %s\n", config.role.c_str(), s.message().c_str());
-    engine.stop();
+    stop_engine();
     return 1;
   }
   state.prefill_worker = prefill_worker.get();
@@ -171,12 +233,14 @@ int run_serve(const ServerConfig& config_in) {
     std::fprintf(stderr, "error: %s\n", s.message().c_str());
     prefill_worker.reset();
     decode_worker.reset();
-    engine.stop();
+    stop_engine();
     return 1;
   }
-  TANDEM_LOG_INFO("serving '{}' ({} layers, context {}, KV pool {} tokens in pages of {}) on {}",
+  TANDEM_LOG_INFO("serving '{}' ({} layers, context {}, KV pool {} tokens in pages of {}{}) on {}",
                   config.model_name(), served.num_hidden_layers, served.max_position_embeddings,
-                  int64_t(sc.num_pages()) * sc.page_size, sc.page_size, device.name());
+                  int64_t(sc.num_pages()) * sc.page_size, sc.page_size,
+                  dp ? fmt::format(" on each of {} EP ranks", config.ep) : std::string(),
+                  device.name());
   if (prefill_worker) {
     TANDEM_LOG_INFO("--role prefill: bootstrap endpoint {} (transfer backend {})",
                     prefill_worker->bootstrap_endpoint(), config.pd.transfer.backend);
@@ -211,7 +275,7 @@ int run_serve(const ServerConfig& config_in) {
   if (drainer.joinable()) drainer.join();
   prefill_worker.reset();  // fails the rooms still in flight, before the engine goes
   decode_worker.reset();
-  engine.stop();
+  stop_engine();
   TANDEM_LOG_INFO("stopped");
   return 0;
 }

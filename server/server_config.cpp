@@ -88,6 +88,24 @@ Status ServerConfig::validate() const {
                                engine.pd_decode_reserve_tokens));
   }
   if (Status s = engine.validate(); !s.ok()) return invalid("engine settings: " + s.message());
+  if (ep < 1) return invalid(fmt::format("--ep must be at least 1, got {}", ep));
+  if (ep > 1 && !dp_attention) {
+    return invalid(fmt::format("--ep {} needs --dp-attention (each rank runs attention for its own "
+                               "requests; expert parallelism under one attention is not built)",
+                               ep));
+  }
+  if (max_dispatch_tokens_per_rank < 0) {
+    return invalid(fmt::format("--max-dispatch-tokens-per-rank must be >= 0, got {}",
+                               max_dispatch_tokens_per_rank));
+  }
+  if (dp_attention && role != "colocated") {
+    return invalid(fmt::format("--ep / --dp-attention with --role {}: PD roles drive one engine; "
+                               "run them without --ep for now", role));
+  }
+  if (dp_attention && d.is_cuda() && d.index != 0) {
+    return invalid(fmt::format("--device {} with --dp-attention: the ranks use GPUs 0..{}; pass "
+                               "--device cuda", device, ep - 1));
+  }
   if (role != "colocated" && role != "prefill" && role != "decode") {
     return invalid(fmt::format("--role must be colocated, prefill or decode, got '{}'", role));
   }

@@ -36,6 +36,12 @@ struct ServerConfig {
   int http_threads = default_http_threads();  // I/O threads running every connection
   int32_t cuda_graph_max_bs = 256;  // CUDA: decode batches up to this replay CUDA graphs; 0 off
   runtime::EngineConfig engine;
+  // Expert parallelism (docs/parallel.md "The DP engine"): --ep ranks, each with 1/ep of every
+  // MoE layer's routed experts; --dp-attention gives each rank its own requests, attention and
+  // KV pool (required with --ep > 1 for now). CPU: the ranks are threads; cuda: GPUs 0..ep-1.
+  int32_t ep = 1;
+  bool dp_attention = false;
+  int64_t max_dispatch_tokens_per_rank = 0;  // low_latency buffers; 0: --max-running-requests
   // PD disaggregation (docs/disagg.md "HTTP"): colocated (both phases here), prefill or decode.
   std::string role = "colocated";  // --role
   // --transfer-backend, --pd-token, --disaggregation-bootstrap-port, --bootstrap-timeout-ms,
@@ -55,9 +61,11 @@ struct ServerConfig {
   // The name clients pass as "model" and /v1/models lists.
   std::string model_name() const { return served_model_name.empty() ? model_path : served_model_name; }
   std::string tokenizer_dir() const { return tokenizer_path.empty() ? model_path : tokenizer_path; }
-  // Sequences allowed in flight (running or queued) before 503.
+  // Sequences allowed in flight (running or queued) before 503; --dp-attention: every rank
+  // runs --max-running-requests.
   int64_t max_in_flight() const {
-    return int64_t(engine.scheduler.max_running_requests) + max_queued_requests;
+    return int64_t(engine.scheduler.max_running_requests) * (dp_attention ? ep : 1) +
+           max_queued_requests;
   }
 };
 

@@ -1,6 +1,6 @@
 // ServerState: what every HTTP handler shares. Handlers post work to the engine (submit,
 // abort) and read results from request streams; they never touch the model or the scheduler.
-// Thread-safety: the members are thread-safe objects (Engine's public API, the tokenizer's
+// Thread-safety: the members are thread-safe objects (EngineFront's API, the tokenizer's
 // const methods, RequestTracker, ServerMetrics, SleepyRunner::set_sleep)
 // or immutable after start-up; the PD worker pointers are set before the server takes requests.
 #pragma once
@@ -10,6 +10,7 @@
 
 #include "disagg/pd_worker.h"
 #include "model/config.h"
+#include "runtime/dp_engine.h"
 #include "runtime/engine.h"
 #include "server/forward_sleep.h"
 #include "server/metrics.h"
@@ -21,12 +22,12 @@
 namespace tandem::server {
 
 struct ServerState {
-  ServerState(const ServerConfig& config, const ModelConfig& model, runtime::Engine& engine,
+  ServerState(const ServerConfig& config, const ModelConfig& model, runtime::EngineFront& engine,
               const tokenizer::Tokenizer* tokenizer, SleepyRunner& runner);
 
   const ServerConfig config;
   const ModelConfig model;  // max_position_embeddings is the served context length
-  runtime::Engine& engine;
+  runtime::EngineFront& engine;  // one Engine, or the DpEngine's ranks (--ep)
   const tokenizer::Tokenizer* tokenizer;  // null with --skip-tokenizer-init
   SleepyRunner& runner;
   const ParseContext parse_context;
@@ -40,6 +41,8 @@ struct ServerState {
   disagg::PrefillWorker* prefill_worker = nullptr;
   disagg::DecodeWorker* decode_worker = nullptr;
   int bootstrap_port = 0;
+  // --ep with --dp-attention: the DP engine behind `engine` (per-rank metrics), else null.
+  const runtime::DpEngine* dp = nullptr;
 
   bool disaggregated() const { return prefill_worker != nullptr || decode_worker != nullptr; }
   // Ends request `id` early (client gone, POST /abort, shutdown): through the PD worker when
