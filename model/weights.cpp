@@ -73,7 +73,10 @@ class Loader {
       RandomWeight r = dummy(name, {out, in}, device_);
       return {std::move(r.weight), std::move(r.scale_inv)};
     }
-    LinearWeight w = linear_host(name, out, in);
+    return to_device(linear_host(name, out, in));
+  }
+
+  LinearWeight to_device(LinearWeight w) const {
     w.weight = w.weight.to(device_);
     if (w.scale_inv.defined()) w.scale_inv = w.scale_inv.to(device_);
     return w;
@@ -81,7 +84,7 @@ class Loader {
 
   LinearWeight linear_host(const std::string& name, int64_t out, int64_t in) {
     if (!ckpt_) {
-      RandomWeight r = dummy(name, {out, in}, Device::cpu(), false);
+      RandomWeight r = dummy(name, {out, in}, Device::cpu());
       return {std::move(r.weight), std::move(r.scale_inv)};
     }
     LinearWeight w;
@@ -121,7 +124,7 @@ class Loader {
     const LinearWeight kv_b = linear_host(
         p + "kv_b_proj.weight", heads * (c_.qk_nope_head_dim + c_.v_head_dim), c_.kv_lora_rank);
     split_kv_b(kv_b, a);
-    a.kv_b_proj = linear(p + "kv_b_proj.weight", kv_b.out_features(), kv_b.in_features());
+    a.kv_b_proj = to_device(kv_b);  // read (or made) once, for the split and the projection
     a.o_proj = linear(p + "o_proj.weight", h, heads * c_.v_head_dim);
     return a;
   }
@@ -154,16 +157,14 @@ class Loader {
     a.w_uv = a.w_uv.to(device_);
   }
 
-  // A dummy tensor as make-model writes it (`counted`: the progress bar's share; tensors made
-  // twice, on the host for a split and on the device, count once).
-  RandomWeight dummy(const std::string& name, const Shape& shape, Device device,
-                     bool counted = true) {
+  // A dummy tensor as make-model writes it, counted on the progress bar.
+  RandomWeight dummy(const std::string& name, const Shape& shape, Device device) {
     const auto it = specs_.find(name);
     TANDEM_CHECK(it != specs_.end(), "dummy weights: no tensor '{}' in this config", name);
     TANDEM_CHECK(it->second.shape == shape, "dummy weights: tensor '{}' is {}, expected {}", name,
                  shape_str(it->second.shape), shape_str(shape));
     RandomWeight r = random_weight(it->second, c_.quantization.enabled, dummy_seed_, device);
-    if (counted) progress_->advance(r.weight.nbytes());
+    progress_->advance(r.weight.nbytes());
     return r;
   }
 

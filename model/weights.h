@@ -85,8 +85,8 @@ using ExpertFilter = std::function<bool(int64_t layer, int64_t expert)>;
 ModelWeights load_weights(const ModelConfig& config, const Checkpoint& checkpoint,
                           Device device = Device::cpu(), const ExpertFilter& keep_expert = {});
 // `--load-format dummy`: the weights make-model writes for `seed` (model/random_weights.h),
-// made tensor by tensor on `device` (a GPU generates its own; nothing is staged on the host
-// but kv_b_proj, which the absorbed W_UK/W_UV are split from).
+// made tensor by tensor on `device` (a GPU generates its own; only kv_b_proj is made on the
+// host, where the absorbed W_UK/W_UV are split from it, and then copied).
 ModelWeights load_dummy_weights(const ModelConfig& config, uint64_t seed,
                                 Device device = Device::cpu(), const ExpertFilter& keep_expert = {});
 

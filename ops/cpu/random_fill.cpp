@@ -27,6 +27,7 @@ void fill_random(Tensor& out, uint64_t key, float amplitude, float offset) {
   const DType dtype = out.dtype();
   void* base = out.raw_data();
   const bool fp8_table = dtype == DType::kF8E4M3 && amplitude == kFp8E4M3Max && offset == 0.0f;
+  const uint8_t* table = fp8_table ? fp8_full_range_table().data() : nullptr;
   constexpr int64_t kChunk = 1 << 16;  // a multiple of 4: every 4-group lies in one chunk
   parallel_for((numel + kChunk - 1) / kChunk, 1, [&](int64_t cb, int64_t ce) {
     for (int64_t c = cb; c < ce; ++c) {
@@ -36,7 +37,7 @@ void fill_random(Tensor& out, uint64_t key, float amplitude, float offset) {
         for (int64_t j = 0; j < 4 && i + j < end; ++j) {
           const uint32_t bits = uint32_t(r >> (16 * j)) & 0xffffu;
           if (fp8_table) {
-            static_cast<uint8_t*>(base)[i + j] = fp8_full_range_table()[bits];
+            static_cast<uint8_t*>(base)[i + j] = table[bits];
             continue;
           }
           const float v = offset + amplitude * unit16(bits);
