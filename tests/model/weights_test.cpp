@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
@@ -99,6 +100,33 @@ TEST_F(WeightsTest, MakeModelRoundTripsAndIsDeterministic) {
     EXPECT_NE(run_prefill(c, {5, 17, 300, 2}).data<float>()[0], la.data<float>()[0]);
     fs::remove_all(dir_);
   }
+}
+
+// ops::fill_random, the dummy-weight generator: deterministic in (key, index), and a bad out
+// (an integer dtype, a strided view, a non-finite amplitude) is an error naming the problem.
+TEST(FillRandom, SameKeySameBitsAndBadOutputsAreRefused) {
+  Tensor a = Tensor::empty({7, 33}, DType::kBF16), b = Tensor::empty({7, 33}, DType::kBF16);
+  ops::fill_random(a, 42, 0.5f, 1.0f);
+  ops::fill_random(b, 42, 0.5f, 1.0f);
+  EXPECT_EQ(std::memcmp(a.raw_data(), b.raw_data(), a.nbytes()), 0);
+  ops::fill_random(b, 43, 0.5f, 1.0f);
+  EXPECT_NE(std::memcmp(a.raw_data(), b.raw_data(), a.nbytes()), 0);
+  for (int64_t i = 0; i < a.numel(); ++i) {  // offset +- amplitude
+    const float v = bf16_to_f32(a.data<bf16>()[i]);
+    EXPECT_GE(v, 0.5f);
+    EXPECT_LE(v, 1.5f);
+  }
+  Tensor ints = Tensor::empty({8}, DType::kI32);
+  EXPECT_THROW(ops::fill_random(ints, 1, 1.0f, 0.0f), Error);
+  Tensor strided = Tensor::empty({8, 8}, DType::kF32).slice(1, 0, 4);
+  try {
+    ops::fill_random(strided, 1, 1.0f, 0.0f);
+    ADD_FAILURE() << "a strided out was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("contiguous"), std::string::npos) << e.what();
+  }
+  Tensor f = Tensor::empty({8}, DType::kF32);
+  EXPECT_THROW(ops::fill_random(f, 1, INFINITY, 0.0f), Error);
 }
 
 // --load-format dummy: from config.json alone, the same weights make-model writes with seed 0.
