@@ -218,7 +218,7 @@ void launch_mla_decode(const MlaDecodeParams& p, cudaStream_t stream);
 // One CTA per (group of mla_decode_mma_heads_per_cta heads, split, sequence); the workspace is
 // needed only when num_splits > 1.
 bool mla_decode_mma_supported(const MlaDecodeParams& p);
-int mla_decode_mma_heads_per_cta(int64_t heads);
+int mla_decode_mma_heads_per_cta(const MlaDecodeParams& p);
 void launch_mla_decode_mma(const MlaDecodeParams& p, cudaStream_t stream);
 
 }  // namespace tandem::ops::cuda

@@ -25,6 +25,8 @@
 #include "ops/cuda/common.cuh"
 #include "ops/cuda/mma.cuh"
 
+#include <cuda.h>
+
 #include <cstdlib>
 
 namespace tandem::ops::cuda {
@@ -103,6 +105,24 @@ __device__ __forceinline__ void bulk_copy(void* dst, const void* src, uint32_t b
           smem_u32(dst)),
       "l"(src), "r"(bytes), "r"(smem_u32(bar))
       : "memory");
+}
+
+// A 2-D box of the tensor map (coordinates: column, row) -> shared, completing on an mbarrier.
+__device__ __forceinline__ void tma_load_2d(void* dst, const CUtensorMap* map, int col, int row,
+                                            uint64_t* bar) {
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];\n" ::"r"(
+          smem_u32(dst)),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(col), "r"(row), "r"(smem_u32(bar))
+      : "memory");
+}
+// Waits for phase `parity` of an mbarrier. Bounded (~0.1 s; copies land in microseconds), so a
+// copy that never lands (a bug) sets `lost`, which poisons the output with NaN, instead of
+// hanging the GPU.
+__device__ __forceinline__ void mbar_wait_bounded(uint64_t* bar, uint32_t parity, bool& lost) {
+  const long long t0 = clock64();
+  while (!lost && !mbar_try_wait(bar, parity))
+    if (clock64() - t0 > (1ll << 28)) lost = true;
 }
 
 // Pins accumulator registers at this point of the program (the wgmma writes them asynchronously).
@@ -498,14 +518,7 @@ __global__ void __launch_bounds__(128) mla_decode_h16_kernel(MlaDecodeParams p) 
   bool lost = false;
   auto wait_block = [&](int blk) {
     if constexpr (kBulk) {
-      const uint32_t parity = uint32_t(blk / kH16Stages) & 1;
-      const long long t0 = clock64();
-      while (!lost && !mbar_try_wait(&sm.bar[blk % kH16Stages], parity)) {
-        if (clock64() - t0 > (1ll << 28)) {  // ~0.1 s; a block lands in microseconds
-          lost = true;
-          break;
-        }
-      }
+      mbar_wait_bounded(&sm.bar[blk % kH16Stages], uint32_t(blk / kH16Stages) & 1, lost);
     } else {
       cp_async_wait<kH16Stages - 2>();  // one group per block: block blk has landed
     }
@@ -682,8 +695,17 @@ __global__ void __launch_bounds__(128) mla_decode_h16_kernel(MlaDecodeParams p) 
   }
 }
 
-// ---- More than 32 heads (compute-bound): wgmma, 64 heads per CTA ----
-// Two warpgroups share each 64-key block (cp.async, two stages, swizzled regions). Scores:
+// ---- wgmma, 64 heads per CTA: more than 32 heads, or any head count when the cache can be
+// read by the TMA engine (kTma) ----
+// Two warpgroups share each 64-key block (two stages, swizzled regions). kTma: the block's pages
+// arrive as 2-D boxes of a tensor map over the cache ([num_slots, 576] bf16, box 64 columns x
+// page_size rows, 128-byte swizzle, so each box lands as rows of a region) issued by warp 0 and
+// completing on the stage's mbarrier: 9 copies per page instead of 72 cp.async of 16 bytes per
+// key row by all threads, and no per-thread limit on the bytes in flight. That needs
+// page_size in {8, 16, 32, 64} (whole pages per block, boxes 1024-byte aligned in a region), and
+// splits that start on a block boundary (multiples of 64 keys, for every kernel here). With 16
+// heads three quarters of the tile are zero rows: the tensor cores have the time, the memory
+// does not. Otherwise 16-byte cp.async by all threads. Scores:
 // warpgroup wg computes S[64 heads, keys 32 wg .. 32 wg + 32) = Q K^T with the query tile read
 // by the tensor cores from shared memory (36 wgmma m64n32k16); the two halves' row maxima meet
 // in shared memory, so both warpgroups keep the same running max; each writes its half of
@@ -702,10 +724,13 @@ struct WgSmem {
   __nv_bfloat16 pr[kRegion];                // P [64 heads x 64 keys], K-major
   float red[2][kWgHeads];                   // per warpgroup: row max of its keys, then row sum
   int32_t slot[2][kWgKeys];
+  uint64_t bar[2];                          // kTma: the stage's copies landed
 };
 constexpr size_t kWgSmemBytes = sizeof(WgSmem) + 1024;  // + alignment of the base
 
-__global__ void __launch_bounds__(256, 1) mla_decode_wgmma_kernel(MlaDecodeParams p) {
+template <bool kTma>
+__global__ void __launch_bounds__(256, 1)
+    mla_decode_wgmma_kernel(MlaDecodeParams p, const __grid_constant__ CUtensorMap cache_map) {
   extern __shared__ __align__(16) unsigned char smem_wg[];
   // The swizzle is a function of the shared-memory address: regions start 1024-byte aligned.
   WgSmem& sm = *reinterpret_cast<WgSmem*>(smem_wg + ((1024 - (smem_u32(smem_wg) & 1023)) & 1023));
@@ -724,7 +749,8 @@ __global__ void __launch_bounds__(256, 1) mla_decode_wgmma_kernel(MlaDecodeParam
     if (tid == 0 && split == 0 && blockIdx.x == 0)
       report_error(p.error, kErrDecodeSeqLen, len, p.max_pages * p.page_size, b);
   } else {
-    const int64_t per_split = (len + p.num_splits - 1) / p.num_splits;
+    // Whole blocks per split (the TMA path loads whole pages).
+    const int64_t per_split = (len + int64_t(p.num_splits) * kWgKeys - 1) / (int64_t(p.num_splits) * kWgKeys) * kWgKeys;
     begin = min64(len, split * per_split);
     end = min64(len, begin + per_split);
   }
@@ -773,19 +799,61 @@ __global__ void __launch_bounds__(256, 1) mla_decode_wgmma_kernel(MlaDecodeParam
     }
   };
   auto load_block = [&](int stage) {
-    for (int i = tid; i < kWgKeys * kChunks; i += 256) {
-      const int r = i / kChunks, c = i % kChunks;
-      const int32_t slot = sm.slot[stage][r];
-      void* dst = &sm.kv[stage][c >> 3][swizzled(r, c & 7)];
-      if (slot >= 0) {
-        cp_async16(dst, cache + int64_t(slot) * kWidth + c * 8);
-      } else {
-        *reinterpret_cast<uint4*>(dst) = make_uint4(0, 0, 0, 0);
+    if constexpr (kTma) {
+      // Lane i < 64 / page_size copies page i of the block: rows [i ps, i ps + ps) of every
+      // region. A page whose first key is past the end or outside the cache is not copied (its
+      // rows: zeroed after the wait, or a bad slot, whose NaN score poisons the row anyway).
+      if (tid < 32) {
+        const int ps = int(p.page_size);
+        const int32_t slot0 = tid < kWgKeys / ps ? sm.slot[stage][tid * ps] : -1;
+        const unsigned copied = __ballot_sync(0xffffffffu, slot0 >= 0);
+        fence_proxy_async();  // earlier generic accesses of the stage come before the copies
+        if (tid == 0) mbar_arrive_expect(&sm.bar[stage], uint32_t(__popc(copied) * ps) * kWidth * 2);
+        __syncwarp();
+        if (slot0 >= 0) {
+#pragma unroll
+          for (int c = 0; c < kRegions; ++c)
+            tma_load_2d(&sm.kv[stage][c][tid * ps * 64], &cache_map, c * 64, slot0, &sm.bar[stage]);
+        }
       }
+    } else {
+      for (int i = tid; i < kWgKeys * kChunks; i += 256) {
+        const int r = i / kChunks, c = i % kChunks;
+        const int32_t slot = sm.slot[stage][r];
+        void* dst = &sm.kv[stage][c >> 3][swizzled(r, c & 7)];
+        if (slot >= 0) {
+          cp_async16(dst, cache + int64_t(slot) * kWidth + c * 8);
+        } else {
+          *reinterpret_cast<uint4*>(dst) = make_uint4(0, 0, 0, 0);
+        }
+      }
+      cp_async_commit();
     }
-    cp_async_commit();
+  };
+  bool lost = false;  // kTma: a copy never landed
+  // Block blk is in its stage: kTma, the stage's (blk / 2)-th phase, then the rows past the end
+  // of the last block are zeroed (a zero probability times stale data could be NaN times zero).
+  auto wait_block = [&](int blk, int stage) {
+    if constexpr (kTma) {
+      mbar_wait_bounded(&sm.bar[stage], uint32_t(blk >> 1) & 1, lost);
+      const int valid = int(min64(kWgKeys, end - begin - int64_t(blk) * kWgKeys));
+      for (int i = tid; i < (kWgKeys - valid) * kChunks; i += 256) {
+        const int r = valid + i / kChunks, c = i % kChunks;
+        *reinterpret_cast<uint4*>(&sm.kv[stage][c >> 3][swizzled(r, c & 7)]) = make_uint4(0, 0, 0, 0);
+      }
+    } else {
+      cp_async_wait<0>();
+    }
   };
 
+  if constexpr (kTma) {
+    if (tid == 0) {
+      asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<uint64_t>(&cache_map)) : "memory");
+      mbar_init(&sm.bar[0], 1);
+      mbar_init(&sm.bar[1], 1);
+      mbar_init_fence();
+    }
+  }
   if (nblocks > 0) fill_slots(0, 0, fetch_page(0));
   int32_t page_ahead = fetch_page(1);  // block blk + 1's, in iteration blk
   __syncthreads();
@@ -802,7 +870,7 @@ __global__ void __launch_bounds__(256, 1) mla_decode_wgmma_kernel(MlaDecodeParam
     const int stage = blk & 1;
     if (blk + 1 < nblocks) fill_slots(blk + 1, stage ^ 1, page_ahead);
     page_ahead = fetch_page(blk + 2);
-    cp_async_wait<0>();
+    wait_block(blk, stage);
     fence_proxy_async();  // the copies (and the query) become visible to the tensor cores
     __syncthreads();      // block blk landed; slots of blk + 1 visible; blk - 1 fully consumed
     if (blk + 1 < nblocks) load_block(stage ^ 1);
@@ -906,7 +974,7 @@ __global__ void __launch_bounds__(256, 1) mla_decode_wgmma_kernel(MlaDecodeParam
     const int row = row0 + 8 * i;
     const int64_t h = h0 + row;
     if (h >= p.heads) continue;
-    const float l = sm.red[0][row] + sm.red[1][row];
+    const float l = lost ? __int_as_float(0x7fc00000) : sm.red[0][row] + sm.red[1][row];
     if (p.num_splits == 1) {
       // No valid key (bad length): l = 0 and the row is NaN, as the CPU reference.
       const float inv = l > 0.0f ? 1.0f / l : __int_as_float(0x7fc00000);
@@ -986,11 +1054,13 @@ void launch_h16(const MlaDecodeParams& p, dim3 grid, int mode, cudaStream_t stre
 }
 
 // Kernel choice, for comparisons (and a way around a kernel should one misbehave on a device),
-// read at every launch so a test can switch: TANDEM_MLA_DECODE_WGMMA=0 sends more than 32 heads
-// to the mma.sync kernel (32 heads per CTA) instead of the wgmma kernel;
-// TANDEM_MLA_DECODE_H16=0|1|2|3 runs up to 16 heads on the two-stage mma.sync kernel of 64-key
-// blocks (0, the default), or the 32-key kernel with five stages (1), with two stages and two
-// CTAs per multiprocessor (2), or with five stages filled by bulk copies (3).
+// read at every launch so a test can switch: TANDEM_MLA_DECODE_TMA=0 keeps the cache off the
+// TMA engine (the kernels below then pick by head count); TANDEM_MLA_DECODE_WGMMA=0 sends more
+// than 32 heads to the mma.sync kernel (32 heads per CTA) instead of the wgmma kernel;
+// TANDEM_MLA_DECODE_H16=1|2|3 runs up to 16 heads on the 32-key kernel with five stages (1),
+// with two stages and two CTAs per multiprocessor (2), or with five stages filled by bulk
+// copies (3); otherwise (0, the default) up to 16 heads take the two-stage mma.sync kernel of
+// 64-key blocks.
 int env_digit(const char* name, int fallback) {
   const char* e = std::getenv(name);
   return e && e[0] >= '0' && e[0] <= '9' ? e[0] - '0' : fallback;
@@ -998,13 +1068,62 @@ int env_digit(const char* name, int fallback) {
 bool wgmma_enabled() { return env_digit("TANDEM_MLA_DECODE_WGMMA", 1) != 0; }
 int h16_mode() { return env_digit("TANDEM_MLA_DECODE_H16", 0); }
 
-}  // namespace
-
-int mla_decode_mma_heads_per_cta(int64_t heads) {
-  return heads <= 16 ? 16 : heads <= 32 || !wgmma_enabled() ? 32 : 64;
+// cuTensorMapEncodeTiled, fetched through the runtime so nothing links libcuda (binaries must
+// start on machines without a driver). Null where the driver has none.
+using EncodeTiledFn = CUresult (*)(CUtensorMap*, CUtensorMapDataType, cuuint32_t, void*, const cuuint64_t*,
+                                   const cuuint64_t*, const cuuint32_t*, const cuuint32_t*,
+                                   CUtensorMapInterleave, CUtensorMapSwizzle, CUtensorMapL2promotion,
+                                   CUtensorMapFloatOOBfill);
+EncodeTiledFn encode_tiled() {
+  static const EncodeTiledFn fn = [] {
+    void* f = nullptr;
+    cudaDriverEntryPointQueryResult q;
+    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000, cudaEnableDefault, &q) !=
+            cudaSuccess ||
+        q != cudaDriverEntryPointSuccess)
+      f = nullptr;
+    return reinterpret_cast<EncodeTiledFn>(f);
+  }();
+  return fn;
 }
 
-int mla_decode_mma_ctas_per_sm(int64_t heads) { return heads <= 16 && h16_mode() == 2 ? 2 : 1; }
+bool tma_page_size(int64_t page_size) {
+  return page_size == 8 || page_size == 16 || page_size == 32 || page_size == 64;
+}
+bool use_tma(const MlaDecodeParams& p) {
+  return tma_page_size(p.page_size) && env_digit("TANDEM_MLA_DECODE_TMA", 1) != 0 &&
+         !(p.heads <= 16 && h16_mode() >= 1 && h16_mode() <= 3) && encode_tiled() != nullptr;
+}
+
+// The cache as a [num_slots, 576] bf16 tensor, boxes of 64 columns x page_size rows in the
+// 128-byte swizzle (the kernel's regions). False if the driver refuses it.
+bool encode_cache_map(const MlaDecodeParams& p, CUtensorMap* map) {
+  const cuuint64_t dims[2] = {cuuint64_t(kWidth), cuuint64_t(p.num_slots)};
+  const cuuint64_t strides[1] = {cuuint64_t(kWidth) * 2};
+  const cuuint32_t box[2] = {64, cuuint32_t(p.page_size)};
+  const cuuint32_t elem_strides[2] = {1, 1};
+  return encode_tiled()(map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, const_cast<void*>(p.cache), dims, strides, box,
+                        elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                        CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+}
+
+template <bool kTma>
+void launch_wgmma(const MlaDecodeParams& p, dim3 grid, const CUtensorMap& map, cudaStream_t stream) {
+  cudaFuncSetAttribute(mla_decode_wgmma_kernel<kTma>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                       int(kWgSmemBytes));
+  mla_decode_wgmma_kernel<kTma><<<grid, 256, kWgSmemBytes, stream>>>(p, map);
+}
+
+}  // namespace
+
+int mla_decode_mma_heads_per_cta(const MlaDecodeParams& p) {
+  if (use_tma(p)) return kWgHeads;
+  return p.heads <= 16 ? 16 : p.heads <= 32 || !wgmma_enabled() ? 32 : kWgHeads;
+}
+
+int mla_decode_mma_ctas_per_sm(const MlaDecodeParams& p) {
+  return p.heads <= 16 && h16_mode() == 2 ? 2 : 1;
+}
 
 bool mla_decode_mma_supported(const MlaDecodeParams& p) {
   return p.cache_dtype == DType::kBF16 && p.lora == kLora && p.rope == kRope &&
@@ -1018,20 +1137,22 @@ bool mla_decode_mma_supported(const MlaDecodeParams& p) {
 
 void launch_mla_decode_mma(const MlaDecodeParams& p, cudaStream_t stream) {
   if (p.batch == 0 || p.heads == 0) return;
-  const dim3 grid(unsigned((p.heads + mla_decode_mma_heads_per_cta(p.heads) - 1) /
-                           mla_decode_mma_heads_per_cta(p.heads)),
+  const dim3 grid(unsigned((p.heads + mla_decode_mma_heads_per_cta(p) - 1) / mla_decode_mma_heads_per_cta(p)),
                   unsigned(p.num_splits), unsigned(p.batch));
-  const int h16 = p.heads <= 16 ? h16_mode() : 0;
-  if (p.heads <= 16 && (h16 < 1 || h16 > 3)) {
-    launch_nht<1>(p, stream);
+  CUtensorMap map{};
+  if (use_tma(p) && encode_cache_map(p, &map)) {
+    launch_wgmma<true>(p, grid, map, stream);
+  } else if (use_tma(p)) {
+    // The driver refused the map: the cp.async kernel over the same grid (64 heads per CTA).
+    launch_wgmma<false>(p, grid, map, stream);
+  } else if (p.heads <= 16 && h16_mode() >= 1 && h16_mode() <= 3) {
+    launch_h16(p, grid, h16_mode(), stream);
   } else if (p.heads <= 16) {
-    launch_h16(p, grid, h16, stream);
+    launch_nht<1>(p, stream);
   } else if (p.heads <= 32 || !wgmma_enabled()) {
     launch_nht<2>(p, stream);
   } else {
-    cudaFuncSetAttribute(mla_decode_wgmma_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                         int(kWgSmemBytes));
-    mla_decode_wgmma_kernel<<<grid, 256, kWgSmemBytes, stream>>>(p);
+    launch_wgmma<false>(p, grid, map, stream);
   }
   if (p.num_splits > 1)
     mla_decode_mma_combine_kernel<<<unsigned(p.batch * p.heads), 128, 0, stream>>>(p);

@@ -8,7 +8,7 @@
 namespace tandem::ops::cuda {
 
 // CTAs of the tensor-core kernel that share one multiprocessor (sm90_mla_decode.cu).
-int mla_decode_mma_ctas_per_sm(int64_t heads);
+int mla_decode_mma_ctas_per_sm(const MlaDecodeParams& p);
 
 namespace {
 constexpr int64_t kMaxLatentDim = 1024;  // 8 values per thread of 128 (smxx_attention.cuh)
@@ -25,11 +25,11 @@ int sm_count(int device) {
 // SM for the kernels of 170-230 KB of shared memory, two for the 84 KB one), never under 256
 // keys per split. Sized from the page table's capacity, so no synchronization on the lengths.
 int mma_num_splits(const MlaDecodeParams& p, int device) {
-  const int64_t ctas = p.batch * ((p.heads + mla_decode_mma_heads_per_cta(p.heads) - 1) /
-                                  mla_decode_mma_heads_per_cta(p.heads));
+  const int64_t ctas =
+      p.batch * ((p.heads + mla_decode_mma_heads_per_cta(p) - 1) / mla_decode_mma_heads_per_cta(p));
   const int64_t by_len = (p.max_pages * p.page_size + kMinKeysPerSplit - 1) / kMinKeysPerSplit;
   const int64_t want =
-      sm_count(device) * mla_decode_mma_ctas_per_sm(p.heads) / std::max<int64_t>(1, ctas);
+      sm_count(device) * mla_decode_mma_ctas_per_sm(p) / std::max<int64_t>(1, ctas);
   return int(std::clamp<int64_t>(want, 1, std::max<int64_t>(1, std::min(by_len, kMaxMmaSplits))));
 }
 }  // namespace

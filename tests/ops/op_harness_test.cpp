@@ -797,6 +797,37 @@ TEST(MlaPrefillValidation, BadDtypeMixAndShapesThrow) {
 // (H=32); more the wgmma kernel of 64 heads per CTA (H=40 padded, H=64 exact, H=128 two
 // groups); lengths over 256 get several KV splits and the combine kernel, lengths up to 256 a
 // single split written directly; lengths not multiples of the 32- or 64-key block.
+// The MLA decode kernels the launcher can pick (sm90_mla_decode.cu's switches), as environment
+// settings "NAME=VALUE[,NAME=VALUE]"; "" is the default choice. ScopedEnv sets them for a scope.
+std::vector<std::string> mla_decode_variants(int64_t heads) {
+  if (heads <= 16)
+    return {"", "TANDEM_MLA_DECODE_TMA=0", "TANDEM_MLA_DECODE_H16=1", "TANDEM_MLA_DECODE_H16=2",
+            "TANDEM_MLA_DECODE_H16=3"};
+  if (heads <= 32) return {"", "TANDEM_MLA_DECODE_TMA=0"};
+  return {"", "TANDEM_MLA_DECODE_TMA=0", "TANDEM_MLA_DECODE_TMA=0,TANDEM_MLA_DECODE_WGMMA=0"};
+}
+class ScopedEnv {
+ public:
+  explicit ScopedEnv(const std::string& settings) {
+    size_t at = 0;
+    while (at < settings.size()) {
+      size_t comma = settings.find(',', at);
+      if (comma == std::string::npos) comma = settings.size();
+      const std::string kv = settings.substr(at, comma - at);
+      const size_t eq = kv.find('=');
+      names_.push_back(kv.substr(0, eq));
+      setenv(names_.back().c_str(), kv.substr(eq + 1).c_str(), 1);
+      at = comma + 1;
+    }
+  }
+  ~ScopedEnv() {
+    for (const std::string& n : names_) unsetenv(n.c_str());
+  }
+
+ private:
+  std::vector<std::string> names_;
+};
+
 TEST_F(OpHarness, MlaDecodeAttention) {
   struct Case {
     DType cdt;
@@ -833,22 +864,16 @@ TEST_F(OpHarness, MlaDecodeAttention) {
     std::string label = std::string("cache ") + std::string(dtype_name(c.cdt)) + " page " + std::to_string(page_size) +
                         " H=" + std::to_string(heads) + " lens ";
     for (size_t i = 0; i < c.lens.size(); ++i) label += (i ? "," : "") + std::to_string(c.lens[i]);
-    // Every kernel the launcher can pick for this head count (sm90_mla_decode.cu's switches).
-    std::vector<std::pair<const char*, const char*>> variants = {{nullptr, nullptr}};
-    if (c.cdt == DType::kBF16 && heads <= 16)
-      variants = {{"TANDEM_MLA_DECODE_H16", "0"}, {"TANDEM_MLA_DECODE_H16", "1"}, {"TANDEM_MLA_DECODE_H16", "2"},
-                  {"TANDEM_MLA_DECODE_H16", "3"}};
-    if (c.cdt == DType::kBF16 && heads > 32)
-      variants = {{"TANDEM_MLA_DECODE_WGMMA", "1"}, {"TANDEM_MLA_DECODE_WGMMA", "0"}};
-    for (const auto& [name, value] : variants) {
-      if (name) setenv(name, value, 1);
+    // Every kernel the launcher can pick for this head count.
+    const std::vector<std::string> variants =
+        c.cdt == DType::kBF16 ? mla_decode_variants(heads) : std::vector<std::string>{""};
+    for (const std::string& v : variants) {
+      ScopedEnv env(v);
       Guarded out({batch, heads, lora}, DType::kF32, 0);
       ops::mla_decode_attention(ql.to(kGpu), q.to(kGpu).slice(2, 128, 192), cache.to(kGpu), table.to(kGpu),
                                 seq_lens.to(kGpu), page_size, 0.07f, out.view);
-      const std::string vlabel = name ? label + " " + name + "=" + value : label;
-      expect_close("mla_decode_attention", vlabel, out.result("mla_decode"), ref,
+      expect_close("mla_decode_attention", v.empty() ? label : label + " " + v, out.result("mla_decode"), ref,
                    c.cdt == DType::kF32 ? 2e-6 : 5e-3);
-      if (name) unsetenv(name);
     }
   }
 }
@@ -919,6 +944,12 @@ TEST_F(OpHarness, Perf) {
     std::printf("OPPERF linear M=4096,N=7168,K=2048,bf16x,bf16w,bf16out %.1f us %.1f TFLOP/s\n",
                 us, 2.0 * m * n * k / us / 1e6);
   }
+}
+
+// Perf mode, MLA decode alone (its own test so a profiler run can pick it with a filter).
+TEST_F(OpHarness, PerfMlaDecode) {
+  const char* on = std::getenv("TANDEM_OP_PERF");
+  if (!on || on[0] != '1') GTEST_SKIP() << "set TANDEM_OP_PERF=1 for timings";
   // MLA decode, bf16 cache, batch 128 x 4096 keys: 128 heads (compute-bound: 2 * 576 + 2 * 512
   // flops per head and key) and 16 heads (memory-bound: the cache read once). The main lines
   // use scattered pages (a random permutation); extra lines ("variant ...") time the other
@@ -950,16 +981,11 @@ TEST_F(OpHarness, Perf) {
                   (long long)heads, what, vus, bytes / vus / 1e3, flops / vus / 1e6);
     };
     variant("pages_in_order", time(pt_in_order));
-    const std::vector<std::pair<const char*, const char*>> switches =
-        heads <= 16 ? std::vector<std::pair<const char*, const char*>>{{"TANDEM_MLA_DECODE_H16", "1"},
-                                                                      {"TANDEM_MLA_DECODE_H16", "2"},
-                                                                      {"TANDEM_MLA_DECODE_H16", "3"}}
-                    : std::vector<std::pair<const char*, const char*>>{{"TANDEM_MLA_DECODE_WGMMA", "0"}};
-    for (const auto& [name, value] : switches) {
-      setenv(name, value, 1);
-      variant((std::string(name) + "=" + value).c_str(), time(pt));
-      if (heads <= 16) variant((std::string(name) + "=" + value + ",pages_in_order").c_str(), time(pt_in_order));
-      unsetenv(name);
+    for (const std::string& v : mla_decode_variants(heads)) {
+      if (v.empty()) continue;
+      ScopedEnv env(v);
+      variant(v.c_str(), time(pt));
+      variant((v + ",pages_in_order").c_str(), time(pt_in_order));
     }
   }
 }
