@@ -724,13 +724,19 @@ struct WgSmem {
   __nv_bfloat16 pr[kRegion];                // P [64 heads x 64 keys], K-major
   float red[2][kWgHeads];                   // per warpgroup: row max of its keys, then row sum
   int32_t slot[2][kWgKeys];
-  uint64_t bar[2];                          // kTma: the stage's copies landed
+  uint64_t bar[2][kRegions];                // TMA: the stage's copies (of a region) landed
 };
+// How the wgmma kernel loads a block: 16-byte cp.async by all threads; TMA boxes completing on
+// one mbarrier per stage; or on one per region, so the score GEMM starts on region 0 while
+// later regions are still in flight.
+enum WgLoad { kWgCpAsync = 0, kWgTma = 1, kWgTmaRegions = 2 };
 constexpr size_t kWgSmemBytes = sizeof(WgSmem) + 1024;  // + alignment of the base
 
-template <bool kTma>
+template <int kLoad>
 __global__ void __launch_bounds__(256, 1)
     mla_decode_wgmma_kernel(MlaDecodeParams p, const __grid_constant__ CUtensorMap cache_map) {
+  constexpr bool kTma = kLoad != kWgCpAsync;
+  constexpr int kBars = kLoad == kWgTmaRegions ? kRegions : 1;
   extern __shared__ __align__(16) unsigned char smem_wg[];
   // The swizzle is a function of the shared-memory address: regions start 1024-byte aligned.
   WgSmem& sm = *reinterpret_cast<WgSmem*>(smem_wg + ((1024 - (smem_u32(smem_wg) & 1023)) & 1023));
@@ -808,12 +814,14 @@ __global__ void __launch_bounds__(256, 1)
         const int32_t slot0 = tid < kWgKeys / ps ? sm.slot[stage][tid * ps] : -1;
         const unsigned copied = __ballot_sync(0xffffffffu, slot0 >= 0);
         fence_proxy_async();  // earlier generic accesses of the stage come before the copies
-        if (tid == 0) mbar_arrive_expect(&sm.bar[stage], uint32_t(__popc(copied) * ps) * kWidth * 2);
+        if (tid < kBars)
+          mbar_arrive_expect(&sm.bar[stage][tid], uint32_t(__popc(copied) * ps) * kWidth * 2 / kBars);
         __syncwarp();
         if (slot0 >= 0) {
 #pragma unroll
           for (int c = 0; c < kRegions; ++c)
-            tma_load_2d(&sm.kv[stage][c][tid * ps * 64], &cache_map, c * 64, slot0, &sm.bar[stage]);
+            tma_load_2d(&sm.kv[stage][c][tid * ps * 64], &cache_map, c * 64, slot0,
+                        &sm.bar[stage][kBars == 1 ? 0 : c]);
         }
       }
     } else {
@@ -830,13 +838,16 @@ __global__ void __launch_bounds__(256, 1)
       cp_async_commit();
     }
   };
-  bool lost = false;  // kTma: a copy never landed
-  // Block blk is in its stage: kTma, the stage's (blk / 2)-th phase, then the rows past the end
-  // of the last block are zeroed (a zero probability times stale data could be NaN times zero).
+  bool lost = false;  // TMA: a copy never landed
+  // Block blk is in its stage (TMA: the stage's (blk / 2)-th phase). The rows past the end of a
+  // partial last block are zeroed (a zero probability times stale data could be NaN times
+  // zero). kWgTmaRegions waits here only for a partial block, else region by region below.
   auto wait_block = [&](int blk, int stage) {
     if constexpr (kTma) {
-      mbar_wait_bounded(&sm.bar[stage], uint32_t(blk >> 1) & 1, lost);
       const int valid = int(min64(kWgKeys, end - begin - int64_t(blk) * kWgKeys));
+      if (kLoad == kWgTmaRegions && valid == kWgKeys) return;
+#pragma unroll 1
+      for (int c = 0; c < kBars; ++c) mbar_wait_bounded(&sm.bar[stage][c], uint32_t(blk >> 1) & 1, lost);
       for (int i = tid; i < (kWgKeys - valid) * kChunks; i += 256) {
         const int r = valid + i / kChunks, c = i % kChunks;
         *reinterpret_cast<uint4*>(&sm.kv[stage][c >> 3][swizzled(r, c & 7)]) = make_uint4(0, 0, 0, 0);
@@ -849,8 +860,10 @@ __global__ void __launch_bounds__(256, 1)
   if constexpr (kTma) {
     if (tid == 0) {
       asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<uint64_t>(&cache_map)) : "memory");
-      mbar_init(&sm.bar[0], 1);
-      mbar_init(&sm.bar[1], 1);
+      for (int c = 0; c < kBars; ++c) {
+        mbar_init(&sm.bar[0][c], 1);
+        mbar_init(&sm.bar[1][c], 1);
+      }
       mbar_init_fence();
     }
   }
@@ -881,9 +894,12 @@ __global__ void __launch_bounds__(256, 1)
     fence_regs(s);
     wgmma_fence();
 #pragma unroll
-    for (int k = 0; k < kWidth / 16; ++k)
+    for (int k = 0; k < kWidth / 16; ++k) {
+      if (kLoad == kWgTmaRegions && (k & 3) == 0)  // region k / 4 has landed (a no-op when waited)
+        mbar_wait_bounded(&sm.bar[stage][k >> 2], uint32_t(blk >> 1) & 1, lost);
       wgmma_m64n32(s, desc_k_major(&sm.q[k >> 2][(k & 3) * 16]),
                    desc_k_major(&sm.kv[stage][k >> 2][32 * wg * 64 + (k & 3) * 16]));
+    }
     wgmma_commit();
     wgmma_wait_all();
     fence_regs(s);
@@ -1055,7 +1071,8 @@ void launch_h16(const MlaDecodeParams& p, dim3 grid, int mode, cudaStream_t stre
 
 // Kernel choice, for comparisons (and a way around a kernel should one misbehave on a device),
 // read at every launch so a test can switch: TANDEM_MLA_DECODE_TMA=0 keeps the cache off the
-// TMA engine (the kernels below then pick by head count); TANDEM_MLA_DECODE_WGMMA=0 sends more
+// TMA engine (the kernels below then pick by head count), =2 waits for the copies region by
+// region; TANDEM_MLA_DECODE_WGMMA=0 sends more
 // than 32 heads to the mma.sync kernel (32 heads per CTA) instead of the wgmma kernel;
 // TANDEM_MLA_DECODE_H16=1|2|3 runs up to 16 heads on the 32-key kernel with five stages (1),
 // with two stages and two CTAs per multiprocessor (2), or with five stages filled by bulk
@@ -1107,11 +1124,11 @@ bool encode_cache_map(const MlaDecodeParams& p, CUtensorMap* map) {
                         CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
 }
 
-template <bool kTma>
+template <int kLoad>
 void launch_wgmma(const MlaDecodeParams& p, dim3 grid, const CUtensorMap& map, cudaStream_t stream) {
-  cudaFuncSetAttribute(mla_decode_wgmma_kernel<kTma>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+  cudaFuncSetAttribute(mla_decode_wgmma_kernel<kLoad>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                        int(kWgSmemBytes));
-  mla_decode_wgmma_kernel<kTma><<<grid, 256, kWgSmemBytes, stream>>>(p, map);
+  mla_decode_wgmma_kernel<kLoad><<<grid, 256, kWgSmemBytes, stream>>>(p, map);
 }
 
 }  // namespace
@@ -1141,10 +1158,14 @@ void launch_mla_decode_mma(const MlaDecodeParams& p, cudaStream_t stream) {
                   unsigned(p.num_splits), unsigned(p.batch));
   CUtensorMap map{};
   if (use_tma(p) && encode_cache_map(p, &map)) {
-    launch_wgmma<true>(p, grid, map, stream);
+    if (env_digit("TANDEM_MLA_DECODE_TMA", 1) == 2) {
+      launch_wgmma<kWgTmaRegions>(p, grid, map, stream);
+    } else {
+      launch_wgmma<kWgTma>(p, grid, map, stream);
+    }
   } else if (use_tma(p)) {
     // The driver refused the map: the cp.async kernel over the same grid (64 heads per CTA).
-    launch_wgmma<false>(p, grid, map, stream);
+    launch_wgmma<kWgCpAsync>(p, grid, map, stream);
   } else if (p.heads <= 16 && h16_mode() >= 1 && h16_mode() <= 3) {
     launch_h16(p, grid, h16_mode(), stream);
   } else if (p.heads <= 16) {
@@ -1152,7 +1173,7 @@ void launch_mla_decode_mma(const MlaDecodeParams& p, cudaStream_t stream) {
   } else if (p.heads <= 32 || !wgmma_enabled()) {
     launch_nht<2>(p, stream);
   } else {
-    launch_wgmma<false>(p, grid, map, stream);
+    launch_wgmma<kWgCpAsync>(p, grid, map, stream);
   }
   if (p.num_splits > 1)
     mla_decode_mma_combine_kernel<<<unsigned(p.batch * p.heads), 128, 0, stream>>>(p);

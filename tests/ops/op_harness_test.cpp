@@ -801,10 +801,11 @@ TEST(MlaPrefillValidation, BadDtypeMixAndShapesThrow) {
 // settings "NAME=VALUE[,NAME=VALUE]"; "" is the default choice. ScopedEnv sets them for a scope.
 std::vector<std::string> mla_decode_variants(int64_t heads) {
   if (heads <= 16)
-    return {"", "TANDEM_MLA_DECODE_TMA=0", "TANDEM_MLA_DECODE_H16=1", "TANDEM_MLA_DECODE_H16=2",
-            "TANDEM_MLA_DECODE_H16=3"};
-  if (heads <= 32) return {"", "TANDEM_MLA_DECODE_TMA=0"};
-  return {"", "TANDEM_MLA_DECODE_TMA=0", "TANDEM_MLA_DECODE_TMA=0,TANDEM_MLA_DECODE_WGMMA=0"};
+    return {"", "TANDEM_MLA_DECODE_TMA=2", "TANDEM_MLA_DECODE_TMA=0", "TANDEM_MLA_DECODE_H16=1",
+            "TANDEM_MLA_DECODE_H16=2", "TANDEM_MLA_DECODE_H16=3"};
+  if (heads <= 32) return {"", "TANDEM_MLA_DECODE_TMA=2", "TANDEM_MLA_DECODE_TMA=0"};
+  return {"", "TANDEM_MLA_DECODE_TMA=2", "TANDEM_MLA_DECODE_TMA=0",
+          "TANDEM_MLA_DECODE_TMA=0,TANDEM_MLA_DECODE_WGMMA=0"};
 }
 class ScopedEnv {
  public:
