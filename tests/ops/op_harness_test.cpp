@@ -982,6 +982,10 @@ TEST_F(OpHarness, PerfMlaDecode) {
                   (long long)heads, what, vus, bytes / vus / 1e3, flops / vus / 1e6);
     };
     variant("pages_in_order", time(pt_in_order));
+    {  // tandem serve's default page size, 16 tokens, scattered
+      const Tensor pt16 = permutation_prefix(batch * len / 16, int32_t(batch * len / 16)).view({batch, len / 16}).to(kGpu);
+      variant("page16", median_us([&] { ops::mla_decode_attention(ql, qp, cache, pt16, lens, 16, 0.07f, out); }));
+    }
     for (const std::string& v : mla_decode_variants(heads)) {
       if (v.empty()) continue;
       ScopedEnv env(v);
