@@ -147,6 +147,24 @@ __device__ __forceinline__ void wgmma_m64n32(float (&d)[16], uint64_t da, uint64
       : "l"(da), "l"(db), "r"(1));
 }
 
+// d[64 x 64] += A[64 x 16] (smem, K-major) * B[16 x 64] (smem, K-major); f32 accumulate.
+__device__ __forceinline__ void wgmma_m64n64(float (&d)[32], uint64_t da, uint64_t db) {
+  asm volatile(
+      "{\n"
+      ".reg .pred p;\n"
+      "setp.ne.b32 p, %34, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
+      "%32, %33, p, 1, 1, 0, 0;\n"
+      "}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+      : "l"(da), "l"(db), "r"(1));
+}
+
 // d[64 x 256] += A[64 x 16] (smem, K-major) * B[16 x 256] (smem, MN-major); f32 accumulate.
 __device__ __forceinline__ void wgmma_m64n256_tb(float (&d)[128], uint64_t da, uint64_t db) {
   asm volatile(
@@ -724,19 +742,16 @@ struct WgSmem {
   __nv_bfloat16 pr[kRegion];                // P [64 heads x 64 keys], K-major
   float red[2][kWgHeads];                   // per warpgroup: row max of its keys, then row sum
   int32_t slot[2][kWgKeys];
-  uint64_t bar[2][kRegions];                // TMA: the stage's copies (of a region) landed
+  uint64_t bar[2];                          // kTma: the stage's copies landed
 };
-// How the wgmma kernel loads a block: 16-byte cp.async by all threads; TMA boxes completing on
-// one mbarrier per stage; or on one per region, so the score GEMM starts on region 0 while
-// later regions are still in flight.
-enum WgLoad { kWgCpAsync = 0, kWgTma = 1, kWgTmaRegions = 2 };
+// Timing-only variants of the TMA kernel (TANDEM_MLA_DECODE_DIAG, wrong results): each leaves
+// one stage out so the differences say where a block's time goes.
+enum WgDiag { kDiagNone = 0, kDiagNoPv = 1, kDiagNoScores = 2, kDiagNoLoads = 3 };
 constexpr size_t kWgSmemBytes = sizeof(WgSmem) + 1024;  // + alignment of the base
 
-template <int kLoad>
+template <bool kTma, int kDiag = kDiagNone, bool kOneWg = false>
 __global__ void __launch_bounds__(256, 1)
     mla_decode_wgmma_kernel(MlaDecodeParams p, const __grid_constant__ CUtensorMap cache_map) {
-  constexpr bool kTma = kLoad != kWgCpAsync;
-  constexpr int kBars = kLoad == kWgTmaRegions ? kRegions : 1;
   extern __shared__ __align__(16) unsigned char smem_wg[];
   // The swizzle is a function of the shared-memory address: regions start 1024-byte aligned.
   WgSmem& sm = *reinterpret_cast<WgSmem*>(smem_wg + ((1024 - (smem_u32(smem_wg) & 1023)) & 1023));
@@ -814,14 +829,12 @@ __global__ void __launch_bounds__(256, 1)
         const int32_t slot0 = tid < kWgKeys / ps ? sm.slot[stage][tid * ps] : -1;
         const unsigned copied = __ballot_sync(0xffffffffu, slot0 >= 0);
         fence_proxy_async();  // earlier generic accesses of the stage come before the copies
-        if (tid < kBars)
-          mbar_arrive_expect(&sm.bar[stage][tid], uint32_t(__popc(copied) * ps) * kWidth * 2 / kBars);
+        if (tid == 0) mbar_arrive_expect(&sm.bar[stage], uint32_t(__popc(copied) * ps) * kWidth * 2);
         __syncwarp();
         if (slot0 >= 0) {
 #pragma unroll
           for (int c = 0; c < kRegions; ++c)
-            tma_load_2d(&sm.kv[stage][c][tid * ps * 64], &cache_map, c * 64, slot0,
-                        &sm.bar[stage][kBars == 1 ? 0 : c]);
+            tma_load_2d(&sm.kv[stage][c][tid * ps * 64], &cache_map, c * 64, slot0, &sm.bar[stage]);
         }
       }
     } else {
@@ -838,16 +851,14 @@ __global__ void __launch_bounds__(256, 1)
       cp_async_commit();
     }
   };
-  bool lost = false;  // TMA: a copy never landed
-  // Block blk is in its stage (TMA: the stage's (blk / 2)-th phase). The rows past the end of a
-  // partial last block are zeroed (a zero probability times stale data could be NaN times
-  // zero). kWgTmaRegions waits here only for a partial block, else region by region below.
+  bool lost = false;  // kTma: a copy never landed
+  // Block blk is in its stage: kTma, the stage's (blk / 2)-th phase, then the rows past the end
+  // of the last block are zeroed (a zero probability times stale data could be NaN times zero).
   auto wait_block = [&](int blk, int stage) {
     if constexpr (kTma) {
+      if (kDiag == kDiagNoLoads && blk >= 2) return;
+      mbar_wait_bounded(&sm.bar[stage], uint32_t(blk >> 1) & 1, lost);
       const int valid = int(min64(kWgKeys, end - begin - int64_t(blk) * kWgKeys));
-      if (kLoad == kWgTmaRegions && valid == kWgKeys) return;
-#pragma unroll 1
-      for (int c = 0; c < kBars; ++c) mbar_wait_bounded(&sm.bar[stage][c], uint32_t(blk >> 1) & 1, lost);
       for (int i = tid; i < (kWgKeys - valid) * kChunks; i += 256) {
         const int r = valid + i / kChunks, c = i % kChunks;
         *reinterpret_cast<uint4*>(&sm.kv[stage][c >> 3][swizzled(r, c & 7)]) = make_uint4(0, 0, 0, 0);
@@ -860,10 +871,8 @@ __global__ void __launch_bounds__(256, 1)
   if constexpr (kTma) {
     if (tid == 0) {
       asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<uint64_t>(&cache_map)) : "memory");
-      for (int c = 0; c < kBars; ++c) {
-        mbar_init(&sm.bar[0][c], 1);
-        mbar_init(&sm.bar[1][c], 1);
-      }
+      mbar_init(&sm.bar[0], 1);
+      mbar_init(&sm.bar[1], 1);
       mbar_init_fence();
     }
   }
@@ -886,8 +895,89 @@ __global__ void __launch_bounds__(256, 1)
     wait_block(blk, stage);
     fence_proxy_async();  // the copies (and the query) become visible to the tensor cores
     __syncthreads();      // block blk landed; slots of blk + 1 visible; blk - 1 fully consumed
-    if (blk + 1 < nblocks) load_block(stage ^ 1);
+    if (blk + 1 < nblocks && (kDiag != kDiagNoLoads || blk < 1)) load_block(stage ^ 1);
 
+    if constexpr (kOneWg) {
+      // Warpgroup 0 computes all 64 x 64 scores (36 wgmma m64n64k16: the query tile is read
+      // once per block, not once per warpgroup), the softmax and P, and hands warpgroup 1 the
+      // rescale factor of each row.
+      if (wg == 0) {
+        float s[32];
+#pragma unroll
+        for (int i = 0; i < 32; ++i) s[i] = 0.0f;
+        fence_regs(s);
+        wgmma_fence();
+#pragma unroll
+        for (int k = 0; k < kWidth / 16; ++k)
+          wgmma_m64n64(s, desc_k_major(&sm.q[k >> 2][(k & 3) * 16]),
+                       desc_k_major(&sm.kv[stage][k >> 2][(k & 3) * 16]));
+        wgmma_commit();
+        wgmma_wait_all();
+        fence_regs(s);
+        float mx[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+#pragma unroll
+          for (int c = 0; c < 2; ++c) {
+            const int32_t slot = sm.slot[stage][8 * j + 2 * t + c];
+#pragma unroll
+            for (int i = 0; i < 2; ++i) {
+              float& v = s[4 * j + 2 * i + c];
+              v = slot == kSlotPast ? -INFINITY
+                  : slot == kSlotBad ? __int_as_float(0x7fc00000)
+                                     : v * scale_log2;
+              mx[i] = fmaxf(mx[i], v);
+            }
+          }
+        }
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+          mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 1));
+          mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 2));
+          const float m_new = fmaxf(m_row[i], mx[i]);  // finite: every block holds a valid key
+          const float alpha = exp2f(m_row[i] - m_new);
+          m_row[i] = m_new;
+          float sum = 0.0f;
+#pragma unroll
+          for (int j = 0; j < 8; ++j) {
+#pragma unroll
+            for (int c = 0; c < 2; ++c) {
+              const float e = exp2f(s[4 * j + 2 * i + c] - m_new);
+              s[4 * j + 2 * i + c] = e;
+              sum += e;
+            }
+          }
+          l_row[i] = l_row[i] * alpha + sum;
+          if (t == 0) sm.red[0][row0 + 8 * i] = alpha;
+#pragma unroll
+          for (int j = 0; j < 32; ++j) {
+            o[4 * j + 2 * i] *= alpha;
+            o[4 * j + 2 * i + 1] *= alpha;
+          }
+        }
+        // P[row][8 j + 2 t + c]: chunk j of the row, bytes 4 t.
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+#pragma unroll
+          for (int i = 0; i < 2; ++i)
+            *reinterpret_cast<uint32_t*>(&sm.pr[swizzled(row0 + 8 * i, j) + 2 * t]) =
+                pack_bf16(s[4 * j + 2 * i], s[4 * j + 2 * i + 1]);
+        }
+      }
+      fence_proxy_async();
+      __syncthreads();  // P and the rescale factors complete
+      if (wg == 1) {
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+          const float alpha = sm.red[0][row0 + 8 * i];
+#pragma unroll
+          for (int j = 0; j < 32; ++j) {
+            o[4 * j + 2 * i] *= alpha;
+            o[4 * j + 2 * i + 1] *= alpha;
+          }
+        }
+      }
+    } else {
     float s[16];
 #pragma unroll
     for (int i = 0; i < 16; ++i) s[i] = 0.0f;
@@ -895,8 +985,7 @@ __global__ void __launch_bounds__(256, 1)
     wgmma_fence();
 #pragma unroll
     for (int k = 0; k < kWidth / 16; ++k) {
-      if (kLoad == kWgTmaRegions && (k & 3) == 0)  // region k / 4 has landed (a no-op when waited)
-        mbar_wait_bounded(&sm.bar[stage][k >> 2], uint32_t(blk >> 1) & 1, lost);
+      if (kDiag == kDiagNoScores) break;
       wgmma_m64n32(s, desc_k_major(&sm.q[k >> 2][(k & 3) * 16]),
                    desc_k_major(&sm.kv[stage][k >> 2][32 * wg * 64 + (k & 3) * 16]));
     }
@@ -962,12 +1051,13 @@ __global__ void __launch_bounds__(256, 1)
     }
     fence_proxy_async();
     __syncthreads();  // P complete (both halves)
+    }
 
     fence_regs(o);
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < kWgKeys / 16; ++kk)
-      wgmma_m64n256_tb(o, desc_k_major(&sm.pr[kk * 16]),
+      if (kDiag != kDiagNoPv) wgmma_m64n256_tb(o, desc_k_major(&sm.pr[kk * 16]),
                        desc_n_major(&sm.kv[stage][4 * wg][kk * 16 * 64]));
     wgmma_commit();
     wgmma_wait_all();
@@ -1071,8 +1161,9 @@ void launch_h16(const MlaDecodeParams& p, dim3 grid, int mode, cudaStream_t stre
 
 // Kernel choice, for comparisons (and a way around a kernel should one misbehave on a device),
 // read at every launch so a test can switch: TANDEM_MLA_DECODE_TMA=0 keeps the cache off the
-// TMA engine (the kernels below then pick by head count), =2 waits for the copies region by
-// region; TANDEM_MLA_DECODE_WGMMA=0 sends more
+// TMA engine (the kernels below then pick by head count); TANDEM_MLA_DECODE_DIAG=1|2|3 times
+// the TMA kernel without P @ C, without the scores, or without loads after the first blocks
+// (wrong results: for timing only); TANDEM_MLA_DECODE_WGMMA=0 sends more
 // than 32 heads to the mma.sync kernel (32 heads per CTA) instead of the wgmma kernel;
 // TANDEM_MLA_DECODE_H16=1|2|3 runs up to 16 heads on the 32-key kernel with five stages (1),
 // with two stages and two CTAs per multiprocessor (2), or with five stages filled by bulk
@@ -1124,11 +1215,11 @@ bool encode_cache_map(const MlaDecodeParams& p, CUtensorMap* map) {
                         CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
 }
 
-template <int kLoad>
+template <bool kTma, int kDiag = kDiagNone, bool kOneWg = false>
 void launch_wgmma(const MlaDecodeParams& p, dim3 grid, const CUtensorMap& map, cudaStream_t stream) {
-  cudaFuncSetAttribute(mla_decode_wgmma_kernel<kLoad>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                       int(kWgSmemBytes));
-  mla_decode_wgmma_kernel<kLoad><<<grid, 256, kWgSmemBytes, stream>>>(p, map);
+  cudaFuncSetAttribute(mla_decode_wgmma_kernel<kTma, kDiag, kOneWg>,
+                       cudaFuncAttributeMaxDynamicSharedMemorySize, int(kWgSmemBytes));
+  mla_decode_wgmma_kernel<kTma, kDiag, kOneWg><<<grid, 256, kWgSmemBytes, stream>>>(p, map);
 }
 
 }  // namespace
@@ -1158,14 +1249,20 @@ void launch_mla_decode_mma(const MlaDecodeParams& p, cudaStream_t stream) {
                   unsigned(p.num_splits), unsigned(p.batch));
   CUtensorMap map{};
   if (use_tma(p) && encode_cache_map(p, &map)) {
-    if (env_digit("TANDEM_MLA_DECODE_TMA", 1) == 2) {
-      launch_wgmma<kWgTmaRegions>(p, grid, map, stream);
-    } else {
-      launch_wgmma<kWgTma>(p, grid, map, stream);
+    switch (env_digit("TANDEM_MLA_DECODE_DIAG", 0)) {
+      case kDiagNoPv: launch_wgmma<true, kDiagNoPv>(p, grid, map, stream); break;
+      case kDiagNoScores: launch_wgmma<true, kDiagNoScores>(p, grid, map, stream); break;
+      case kDiagNoLoads: launch_wgmma<true, kDiagNoLoads>(p, grid, map, stream); break;
+      default:
+        if (env_digit("TANDEM_MLA_DECODE_ONEWG", 0) == 1) {
+          launch_wgmma<true, kDiagNone, true>(p, grid, map, stream);
+        } else {
+          launch_wgmma<true>(p, grid, map, stream);
+        }
     }
   } else if (use_tma(p)) {
     // The driver refused the map: the cp.async kernel over the same grid (64 heads per CTA).
-    launch_wgmma<kWgCpAsync>(p, grid, map, stream);
+    launch_wgmma<false>(p, grid, map, stream);
   } else if (p.heads <= 16 && h16_mode() >= 1 && h16_mode() <= 3) {
     launch_h16(p, grid, h16_mode(), stream);
   } else if (p.heads <= 16) {
@@ -1173,7 +1270,7 @@ void launch_mla_decode_mma(const MlaDecodeParams& p, cudaStream_t stream) {
   } else if (p.heads <= 32 || !wgmma_enabled()) {
     launch_nht<2>(p, stream);
   } else {
-    launch_wgmma<kWgCpAsync>(p, grid, map, stream);
+    launch_wgmma<false>(p, grid, map, stream);
   }
   if (p.num_splits > 1)
     mla_decode_mma_combine_kernel<<<unsigned(p.batch * p.heads), 128, 0, stream>>>(p);

@@ -801,10 +801,10 @@ TEST(MlaPrefillValidation, BadDtypeMixAndShapesThrow) {
 // settings "NAME=VALUE[,NAME=VALUE]"; "" is the default choice. ScopedEnv sets them for a scope.
 std::vector<std::string> mla_decode_variants(int64_t heads) {
   if (heads <= 16)
-    return {"", "TANDEM_MLA_DECODE_TMA=2", "TANDEM_MLA_DECODE_TMA=0", "TANDEM_MLA_DECODE_H16=1",
+    return {"", "TANDEM_MLA_DECODE_ONEWG=1", "TANDEM_MLA_DECODE_TMA=0", "TANDEM_MLA_DECODE_H16=1",
             "TANDEM_MLA_DECODE_H16=2", "TANDEM_MLA_DECODE_H16=3"};
-  if (heads <= 32) return {"", "TANDEM_MLA_DECODE_TMA=2", "TANDEM_MLA_DECODE_TMA=0"};
-  return {"", "TANDEM_MLA_DECODE_TMA=2", "TANDEM_MLA_DECODE_TMA=0",
+  if (heads <= 32) return {"", "TANDEM_MLA_DECODE_ONEWG=1", "TANDEM_MLA_DECODE_TMA=0"};
+  return {"", "TANDEM_MLA_DECODE_ONEWG=1", "TANDEM_MLA_DECODE_TMA=0",
           "TANDEM_MLA_DECODE_TMA=0,TANDEM_MLA_DECODE_WGMMA=0"};
 }
 class ScopedEnv {
@@ -985,6 +985,13 @@ TEST_F(OpHarness, PerfMlaDecode) {
     {  // tandem serve's default page size, 16 tokens, scattered
       const Tensor pt16 = permutation_prefix(batch * len / 16, int32_t(batch * len / 16)).view({batch, len / 16}).to(kGpu);
       variant("page16", median_us([&] { ops::mla_decode_attention(ql, qp, cache, pt16, lens, 16, 0.07f, out); }));
+    }
+    // Timing-only runs of the default kernel with one stage left out (wrong results).
+    if (std::getenv("TANDEM_MLA_DECODE_DIAGS")) {
+      for (const char* d : {"1", "2", "3"}) {
+        ScopedEnv env(std::string("TANDEM_MLA_DECODE_DIAG=") + d);
+        variant((std::string("DIAG=") + d).c_str(), time(pt));
+      }
     }
     for (const std::string& v : mla_decode_variants(heads)) {
       if (v.empty()) continue;

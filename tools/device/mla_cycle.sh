@@ -2,7 +2,7 @@
 # MLA decode on one GPU in one call (device tool; carry .devbin from pack_devbin.sh): the op
 # harness's MLA decode correctness cases, the perf lines (PerfMlaDecode: B=128, 4096 keys,
 # H=128 and H=16, every kernel variant), the 4.3 TB/s-class copy ceiling measured by torch in the
-# same run, and, with NCU=1, Nsight Compute sections for the first kernel of each head count.
+# same run (DIAGS=1 adds the timing-only runs of TANDEM_MLA_DECODE_DIAG), and, with NCU=1, Nsight Compute sections for the first kernel of each head count.
 # Logs in $OUT; a table last.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -13,7 +13,7 @@ bin=.devbin/bin/op_harness_test
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv > "$OUT/env.txt" 2>&1
 timeout 200 "$bin" --gtest_filter='*MlaDecode*:-*Perf*' > "$OUT/mla_check.log" 2>&1
 echo "check rc=$?" >> "$OUT/mla_check.log"
-timeout 200 env TANDEM_OP_PERF=1 "$bin" --gtest_filter='*PerfMlaDecode*' > "$OUT/mla_perf.log" 2>&1
+timeout 200 env TANDEM_OP_PERF=1 ${DIAGS:+TANDEM_MLA_DECODE_DIAGS=1} "$bin" --gtest_filter='*PerfMlaDecode*' > "$OUT/mla_perf.log" 2>&1
 echo "perf rc=$?" >> "$OUT/mla_perf.log"
 python3 - > "$OUT/copy.txt" 2>&1 <<'PY'
 import torch
