@@ -1,11 +1,12 @@
 // MLA decode attention on tensor cores for a bf16 latent cache of DeepSeek's width
 // (kv_lora_rank 512 + rope 64), absorbed form (DeepSeek-V2 paper, 2.1.3):
 // score_j = (q_latent . c_j + q_pe . k_pe_j) * scale, out = softmax(score) @ c[:, :512].
-// Three kernels, picked by head count in launch_mla_decode_mma (switches for comparisons there):
-// - mla_decode_mma_kernel (up to 32 heads; below), mma.sync;
-// - mla_decode_h16_kernel (up to 16 heads, opt-in), 32-key blocks in 2-5 stages, cp.async or
-//   bulk copies;
-// - mla_decode_wgmma_kernel (more than 32 heads, the default there), wgmma over 64 heads.
+// Three kernels, picked in launch_mla_decode_mma (switches for comparisons there):
+// - mla_decode_wgmma_kernel, wgmma over 64 heads: every head count when the TMA engine can read
+//   the cache (page size 8/16/32/64), else more than 32 heads with cp.async;
+// - otherwise mla_decode_h16_kernel (up to 16 heads), 32-key blocks in two cp.async stages, two
+//   CTAs per SM;
+// - otherwise mla_decode_mma_kernel (17 to 32 heads; below), mma.sync.
 // All share the split scheme and the combine kernel; none synchronizes with the host or
 // allocates, so they are safe in CUDA graphs. Thread-safety: stateless launches.
 //
@@ -98,15 +99,6 @@ __device__ __forceinline__ bool mbar_try_wait(uint64_t* bar, uint32_t parity) {
       : "memory");
   return done != 0;
 }
-// global -> shared, `bytes` a multiple of 16, both addresses 16-byte aligned.
-__device__ __forceinline__ void bulk_copy(void* dst, const void* src, uint32_t bytes, uint64_t* bar) {
-  asm volatile(
-      "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::"r"(
-          smem_u32(dst)),
-      "l"(src), "r"(bytes), "r"(smem_u32(bar))
-      : "memory");
-}
-
 // A 2-D box of the tensor map (coordinates: column, row) -> shared, completing on an mbarrier.
 __device__ __forceinline__ void tma_load_2d(void* dst, const CUtensorMap* map, int col, int row,
                                             uint64_t* bar) {
@@ -422,9 +414,12 @@ __global__ void __launch_bounds__(NHT * 128) mla_decode_mma_kernel(MlaDecodePara
   }
 }
 
-// ---- Up to 16 heads (memory-bound): one CTA of 4 warps per (split, sequence) streams 32-key
-// blocks through kH16Stages cp.async stages, so kH16Stages - 1 blocks (37 KB each) are in
-// flight while one is computed. Scores: warp ds holds the query's A fragments for dims [144 ds, 144 ds + 144)
+// ---- Up to 16 heads (memory-bound) where the TMA kernel cannot read the cache (page sizes
+// other than 8/16/32/64): one CTA of 4 warps per (split, sequence), two per SM (84 KB each, so
+// the launcher makes twice the splits), streams 32-key blocks through kH16Stages cp.async
+// stages, so kH16Stages - 1 blocks (37 KB each) are in flight while one is computed; with two
+// CTAs per SM that kept the copy rate of the TMA kernel (84% of copy bandwidth on an H100),
+// where one CTA with five stages did not (54%). Scores: warp ds holds the query's A fragments for dims [144 ds, 144 ds + 144)
 // in registers (loaded once) and computes partial scores of all 16 heads x 32 keys; the four
 // partials meet in shared memory. Softmax and P @ C as in mla_decode_mma_kernel (out dims
 // [128 ds, 128 ds + 128) per warp).
@@ -436,13 +431,10 @@ struct H16Smem {
   __nv_bfloat16 kv[kH16Stages][kH16Keys][kRowPad];  // the last stage first holds the query
   float s[4][16][kH16Keys + 4];                      // partial scores per warp
   int32_t slot[kH16Stages][kH16Keys];
-  uint64_t bar[kH16Stages];                          // kBulk: copies of the stage landed
 };
+constexpr int kH16CtaStages = 2;
 
-// kH16Stages = 5: one CTA per SM (196 KB); 2: two CTAs per SM (84 KB each), twice the splits.
-// kBulk: each key row (1152 bytes) is one bulk copy by the TMA engine (warp 0, a lane per
-// row) completing on the stage's mbarrier, instead of 72 cp.async of 16 bytes by all threads.
-template <int kH16Stages, bool kBulk>
+template <int kH16Stages>
 __global__ void __launch_bounds__(128) mla_decode_h16_kernel(MlaDecodeParams p) {
   extern __shared__ __align__(128) unsigned char smem_raw[];
   H16Smem<kH16Stages>& sm = *reinterpret_cast<H16Smem<kH16Stages>*>(smem_raw);
@@ -502,53 +494,18 @@ __global__ void __launch_bounds__(128) mla_decode_h16_kernel(MlaDecodeParams p) 
     }
   };
   auto load_block = [&](int stage) {
-    if constexpr (kBulk) {
-      if (tid < kH16Keys) {  // warp 0, lane = row
-        const int32_t slot = sm.slot[stage][tid];
-        const unsigned valid = __ballot_sync(0xffffffffu, slot >= 0);
-        fence_proxy_async();  // earlier reads of the stage come before the copies' writes
-        if (tid == 0) mbar_arrive_expect(&sm.bar[stage], uint32_t(__popc(valid)) * kWidth * 2);
-        __syncwarp();
-        if (slot >= 0) {
-          bulk_copy(&sm.kv[stage][tid][0], cache + int64_t(slot) * kWidth, kWidth * 2, &sm.bar[stage]);
-        } else {
-#pragma unroll 8
-          for (int c = 0; c < kChunks; ++c)
-            *reinterpret_cast<uint4*>(&sm.kv[stage][tid][c * 8]) = make_uint4(0, 0, 0, 0);
-        }
+    for (int i = tid; i < kH16Keys * kChunks; i += 128) {
+      const int r = i / kChunks, c = i % kChunks;
+      const int32_t slot = sm.slot[stage][r];
+      void* dst = &sm.kv[stage][r][c * 8];
+      if (slot >= 0) {
+        cp_async16(dst, cache + int64_t(slot) * kWidth + c * 8);
+      } else {
+        *reinterpret_cast<uint4*>(dst) = make_uint4(0, 0, 0, 0);
       }
-    } else {
-      for (int i = tid; i < kH16Keys * kChunks; i += 128) {
-        const int r = i / kChunks, c = i % kChunks;
-        const int32_t slot = sm.slot[stage][r];
-        void* dst = &sm.kv[stage][r][c * 8];
-        if (slot >= 0) {
-          cp_async16(dst, cache + int64_t(slot) * kWidth + c * 8);
-        } else {
-          *reinterpret_cast<uint4*>(dst) = make_uint4(0, 0, 0, 0);
-        }
-      }
-      cp_async_commit();
     }
+    cp_async_commit();
   };
-  // kBulk: waits for block blk's copies (the stage's (blk / kH16Stages)-th phase). Bounded, so
-  // a copy that never lands (a bug) poisons the output with NaN instead of hanging the GPU.
-  bool lost = false;
-  auto wait_block = [&](int blk) {
-    if constexpr (kBulk) {
-      mbar_wait_bounded(&sm.bar[blk % kH16Stages], uint32_t(blk / kH16Stages) & 1, lost);
-    } else {
-      cp_async_wait<kH16Stages - 2>();  // one group per block: block blk has landed
-    }
-  };
-
-  if constexpr (kBulk) {
-    if (tid == 0) {
-#pragma unroll
-      for (int s = 0; s < kH16Stages; ++s) mbar_init(&sm.bar[s], 1);
-      mbar_init_fence();
-    }
-  }
 #pragma unroll
   for (int s = 0; s < kH16Stages - 1; ++s)
     if (s < nblocks) fill_slots(s, s, fetch_page(s));
@@ -565,7 +522,7 @@ __global__ void __launch_bounds__(128) mla_decode_h16_kernel(MlaDecodeParams p) 
   for (int s = 0; s < kH16Stages - 1; ++s) {
     if (s < nblocks) {
       load_block(s);
-    } else if constexpr (!kBulk) {
+    } else {
       cp_async_commit();
     }
   }
@@ -582,11 +539,11 @@ __global__ void __launch_bounds__(128) mla_decode_h16_kernel(MlaDecodeParams p) 
     const int next = blk + kH16Stages - 1;
     if (next < nblocks) fill_slots(next, next % kH16Stages, page_ahead);
     page_ahead = fetch_page(next + 1);
-    wait_block(blk);
+    cp_async_wait<kH16Stages - 2>();  // one group per block: block blk has landed
     __syncthreads();  // blk visible to all; slots of next visible; blk - 1 fully consumed
     if (next < nblocks) {
       load_block(next % kH16Stages);
-    } else if constexpr (!kBulk) {
+    } else {
       cp_async_commit();
     }
 
@@ -682,7 +639,7 @@ __global__ void __launch_bounds__(128) mla_decode_h16_kernel(MlaDecodeParams p) 
       }
     }
   }
-  if constexpr (!kBulk) cp_async_wait<0>();  // no copy outlives the CTA
+  cp_async_wait<0>();  // no copy outlives the CTA
 
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
@@ -693,7 +650,6 @@ __global__ void __launch_bounds__(128) mla_decode_h16_kernel(MlaDecodeParams p) 
   for (int r = 0; r < 2; ++r) {
     const int64_t h = g + 8 * r;
     if (h >= p.heads) continue;
-    if (lost) l_row[r] = m_row[r] = __int_as_float(0x7fc00000);
     if (p.num_splits == 1) {
       const float inv = l_row[r] > 0.0f ? 1.0f / l_row[r] : __int_as_float(0x7fc00000);
       float* out = p.out + b * p.out_stride_b + h * p.out_stride_h + ds * 128 + 2 * t;
@@ -1141,22 +1097,11 @@ void launch_nht(const MlaDecodeParams& p, cudaStream_t stream) {
   mla_decode_mma_kernel<NHT><<<grid, NHT * 128, smem, stream>>>(p);
 }
 
-template <int kStages, bool kBulk>
-void launch_h16_stages(const MlaDecodeParams& p, dim3 grid, cudaStream_t stream) {
-  constexpr size_t smem = sizeof(H16Smem<kStages>);
-  cudaFuncSetAttribute(mla_decode_h16_kernel<kStages, kBulk>,
-                       cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
-  mla_decode_h16_kernel<kStages, kBulk><<<grid, 128, smem, stream>>>(p);
-}
-// mode 1: five stages; 2: two stages, two CTAs per SM; 3: five stages of bulk copies.
-void launch_h16(const MlaDecodeParams& p, dim3 grid, int mode, cudaStream_t stream) {
-  if (mode == 1) {
-    launch_h16_stages<5, false>(p, grid, stream);
-  } else if (mode == 2) {
-    launch_h16_stages<2, false>(p, grid, stream);
-  } else {
-    launch_h16_stages<5, true>(p, grid, stream);
-  }
+void launch_h16(const MlaDecodeParams& p, dim3 grid, cudaStream_t stream) {
+  constexpr size_t smem = sizeof(H16Smem<kH16CtaStages>);
+  cudaFuncSetAttribute(mla_decode_h16_kernel<kH16CtaStages>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                       int(smem));
+  mla_decode_h16_kernel<kH16CtaStages><<<grid, 128, smem, stream>>>(p);
 }
 
 // Kernel choice, for comparisons (and a way around a kernel should one misbehave on a device),
@@ -1165,16 +1110,12 @@ void launch_h16(const MlaDecodeParams& p, dim3 grid, int mode, cudaStream_t stre
 // the TMA kernel without P @ C, without the scores, or without loads after the first blocks
 // (wrong results: for timing only); TANDEM_MLA_DECODE_WGMMA=0 sends more
 // than 32 heads to the mma.sync kernel (32 heads per CTA) instead of the wgmma kernel;
-// TANDEM_MLA_DECODE_H16=1|2|3 runs up to 16 heads on the 32-key kernel with five stages (1),
-// with two stages and two CTAs per multiprocessor (2), or with five stages filled by bulk
-// copies (3); otherwise (0, the default) up to 16 heads take the two-stage mma.sync kernel of
-// 64-key blocks.
+// without TMA, up to 16 heads take mla_decode_h16_kernel (two CTAs per SM).
 int env_digit(const char* name, int fallback) {
   const char* e = std::getenv(name);
   return e && e[0] >= '0' && e[0] <= '9' ? e[0] - '0' : fallback;
 }
 bool wgmma_enabled() { return env_digit("TANDEM_MLA_DECODE_WGMMA", 1) != 0; }
-int h16_mode() { return env_digit("TANDEM_MLA_DECODE_H16", 0); }
 
 // cuTensorMapEncodeTiled, fetched through the runtime so nothing links libcuda (binaries must
 // start on machines without a driver). Null where the driver has none.
@@ -1200,7 +1141,7 @@ bool tma_page_size(int64_t page_size) {
 }
 bool use_tma(const MlaDecodeParams& p) {
   return tma_page_size(p.page_size) && env_digit("TANDEM_MLA_DECODE_TMA", 1) != 0 &&
-         !(p.heads <= 16 && h16_mode() >= 1 && h16_mode() <= 3) && encode_tiled() != nullptr;
+         encode_tiled() != nullptr;
 }
 
 // The cache as a [num_slots, 576] bf16 tensor, boxes of 64 columns x page_size rows in the
@@ -1230,7 +1171,7 @@ int mla_decode_mma_heads_per_cta(const MlaDecodeParams& p) {
 }
 
 int mla_decode_mma_ctas_per_sm(const MlaDecodeParams& p) {
-  return p.heads <= 16 && h16_mode() == 2 ? 2 : 1;
+  return p.heads <= 16 && !use_tma(p) ? 2 : 1;
 }
 
 bool mla_decode_mma_supported(const MlaDecodeParams& p) {
@@ -1263,10 +1204,8 @@ void launch_mla_decode_mma(const MlaDecodeParams& p, cudaStream_t stream) {
   } else if (use_tma(p)) {
     // The driver refused the map: the cp.async kernel over the same grid (64 heads per CTA).
     launch_wgmma<false>(p, grid, map, stream);
-  } else if (p.heads <= 16 && h16_mode() >= 1 && h16_mode() <= 3) {
-    launch_h16(p, grid, h16_mode(), stream);
   } else if (p.heads <= 16) {
-    launch_nht<1>(p, stream);
+    launch_h16(p, grid, stream);
   } else if (p.heads <= 32 || !wgmma_enabled()) {
     launch_nht<2>(p, stream);
   } else {
