@@ -1059,6 +1059,439 @@ __global__ void __launch_bounds__(256, 1)
   }
 }
 
+// ---- Seesaw schedule (opt-in, TANDEM_MLA_DECODE_SEESAW=1; TMA page sizes) ----
+// The schedule FlashMLA describes for 64 heads per CTA (docs/cuda.md): blocks go in pairs, block
+// 2i in stage 0 and 2i + 1 in stage 1. Warpgroup 0 owns out dims [0, 256) (O_L), warpgroup 1
+// dims [256, 512) (O_R); each computes the full 64 x 64 scores of its own block (36 wgmma
+// m64n64k16), so the two score GEMMs run side by side and one warpgroup's softmax overlaps the
+// other's tensor work. With m the running max, per pair:
+//   WG0: S0, m0 = max(m, rowmax S0), sc0 = 2^(m - m0); P0 = 2^(S0 - m0) (registers, the A
+//        operand of its own O_L = O_L sc0 + P0 V0L); after WG1's sc1: P0 sc1 into stage 0's
+//        rope region (free once S0 is done) for WG1; O_L = O_L sc1 + P1 V1L.
+//   WG1: S1, m1 = max(m0, rowmax S1), sc1 = 2^(m0 - m1); P1 = 2^(S1 - m1) into stage 1's rope
+//        region for WG0 and (registers) O_R = O_R sc0 sc1 + P1 V1R; then O_R += (P0 sc1) V0R.
+// The row sums follow the same factors (l = l0 + l1 at the end). Hand-offs between the
+// warpgroups are named barriers (one producer arrives, the consumer syncs); each stage has a
+// "full" mbarrier (its TMA copies) and a "free" one (all 8 warps done reading it), and warp 0
+// (stage 0) and warp 4 (stage 1) fill the slots and issue the next pair's copies once it is free.
+struct SeesawSmem {
+  __nv_bfloat16 q[kRegions][kRegion];      // [64 heads x 576], K-major
+  __nv_bfloat16 kv[2][kRegions][kRegion];  // [64 keys x 576] per stage; region 8 later holds P
+  float m0[kWgHeads], sc0[kWgHeads];  // WG0 -> WG1, per row: max after block 2i, its factor
+  float m1[kWgHeads], sc1[kWgHeads];  // WG1 -> WG0: max after block 2i + 1, its factor
+  float lsum[2][kWgHeads];
+  int32_t slot[2][kWgKeys];
+  uint64_t full[2], free[2];
+};
+constexpr size_t kSeesawSmemBytes = sizeof(SeesawSmem) + 1024;
+
+__device__ __forceinline__ void named_sync(int id, int threads) {
+  asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
+__device__ __forceinline__ void named_arrive(int id, int threads) {
+  asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
+__device__ __forceinline__ void mbar_arrive(uint64_t* bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(smem_u32(bar)) : "memory");
+}
+// d[64 x 256] += A[64 x 16] (registers, the m16n8k16 A fragment of each warp's 16 rows) *
+// B[16 x 256] (smem, MN-major); f32 accumulate.
+__device__ __forceinline__ void wgmma_m64n256_ra(float (&d)[128], const uint32_t (&a)[4], uint64_t db) {
+  asm volatile(
+      "{\n"
+      ".reg .pred p;\n"
+      "setp.ne.b32 p, %133, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 "
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+      "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+      "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, "
+      "%64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, "
+      "%80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, "
+      "%96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, "
+      "%112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127}, "
+      "{%128, %129, %130, %131}, %132, p, 1, 1, 1;\n"
+      "}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+        "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+        "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+        "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+        "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]),
+        "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]),
+        "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]),
+        "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]),
+        "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]),
+        "+f"(d[96]), "+f"(d[97]), "+f"(d[98]), "+f"(d[99]), "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103]),
+        "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111]),
+        "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]),
+        "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(1));
+}
+
+// Named barriers of the seesaw kernel (0 is __syncthreads).
+enum SeesawBar { kBarM0 = 1, kBarSc1 = 2, kBarP0 = 3, kBarP1 = 4, kBarWg0 = 5, kBarWg1 = 6 };
+
+__global__ void __launch_bounds__(256, 1)
+    mla_decode_seesaw_kernel(MlaDecodeParams p, const __grid_constant__ CUtensorMap cache_map) {
+  extern __shared__ __align__(16) unsigned char smem_ss[];
+  SeesawSmem& sm = *reinterpret_cast<SeesawSmem*>(smem_ss + ((1024 - (smem_u32(smem_ss) & 1023)) & 1023));
+  const int tid = threadIdx.x, wg = tid >> 7, lane = tid & 31, w4 = (tid >> 5) & 3;
+  const int g = lane >> 2, t = lane & 3;
+  const int row0 = 16 * w4 + g;  // this thread's rows: row0, row0 + 8
+  const int64_t h0 = int64_t(blockIdx.x) * kWgHeads;
+  const int split = blockIdx.y;
+  const int64_t b = blockIdx.z;
+  const int32_t* pages = p.page_table + b * p.max_pages;
+
+  const int64_t len = p.seq_lens[b];
+  int64_t begin = 0, end = 0;
+  if (len < 1 || len > p.max_pages * p.page_size) {
+    if (tid == 0 && split == 0 && blockIdx.x == 0)
+      report_error(p.error, kErrDecodeSeqLen, len, p.max_pages * p.page_size, b);
+  } else {
+    const int64_t per_split =
+        (len + int64_t(p.num_splits) * kWgKeys - 1) / (int64_t(p.num_splits) * kWgKeys) * kWgKeys;
+    begin = min64(len, split * per_split);
+    end = min64(len, begin + per_split);
+  }
+  const int nblocks = int((end - begin + kWgKeys - 1) / kWgKeys);
+
+  for (int i = tid; i < kWgHeads * kChunks; i += 256) {
+    const int r = i / kChunks, c = i % kChunks;
+    uint4 v = make_uint4(0, 0, 0, 0);
+    if (h0 + r < p.heads) {
+      const float* src = c < kLora / 8
+                             ? p.q_latent + b * p.ql_stride_b + (h0 + r) * p.ql_stride_h + c * 8
+                             : p.q_pe + b * p.qp_stride_b + (h0 + r) * p.qp_stride_h + (c * 8 - kLora);
+      const float2 x0 = reinterpret_cast<const float2*>(src)[0];
+      const float2 x1 = reinterpret_cast<const float2*>(src)[1];
+      const float2 x2 = reinterpret_cast<const float2*>(src)[2];
+      const float2 x3 = reinterpret_cast<const float2*>(src)[3];
+      v = make_uint4(pack_bf16(x0.x, x0.y), pack_bf16(x1.x, x1.y), pack_bf16(x2.x, x2.y),
+                     pack_bf16(x3.x, x3.y));
+    }
+    *reinterpret_cast<uint4*>(&sm.q[c >> 3][swizzled(r, c & 7)]) = v;
+  }
+  if (tid == 0) {
+    asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<uint64_t>(&cache_map)) : "memory");
+#pragma unroll
+    for (int s = 0; s < 2; ++s) {
+      mbar_init(&sm.full[s], 1);
+      mbar_init(&sm.free[s], 8);  // lane 0 of every warp
+    }
+    mbar_init_fence();
+  }
+  fence_proxy_async();
+  __syncthreads();
+
+  bool lost = false;
+  // Warp 0 (stage 0) or warp 4 (stage 1): the slots of block blk, then its pages' boxes.
+  auto produce = [&](int blk, int s) {
+    for (int key = lane; key < kWgKeys; key += 32) {
+      const int64_t j = begin + int64_t(blk) * kWgKeys + key;
+      int32_t slot = kSlotPast;
+      if (j < end) {
+        const int64_t v = int64_t(__ldg(&pages[j / p.page_size])) * p.page_size + j % p.page_size;
+        if (v < 0 || v >= p.num_slots) {
+          report_error(p.error, kErrDecodeSlot, v, p.num_slots, b);
+          slot = kSlotBad;
+        } else {
+          slot = int32_t(v);
+        }
+      }
+      sm.slot[s][key] = slot;
+    }
+    __syncwarp();
+    const int ps = int(p.page_size);
+    const int32_t slot0 = lane < kWgKeys / ps ? sm.slot[s][lane * ps] : -1;
+    const unsigned copied = __ballot_sync(0xffffffffu, slot0 >= 0);
+    fence_proxy_async();
+    if (lane == 0) mbar_arrive_expect(&sm.full[s], uint32_t(__popc(copied) * ps) * kWidth * 2);
+    __syncwarp();
+    if (slot0 >= 0) {
+#pragma unroll
+      for (int c = 0; c < kRegions; ++c)
+        tma_load_2d(&sm.kv[s][c][lane * ps * 64], &cache_map, c * 64, slot0, &sm.full[s]);
+    }
+  };
+  const bool producer = (tid & 127) < 32;  // warp 0 of each warpgroup: stage wg
+  if (producer && wg < nblocks) produce(wg, wg);
+
+  // Rows past the end of the (last, partial) block blk in stage s, in the four regions
+  // [4 half, 4 half + 4) this warpgroup reads as C, are zeroed (0 x stale data could be NaN).
+  auto zero_tail = [&](int blk, int s, int half) {
+    const int valid = int(min64(kWgKeys, end - begin - int64_t(blk) * kWgKeys));
+    if (valid == kWgKeys) return;
+    for (int i = tid & 127; i < (kWgKeys - valid) * 32; i += 128) {
+      const int r = valid + i / 32, c = 32 * half + i % 32;
+      *reinterpret_cast<uint4*>(&sm.kv[s][c >> 3][swizzled(r, c & 7)]) = make_uint4(0, 0, 0, 0);
+    }
+    fence_proxy_async();
+    named_sync(kBarWg0 + wg, 128);
+  };
+  // The scores of the block in stage s: S = Q K^T (64 heads x 64 keys), masked, base 2.
+  auto scores = [&](int s, float (&sc)[32]) {
+#pragma unroll
+    for (int i = 0; i < 32; ++i) sc[i] = 0.0f;
+    fence_regs(sc);
+    wgmma_fence();
+#pragma unroll
+    for (int k = 0; k < kWidth / 16; ++k)
+      wgmma_m64n64(sc, desc_k_major(&sm.q[k >> 2][(k & 3) * 16]), desc_k_major(&sm.kv[s][k >> 2][(k & 3) * 16]));
+    wgmma_commit();
+    wgmma_wait_all();
+    fence_regs(sc);
+    const float scale_log2 = p.scale * kLog2e;
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+#pragma unroll
+      for (int c = 0; c < 2; ++c) {
+        const int32_t slot = sm.slot[s][8 * j + 2 * t + c];
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+          float& v = sc[4 * j + 2 * i + c];
+          v = slot == kSlotPast ? -INFINITY : slot == kSlotBad ? __int_as_float(0x7fc00000) : v * scale_log2;
+        }
+      }
+    }
+  };
+  auto row_max = [&](const float (&sc)[32], int i) {
+    float mx = -INFINITY;
+#pragma unroll
+    for (int j = 0; j < 8; ++j) mx = fmaxf(mx, fmaxf(sc[4 * j + 2 * i], sc[4 * j + 2 * i + 1]));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+    return fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+  };
+  // sc <- 2^(sc - m) for row i; returns this thread's part of the row sum.
+  auto exponentiate = [&](float (&sc)[32], int i, float m) {
+    float sum = 0.0f;
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+#pragma unroll
+      for (int c = 0; c < 2; ++c) {
+        const float e = exp2f(sc[4 * j + 2 * i + c] - m);
+        sc[4 * j + 2 * i + c] = e;
+        sum += e;
+      }
+    }
+    return sum;
+  };
+  auto rescale = [&](float (&o)[128], int i, float f) {
+#pragma unroll
+    for (int j = 0; j < 32; ++j) {
+      o[4 * j + 2 * i] *= f;
+      o[4 * j + 2 * i + 1] *= f;
+    }
+  };
+  // P (scaled by f per row) into stage s's rope region as a K-major 64 x 64 tile.
+  auto store_p = [&](const float (&sc)[32], int s, const float (&f)[2]) {
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+#pragma unroll
+      for (int i = 0; i < 2; ++i)
+        *reinterpret_cast<uint32_t*>(&sm.kv[s][kRegions - 1][swizzled(row0 + 8 * i, j) + 2 * t]) =
+            pack_bf16(sc[4 * j + 2 * i] * f[i], sc[4 * j + 2 * i + 1] * f[i]);
+    }
+    fence_proxy_async();
+  };
+  // P as the A fragments of 4 k-steps of 16 keys: k-step kk is accumulator columns
+  // [16 kk, 16 kk + 16), i.e. s[8 kk .. 8 kk + 8) in the order a0..a3 of mma.sync's A.
+  auto pack_p = [&](const float (&sc)[32], uint32_t (&pa)[4][4]) {
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) {
+#pragma unroll
+      for (int r = 0; r < 4; ++r) pa[kk][r] = pack_bf16(sc[8 * kk + 2 * r], sc[8 * kk + 2 * r + 1]);
+    }
+  };
+  // o += P V_half of stage s, P from registers. The wgmma reads pa asynchronously: pa stays
+  // untouched (and live, through keep_live) until the wait.
+  auto pv_registers = [&](float (&o)[128], const uint32_t (&pa)[4][4], int s, int half) {
+    fence_regs(o);
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < kWgKeys / 16; ++kk)
+      wgmma_m64n256_ra(o, pa[kk], desc_n_major(&sm.kv[s][4 * half][kk * 16 * 64]));
+    wgmma_commit();
+  };
+  auto keep_live = [&](uint32_t (&pa)[4][4]) {
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) {
+#pragma unroll
+      for (int r = 0; r < 4; ++r) asm volatile("" : "+r"(pa[kk][r])::"memory");
+    }
+  };
+  // o += P V_half of stage s, P from stage s's rope region.
+  auto pv_shared = [&](float (&o)[128], int s, int half) {
+    fence_regs(o);
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < kWgKeys / 16; ++kk)
+      wgmma_m64n256_tb(o, desc_k_major(&sm.kv[s][kRegions - 1][kk * 16]),
+                       desc_n_major(&sm.kv[s][4 * half][kk * 16 * 64]));
+    wgmma_commit();
+  };
+  auto release = [&](int s) {
+    __syncwarp();
+    if (lane == 0) mbar_arrive(&sm.free[s]);
+  };
+
+  float o[128];
+#pragma unroll
+  for (int i = 0; i < 128; ++i) o[i] = 0.0f;
+  float m_row[2] = {-INFINITY, -INFINITY};  // the same in both warpgroups after every pair
+  float l_row[2] = {0.0f, 0.0f};            // this warpgroup's part (l = l0 + l1)
+  float s[32];
+  uint32_t pa[4][4];
+
+  const int npairs = (nblocks + 1) / 2;
+  for (int pair = 0; pair < npairs; ++pair) {
+    const int b0 = 2 * pair, b1 = b0 + 1;
+    const bool has_b1 = b1 < nblocks;
+    const uint32_t phase = uint32_t(pair) & 1;
+    if (wg == 0) {
+      mbar_wait_bounded(&sm.full[0], phase, lost);
+      if (b0 == nblocks - 1) zero_tail(b0, 0, 0);
+      scores(0, s);
+      float sc0[2];
+#pragma unroll
+      for (int i = 0; i < 2; ++i) {
+        const float m_new = fmaxf(m_row[i], row_max(s, i));  // finite: the block holds a valid key
+        sc0[i] = exp2f(m_row[i] - m_new);
+        m_row[i] = m_new;
+        if (t == 0) {
+          sm.m0[row0 + 8 * i] = m_new;
+          sm.sc0[row0 + 8 * i] = sc0[i];
+        }
+      }
+      named_arrive(kBarM0, 256);
+#pragma unroll
+      for (int i = 0; i < 2; ++i) {
+        l_row[i] = l_row[i] * sc0[i] + exponentiate(s, i, m_row[i]);
+        rescale(o, i, sc0[i]);
+      }
+      pack_p(s, pa);
+      pv_registers(o, pa, 0, 0);  // O_L += P0 V0L
+      named_sync(kBarSc1, 256);
+      float sc1[2];
+#pragma unroll
+      for (int i = 0; i < 2; ++i) {
+        sc1[i] = sm.sc1[row0 + 8 * i];
+        m_row[i] = sm.m1[row0 + 8 * i];
+        l_row[i] *= sc1[i];
+      }
+      store_p(s, 0, sc1);  // P0 sc1 for WG1 (stage 0's rope region: S0 is done with it)
+      named_arrive(kBarP0, 256);
+      named_sync(kBarP1, 256);
+      wgmma_wait_all();  // O_L += P0 V0L landed
+      fence_regs(o);
+      keep_live(pa);
+      release(0);
+#pragma unroll
+      for (int i = 0; i < 2; ++i) rescale(o, i, sc1[i]);
+      if (has_b1) {
+        mbar_wait_bounded(&sm.full[1], phase, lost);
+        if (b1 == nblocks - 1) zero_tail(b1, 1, 0);
+        pv_shared(o, 1, 0);  // O_L += P1 V1L
+        wgmma_wait_all();
+        fence_regs(o);
+      }
+      release(1);
+    } else {
+      float sc0[2], sc1[2], m0[2];
+      float mx[2] = {-INFINITY, -INFINITY};
+      if (has_b1) {
+        mbar_wait_bounded(&sm.full[1], phase, lost);
+        if (b1 == nblocks - 1) zero_tail(b1, 1, 1);
+        scores(1, s);
+        mx[0] = row_max(s, 0);
+        mx[1] = row_max(s, 1);
+      }
+      named_sync(kBarM0, 256);
+#pragma unroll
+      for (int i = 0; i < 2; ++i) {
+        m0[i] = sm.m0[row0 + 8 * i];
+        sc0[i] = sm.sc0[row0 + 8 * i];
+        const float m_new = fmaxf(m0[i], mx[i]);
+        sc1[i] = exp2f(m0[i] - m_new);
+        m_row[i] = m_new;
+        if (t == 0) {
+          sm.m1[row0 + 8 * i] = m_new;
+          sm.sc1[row0 + 8 * i] = sc1[i];
+        }
+      }
+      named_arrive(kBarSc1, 256);
+#pragma unroll
+      for (int i = 0; i < 2; ++i) {
+        l_row[i] *= sc0[i] * sc1[i];
+        rescale(o, i, sc0[i] * sc1[i]);
+      }
+      if (has_b1) {
+#pragma unroll
+        for (int i = 0; i < 2; ++i) l_row[i] += exponentiate(s, i, m_row[i]);
+        const float one[2] = {1.0f, 1.0f};
+        store_p(s, 1, one);  // P1 for WG0 (stage 1's rope region: S1 is done with it)
+        named_arrive(kBarP1, 256);
+        pack_p(s, pa);
+        pv_registers(o, pa, 1, 1);  // O_R += P1 V1R
+      } else {
+        named_arrive(kBarP1, 256);
+      }
+      named_sync(kBarP0, 256);
+      mbar_wait_bounded(&sm.full[0], phase, lost);
+      if (b0 == nblocks - 1) zero_tail(b0, 0, 1);
+      pv_shared(o, 0, 1);  // O_R += (P0 sc1) V0R
+      wgmma_wait_all();
+      fence_regs(o);
+      keep_live(pa);
+      release(0);
+      release(1);
+    }
+    // The next pair's copies, once every warp is done with the stage.
+    if (producer) {
+      const int next = 2 * (pair + 1) + wg;
+      if (next < nblocks) {
+        mbar_wait_bounded(&sm.free[wg], phase, lost);
+        produce(next, wg);
+      }
+    }
+  }
+
+  // Epilogue: l = l0 + l1 per row; each warpgroup writes its half of the output.
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    l_row[i] += __shfl_xor_sync(0xffffffffu, l_row[i], 1);
+    l_row[i] += __shfl_xor_sync(0xffffffffu, l_row[i], 2);
+    if (t == 0) sm.lsum[wg][row0 + 8 * i] = l_row[i];
+  }
+  __syncthreads();
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    const int row = row0 + 8 * i;
+    const int64_t h = h0 + row;
+    if (h >= p.heads) continue;
+    const float l = lost ? __int_as_float(0x7fc00000) : sm.lsum[0][row] + sm.lsum[1][row];
+    if (p.num_splits == 1) {
+      const float inv = l > 0.0f ? 1.0f / l : __int_as_float(0x7fc00000);
+      float* out = p.out + b * p.out_stride_b + h * p.out_stride_h + 256 * wg + 2 * t;
+#pragma unroll
+      for (int j = 0; j < 32; ++j)
+        *reinterpret_cast<float2*>(out + 8 * j) = make_float2(o[4 * j + 2 * i] * inv, o[4 * j + 2 * i + 1] * inv);
+    } else {
+      float* ws = p.workspace + ((b * p.heads + h) * p.num_splits + split) * (kLora + 2);
+#pragma unroll
+      for (int j = 0; j < 32; ++j)
+        *reinterpret_cast<float2*>(ws + 256 * wg + 8 * j + 2 * t) = make_float2(o[4 * j + 2 * i], o[4 * j + 2 * i + 1]);
+      if (wg == 0 && t == 0) {
+        ws[kLora] = m_row[i];
+        ws[kLora + 1] = l;
+      }
+    }
+  }
+}
+
 // Merges the splits of one (sequence, head): partial outs with their max (log2 units) and sum.
 __global__ void __launch_bounds__(128) mla_decode_mma_combine_kernel(MlaDecodeParams p) {
   const int64_t b = blockIdx.x / p.heads, h = blockIdx.x % p.heads;
@@ -1108,7 +1541,8 @@ void launch_h16(const MlaDecodeParams& p, dim3 grid, cudaStream_t stream) {
 // read at every launch so a test can switch: TANDEM_MLA_DECODE_TMA=0 keeps the cache off the
 // TMA engine (the kernels below then pick by head count); TANDEM_MLA_DECODE_DIAG=1|2|3 times
 // the TMA kernel without P @ C, without the scores, or without loads after the first blocks
-// (wrong results: for timing only); TANDEM_MLA_DECODE_WGMMA=0 sends more
+// (wrong results: for timing only); TANDEM_MLA_DECODE_SEESAW=1 runs mla_decode_seesaw_kernel
+// instead of the TMA wgmma kernel (opt-in until it has been timed); TANDEM_MLA_DECODE_WGMMA=0 sends more
 // than 32 heads to the mma.sync kernel (32 heads per CTA) instead of the wgmma kernel;
 // without TMA, up to 16 heads take mla_decode_h16_kernel (two CTAs per SM).
 int env_digit(const char* name, int fallback) {
@@ -1189,7 +1623,12 @@ void launch_mla_decode_mma(const MlaDecodeParams& p, cudaStream_t stream) {
   const dim3 grid(unsigned((p.heads + mla_decode_mma_heads_per_cta(p) - 1) / mla_decode_mma_heads_per_cta(p)),
                   unsigned(p.num_splits), unsigned(p.batch));
   CUtensorMap map{};
-  if (use_tma(p) && encode_cache_map(p, &map)) {
+  const bool tma = use_tma(p), mapped = tma && encode_cache_map(p, &map);
+  if (mapped && env_digit("TANDEM_MLA_DECODE_SEESAW", 0) == 1) {
+    cudaFuncSetAttribute(mla_decode_seesaw_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                         int(kSeesawSmemBytes));
+    mla_decode_seesaw_kernel<<<grid, 256, kSeesawSmemBytes, stream>>>(p, map);
+  } else if (mapped) {
     switch (env_digit("TANDEM_MLA_DECODE_DIAG", 0)) {
       case kDiagNoPv: launch_wgmma<true, kDiagNoPv>(p, grid, map, stream); break;
       case kDiagNoScores: launch_wgmma<true, kDiagNoScores>(p, grid, map, stream); break;
@@ -1201,7 +1640,7 @@ void launch_mla_decode_mma(const MlaDecodeParams& p, cudaStream_t stream) {
           launch_wgmma<true>(p, grid, map, stream);
         }
     }
-  } else if (use_tma(p)) {
+  } else if (tma) {
     // The driver refused the map: the cp.async kernel over the same grid (64 heads per CTA).
     launch_wgmma<false>(p, grid, map, stream);
   } else if (p.heads <= 16) {

@@ -800,8 +800,9 @@ TEST(MlaPrefillValidation, BadDtypeMixAndShapesThrow) {
 // The MLA decode kernels the launcher can pick (sm90_mla_decode.cu's switches), as environment
 // settings "NAME=VALUE[,NAME=VALUE]"; "" is the default choice. ScopedEnv sets them for a scope.
 std::vector<std::string> mla_decode_variants(int64_t heads) {
-  if (heads <= 32) return {"", "TANDEM_MLA_DECODE_ONEWG=1", "TANDEM_MLA_DECODE_TMA=0"};
-  return {"", "TANDEM_MLA_DECODE_ONEWG=1", "TANDEM_MLA_DECODE_TMA=0",
+  if (heads <= 32)
+    return {"", "TANDEM_MLA_DECODE_SEESAW=1", "TANDEM_MLA_DECODE_ONEWG=1", "TANDEM_MLA_DECODE_TMA=0"};
+  return {"", "TANDEM_MLA_DECODE_SEESAW=1", "TANDEM_MLA_DECODE_ONEWG=1", "TANDEM_MLA_DECODE_TMA=0",
           "TANDEM_MLA_DECODE_TMA=0,TANDEM_MLA_DECODE_WGMMA=0"};
 }
 class ScopedEnv {
