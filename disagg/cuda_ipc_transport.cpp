@@ -47,10 +47,6 @@ Status allocation_base(const void* ptr, CUdeviceptr* base, size_t* bytes) {
   return {};
 }
 
-bool in_bounds(uint64_t offset, uint64_t length, uint64_t region_length) {
-  return offset <= region_length && length <= region_length - offset;
-}
-
 class CudaIpcTransferEngine final : public TransferEngine {
  public:
   explicit CudaIpcTransferEngine(const TransferConfig& config) : config_(config) {
@@ -136,14 +132,14 @@ class CudaIpcTransferEngine final : public TransferEngine {
     }
     if (Status s = cuda_status(cudaSetDevice(config_.device_index), "cudaSetDevice"); !s.ok())
       return s;
-    for (const TransferWrite& w : writes) {
-      auto it = regions_.find(w.src_region);
-      if (it == regions_.end() || !in_bounds(w.src_offset_bytes, w.length_bytes, it->second.length))
-        return {StatusCode::kInvalidArgument, "submit: bad source region or range"};
-      if (w.dst_index >= dst.size() ||
-          !in_bounds(w.dst_offset_bytes, w.length_bytes, dst[w.dst_index].length_bytes))
-        return {StatusCode::kInvalidArgument, "submit: destination range outside its region"};
-    }
+    if (Status s = check_writes(dst, writes, [&](uint64_t id, uint64_t* length) {
+          auto it = regions_.find(id);
+          if (it == regions_.end()) return false;
+          *length = it->second.length;
+          return true;
+        });
+        !s.ok())
+      return s;
     if (writes.size() >= kernel_min_writes_) {
       std::vector<PageCopy> copies;
       copies.reserve(std::min(writes.size(), kPageCopiesPerLaunch));

@@ -45,10 +45,6 @@ std::vector<uint8_t> encode_segment(const SegmentHeader& h) {
   return std::move(w.buffer());
 }
 
-bool in_bounds(uint64_t offset, uint64_t length, uint64_t region_length) {
-  return offset <= region_length && length <= region_length - offset;  // no overflow
-}
-
 struct Region {
   uint8_t* ptr = nullptr;
   uint64_t length = 0;
@@ -150,26 +146,17 @@ class TcpTransferEngine final : public TransferEngine {
 
   Status submit(std::span<const RegionHandle> dst, std::span<const TransferWrite> writes,
                 BatchId* out) override {
-    if (dst.empty()) return {StatusCode::kInvalidArgument, "submit: no destination regions"};
-    for (const RegionHandle& h : dst) {
-      if (h.backend != "tcp")
-        return {StatusCode::kInvalidArgument, "submit: destination is a " + h.backend + " region"};
-      if (h.endpoint != dst[0].endpoint)
-        return {StatusCode::kInvalidArgument, "submit: destinations on more than one peer"};
-    }
+    if (Status s = check_peer_destinations("tcp", dst); !s.ok()) return s;
     {
       std::shared_lock lock(regions_mu_);
-      for (const TransferWrite& w : writes) {
-        auto it = regions_.find(w.src_region);
-        if (it == regions_.end())
-          return {StatusCode::kInvalidArgument, "submit: unknown source region"};
-        if (!in_bounds(w.src_offset_bytes, w.length_bytes, it->second.length))
-          return {StatusCode::kInvalidArgument, "submit: source range outside its region"};
-        if (w.dst_index >= dst.size())
-          return {StatusCode::kInvalidArgument, "submit: dst_index out of range"};
-        if (!in_bounds(w.dst_offset_bytes, w.length_bytes, dst[w.dst_index].length_bytes))
-          return {StatusCode::kInvalidArgument, "submit: destination range outside its region"};
-      }
+      if (Status s = check_writes(dst, writes, [&](uint64_t id, uint64_t* length) {
+            auto it = regions_.find(id);
+            if (it == regions_.end()) return false;
+            *length = it->second.length;
+            return true;
+          });
+          !s.ok())
+        return s;
     }
     auto batch = batches_.add(dst, writes, std::chrono::milliseconds(config_.transfer_timeout_ms));
     Peer& peer = peer_for(dst[0].endpoint);
@@ -394,7 +381,7 @@ class TcpTransferEngine final : public TransferEngine {
       if (batch_error.ok() && it == regions_.end())
         batch_error = {StatusCode::kInvalidArgument,
                        "write into unknown region " + std::to_string(h.region)};
-      else if (batch_error.ok() && !in_bounds(h.offset, h.length, it->second.length))
+      else if (batch_error.ok() && !range_in_region(h.offset, h.length, it->second.length))
         batch_error = {StatusCode::kOutOfRange,
                        fmt::format("write [{}, +{}) outside region {} of {} bytes", h.offset,
                                    h.length, h.region, it->second.length)};

@@ -19,6 +19,33 @@ Status TransferConfig::validate() const {
   return {};
 }
 
+Status check_writes(std::span<const RegionHandle> dst, std::span<const TransferWrite> writes,
+                    const std::function<bool(uint64_t, uint64_t*)>& src_length) {
+  for (const TransferWrite& w : writes) {
+    uint64_t length = 0;
+    if (!src_length(w.src_region, &length))
+      return {StatusCode::kInvalidArgument, "submit: unknown source region"};
+    if (!range_in_region(w.src_offset_bytes, w.length_bytes, length))
+      return {StatusCode::kInvalidArgument, "submit: source range outside its region"};
+    if (w.dst_index >= dst.size())
+      return {StatusCode::kInvalidArgument, "submit: dst_index out of range"};
+    if (!range_in_region(w.dst_offset_bytes, w.length_bytes, dst[w.dst_index].length_bytes))
+      return {StatusCode::kInvalidArgument, "submit: destination range outside its region"};
+  }
+  return {};
+}
+
+Status check_peer_destinations(const std::string& backend, std::span<const RegionHandle> dst) {
+  if (dst.empty()) return {StatusCode::kInvalidArgument, "submit: no destination regions"};
+  for (const RegionHandle& h : dst) {
+    if (h.backend != backend)
+      return {StatusCode::kInvalidArgument, "submit: destination is a " + h.backend + " region"};
+    if (h.endpoint != dst[0].endpoint)
+      return {StatusCode::kInvalidArgument, "submit: destinations on more than one peer"};
+  }
+  return {};
+}
+
 std::vector<std::string> transfer_backends() {
   std::vector<std::string> names{"tcp"};
   if (staging_has_cuda()) names.push_back("cuda_ipc");

@@ -10,6 +10,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <span>
 #include <string>
@@ -70,6 +71,19 @@ class TransferEngine {
   // Stops the batch (writes already sent may have landed) and forgets it.
   virtual void cancel(BatchId batch) = 0;
 };
+
+// Bytes [offset, offset + length) lie inside a region of region_length bytes (no overflow).
+inline bool range_in_region(uint64_t offset, uint64_t length, uint64_t region_length) {
+  return offset <= region_length && length <= region_length - offset;
+}
+// What every engine's submit checks about its writes: each source region is known
+// (`src_length(id, &bytes)` returns false for an unknown id), each dst_index names one of `dst`,
+// and both byte ranges lie inside their regions. The error names the first bad write's fault.
+Status check_writes(std::span<const RegionHandle> dst, std::span<const TransferWrite> writes,
+                    const std::function<bool(uint64_t, uint64_t*)>& src_length);
+// The destinations of an engine that sends to one peer per batch (tcp, ucx): at least one,
+// every one a `backend` region, all at the same endpoint.
+Status check_peer_destinations(const std::string& backend, std::span<const RegionHandle> dst);
 
 // Makes the engine named by config.backend; kInvalidArgument for an unknown or unbuilt one.
 Status make_transfer_engine(const TransferConfig& config, std::unique_ptr<TransferEngine>* out);

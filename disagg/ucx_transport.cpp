@@ -41,10 +41,6 @@ Status ucs_error(StatusCode code, const std::string& what, ucs_status_t s) {
   return {code, "pd ucx: " + what + ": " + ucs_status_string(s)};
 }
 
-bool in_bounds(uint64_t offset, uint64_t length, uint64_t region_length) {
-  return offset <= region_length && length <= region_length - offset;  // no overflow
-}
-
 // "host:port" or "[v6]:port" to a socket address; passive for the listener.
 Status resolve(const std::string& host, uint16_t port, bool passive, sockaddr_storage* out,
                socklen_t* out_len) {
@@ -328,28 +324,21 @@ class UcxTransferEngine final : public TransferEngine {
 
   Status submit(std::span<const RegionHandle> dst, std::span<const TransferWrite> writes,
                 BatchId* out) override {
-    if (dst.empty()) return {StatusCode::kInvalidArgument, "submit: no destination regions"};
+    if (Status s = check_peer_destinations("ucx", dst); !s.ok()) return s;
     for (const RegionHandle& h : dst) {
-      if (h.backend != "ucx")
-        return {StatusCode::kInvalidArgument, "submit: destination is a " + h.backend + " region"};
-      if (h.endpoint != dst[0].endpoint)
-        return {StatusCode::kInvalidArgument, "submit: destinations on more than one peer"};
       if (h.ipc_handle.size() <= 8)
         return {StatusCode::kInvalidArgument, "submit: destination handle carries no rkey"};
     }
     {
       std::lock_guard lock(regions_mu_);
-      for (const TransferWrite& w : writes) {
-        auto it = regions_.find(w.src_region);
-        if (it == regions_.end())
-          return {StatusCode::kInvalidArgument, "submit: unknown source region"};
-        if (!in_bounds(w.src_offset_bytes, w.length_bytes, it->second.length))
-          return {StatusCode::kInvalidArgument, "submit: source range outside its region"};
-        if (w.dst_index >= dst.size())
-          return {StatusCode::kInvalidArgument, "submit: dst_index out of range"};
-        if (!in_bounds(w.dst_offset_bytes, w.length_bytes, dst[w.dst_index].length_bytes))
-          return {StatusCode::kInvalidArgument, "submit: destination range outside its region"};
-      }
+      if (Status s = check_writes(dst, writes, [&](uint64_t id, uint64_t* length) {
+            auto it = regions_.find(id);
+            if (it == regions_.end()) return false;
+            *length = it->second.length;
+            return true;
+          });
+          !s.ok())
+        return s;
     }
     auto batch = batches_.add(dst, writes, std::chrono::milliseconds(config_.transfer_timeout_ms));
     {
@@ -608,7 +597,7 @@ class UcxTransferEngine final : public TransferEngine {
         if (rit == regions_.end() || rit->second.kind != MemoryKind::kDevice)
           result = {StatusCode::kInvalidArgument,
                     "commit into unknown device region " + std::to_string(region)};
-        else if (!in_bounds(offset, length, rit->second.length))
+        else if (!range_in_region(offset, length, rit->second.length))
           result = {StatusCode::kOutOfRange,
                     fmt::format("commit [{}, +{}) outside region {} of {} bytes", offset, length,
                                 region, rit->second.length)};
