@@ -88,11 +88,7 @@ class TcpTransferEngine final : public TransferEngine {
     if (Status s = tcp_listen(config_.listen_host, config_.listen_port, &listener_, &port);
         !s.ok())
       return s;
-    std::string host = config_.advertise_host.empty() ? config_.listen_host
-                                                      : config_.advertise_host;
-    if (host.empty() || host == "0.0.0.0") host = "127.0.0.1";
-    endpoint_ = (host.find(':') != std::string::npos ? "[" + host + "]" : host) + ":" +
-                std::to_string(port);
+    endpoint_ = advertised_endpoint(config_, port);
     accept_thread_ = std::thread([this] { accept_loop(); });
     return {};
   }

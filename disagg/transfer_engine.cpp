@@ -46,6 +46,12 @@ Status check_peer_destinations(const std::string& backend, std::span<const Regio
   return {};
 }
 
+std::string advertised_endpoint(const TransferConfig& config, uint16_t port) {
+  std::string host = config.advertise_host.empty() ? config.listen_host : config.advertise_host;
+  if (host.empty() || host == "0.0.0.0") host = "127.0.0.1";
+  return (host.find(':') != std::string::npos ? "[" + host + "]" : host) + ":" + std::to_string(port);
+}
+
 std::vector<std::string> transfer_backends() {
   std::vector<std::string> names{"tcp"};
   if (staging_has_cuda()) names.push_back("cuda_ipc");

@@ -85,6 +85,10 @@ Status check_writes(std::span<const RegionHandle> dst, std::span<const TransferW
 // every one a `backend` region, all at the same endpoint.
 Status check_peer_destinations(const std::string& backend, std::span<const RegionHandle> dst);
 
+// "host:port" ("[v6]:port") a peer connects to: config.advertise_host, else listen_host, and
+// 127.0.0.1 for an empty or wildcard host.
+std::string advertised_endpoint(const TransferConfig& config, uint16_t port);
+
 // Makes the engine named by config.backend; kInvalidArgument for an unknown or unbuilt one.
 Status make_transfer_engine(const TransferConfig& config, std::unique_ptr<TransferEngine>* out);
 // Backends built into this binary.

@@ -216,11 +216,7 @@ class UcxTransferEngine final : public TransferEngine {
     uint16_t port = la.sockaddr.ss_family == AF_INET6
                         ? ntohs(reinterpret_cast<const sockaddr_in6*>(&la.sockaddr)->sin6_port)
                         : ntohs(reinterpret_cast<const sockaddr_in*>(&la.sockaddr)->sin_port);
-    std::string host = config_.advertise_host.empty() ? config_.listen_host
-                                                      : config_.advertise_host;
-    if (host.empty() || host == "0.0.0.0") host = "127.0.0.1";
-    endpoint_ = (host.find(':') != std::string::npos ? "[" + host + "]" : host) + ":" +
-                std::to_string(port);
+    endpoint_ = advertised_endpoint(config_, port);
     progress_thread_ = std::thread([this] { progress_loop(); });
     return {};
   }
