@@ -132,14 +132,7 @@ class CudaIpcTransferEngine final : public TransferEngine {
     }
     if (Status s = cuda_status(cudaSetDevice(config_.device_index), "cudaSetDevice"); !s.ok())
       return s;
-    if (Status s = check_writes(dst, writes, [&](uint64_t id, uint64_t* length) {
-          auto it = regions_.find(id);
-          if (it == regions_.end()) return false;
-          *length = it->second.length;
-          return true;
-        });
-        !s.ok())
-      return s;
+    if (Status s = check_writes(dst, writes, regions_); !s.ok()) return s;
     if (writes.size() >= kernel_min_writes_) {
       std::vector<PageCopy> copies;
       copies.reserve(std::min(writes.size(), kPageCopiesPerLaunch));

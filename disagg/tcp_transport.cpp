@@ -145,14 +145,7 @@ class TcpTransferEngine final : public TransferEngine {
     if (Status s = check_peer_destinations("tcp", dst); !s.ok()) return s;
     {
       std::shared_lock lock(regions_mu_);
-      if (Status s = check_writes(dst, writes, [&](uint64_t id, uint64_t* length) {
-            auto it = regions_.find(id);
-            if (it == regions_.end()) return false;
-            *length = it->second.length;
-            return true;
-          });
-          !s.ok())
-        return s;
+      if (Status s = check_writes(dst, writes, regions_); !s.ok()) return s;
     }
     auto batch = batches_.add(dst, writes, std::chrono::milliseconds(config_.transfer_timeout_ms));
     Peer& peer = peer_for(dst[0].endpoint);

@@ -81,6 +81,18 @@ inline bool range_in_region(uint64_t offset, uint64_t length, uint64_t region_le
 // and both byte ranges lie inside their regions. The error names the first bad write's fault.
 Status check_writes(std::span<const RegionHandle> dst, std::span<const TransferWrite> writes,
                     const std::function<bool(uint64_t, uint64_t*)>& src_length);
+// The same over an engine's region table (id -> a region with a `length` in bytes).
+template <class RegionMap>
+Status check_writes(std::span<const RegionHandle> dst, std::span<const TransferWrite> writes,
+                    const RegionMap& regions) {
+  const std::function<bool(uint64_t, uint64_t*)> src_length = [&](uint64_t id, uint64_t* length) {
+    const auto it = regions.find(id);
+    if (it == regions.end()) return false;
+    *length = it->second.length;
+    return true;
+  };
+  return check_writes(dst, writes, src_length);
+}
 // The destinations of an engine that sends to one peer per batch (tcp, ucx): at least one,
 // every one a `backend` region, all at the same endpoint.
 Status check_peer_destinations(const std::string& backend, std::span<const RegionHandle> dst);
