@@ -45,6 +45,36 @@ constexpr int32_t kSlotBad = -1;             // slot out of the cache: poisons t
 
 __device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_group 0;\n" ::); }
 
+// Keys [begin, end) of this CTA's split of sequence b (every kernel here: grid y = split).
+// Splits are multiples of `granule` keys (the kernels that load whole 64-key blocks of pages
+// need block boundaries). A length outside [1, max_pages * page_size] is reported once and
+// leaves the range empty.
+__device__ __forceinline__ void split_range(const MlaDecodeParams& p, int64_t b, int split, int64_t granule,
+                                            int64_t& begin, int64_t& end) {
+  const int64_t len = p.seq_lens[b];
+  begin = end = 0;
+  if (len < 1 || len > p.max_pages * p.page_size) {
+    if (threadIdx.x == 0 && split == 0 && blockIdx.x == 0)
+      report_error(p.error, kErrDecodeSeqLen, len, p.max_pages * p.page_size, b);
+    return;
+  }
+  const int64_t per_split = (len + p.num_splits * granule - 1) / (p.num_splits * granule) * granule;
+  begin = min64(len, split * per_split);
+  end = min64(len, begin + per_split);
+}
+// The cache slot of key j of sequence b, whose page-table entry is `page`: kSlotPast at or past
+// `end`, kSlotBad (reported) outside the cache.
+__device__ __forceinline__ int32_t key_slot(const MlaDecodeParams& p, int64_t b, int64_t j, int64_t end,
+                                            int32_t page) {
+  if (j >= end) return kSlotPast;
+  const int64_t s = int64_t(page) * p.page_size + j % p.page_size;
+  if (s < 0 || s >= p.num_slots) {
+    report_error(p.error, kErrDecodeSlot, s, p.num_slots, b);
+    return kSlotBad;
+  }
+  return int32_t(s);
+}
+
 // ---- wgmma (sm_90a) ----
 // Operands in shared memory are "regions" of 64 rows x 128 bytes (64 bf16), 1024-byte aligned,
 // in the 128-byte swizzle: the 16-byte chunk c of row r lies at chunk c ^ (r % 8).
@@ -214,16 +244,8 @@ __global__ void __launch_bounds__(NHT * 128) mla_decode_mma_kernel(MlaDecodePara
   const auto* cache = static_cast<const __nv_bfloat16*>(p.cache);
   const int32_t* pages = p.page_table + b * p.max_pages;
 
-  const int64_t len = p.seq_lens[b];
-  int64_t begin = 0, end = 0;
-  if (len < 1 || len > p.max_pages * p.page_size) {
-    if (tid == 0 && split == 0 && blockIdx.x == 0)
-      report_error(p.error, kErrDecodeSeqLen, len, p.max_pages * p.page_size, b);
-  } else {
-    const int64_t per_split = (len + p.num_splits - 1) / p.num_splits;
-    begin = min64(len, split * per_split);
-    end = min64(len, begin + per_split);
-  }
+  int64_t begin, end;
+  split_range(p, b, split, 1, begin, end);
   const int nblocks = int((end - begin + kKeys - 1) / kKeys);
 
   // The query group as bf16 rows [q_latent | q_pe]; heads past p.heads are zero.
@@ -247,18 +269,7 @@ __global__ void __launch_bounds__(NHT * 128) mla_decode_mma_kernel(MlaDecodePara
   };
   auto fill_slots = [&](int blk, int stage, int32_t page) {
     if (tid < kKeys) {
-      const int64_t j = begin + int64_t(blk) * kKeys + tid;
-      int32_t slot = kSlotPast;
-      if (j < end) {
-        const int64_t s = int64_t(page) * p.page_size + j % p.page_size;
-        if (s < 0 || s >= p.num_slots) {
-          report_error(p.error, kErrDecodeSlot, s, p.num_slots, b);
-          slot = kSlotBad;
-        } else {
-          slot = int32_t(s);
-        }
-      }
-      sm.slot[stage][tid] = slot;
+      sm.slot[stage][tid] = key_slot(p, b, begin + int64_t(blk) * kKeys + tid, end, page);
     }
   };
   // Rows of invalid keys are zero-filled: a zero probability times stale shared memory could
@@ -443,16 +454,8 @@ __global__ void __launch_bounds__(128) mla_decode_h16_kernel(MlaDecodeParams p) 
   const auto* cache = static_cast<const __nv_bfloat16*>(p.cache);
   const int32_t* pages = p.page_table + b * p.max_pages;
 
-  const int64_t len = p.seq_lens[b];
-  int64_t begin = 0, end = 0;
-  if (len < 1 || len > p.max_pages * p.page_size) {
-    if (tid == 0 && split == 0)
-      report_error(p.error, kErrDecodeSeqLen, len, p.max_pages * p.page_size, b);
-  } else {
-    const int64_t per_split = (len + p.num_splits - 1) / p.num_splits;
-    begin = min64(len, split * per_split);
-    end = min64(len, begin + per_split);
-  }
+  int64_t begin, end;
+  split_range(p, b, split, 1, begin, end);
   const int nblocks = int((end - begin + kH16Keys - 1) / kH16Keys);
 
   // The query as bf16 rows [q_latent | q_pe] in the last stage; heads past p.heads are zero.
@@ -477,18 +480,7 @@ __global__ void __launch_bounds__(128) mla_decode_h16_kernel(MlaDecodeParams p) 
   };
   auto fill_slots = [&](int blk, int stage, int32_t page) {
     if (tid < kH16Keys) {
-      const int64_t j = begin + int64_t(blk) * kH16Keys + tid;
-      int32_t slot = kSlotPast;
-      if (j < end) {
-        const int64_t s = int64_t(page) * p.page_size + j % p.page_size;
-        if (s < 0 || s >= p.num_slots) {
-          report_error(p.error, kErrDecodeSlot, s, p.num_slots, b);
-          slot = kSlotBad;
-        } else {
-          slot = int32_t(s);
-        }
-      }
-      sm.slot[stage][tid] = slot;
+      sm.slot[stage][tid] = key_slot(p, b, begin + int64_t(blk) * kH16Keys + tid, end, page);
     }
   };
   auto load_block = [&](int stage) {
@@ -690,6 +682,74 @@ constexpr int kWgHeads = 64, kWgKeys = 64;
 constexpr int kRegion = 64 * 64;        // bf16 per region (64 rows x 128 bytes)
 constexpr int kRegions = kWidth / 64;   // 9 regions per 576-wide row
 
+// The query tile of heads [h0, h0 + 64) as bf16 [q_latent | q_pe] in swizzled regions, 8
+// values per 16-byte chunk, by the CTA's 256 threads; heads past p.heads are zero.
+__device__ __forceinline__ void load_query_tile(const MlaDecodeParams& p, int64_t b, int64_t h0,
+                                                __nv_bfloat16 (&q)[kRegions][kRegion]) {
+  for (int i = threadIdx.x; i < kWgHeads * kChunks; i += 256) {
+    const int r = i / kChunks, c = i % kChunks;
+    uint4 v = make_uint4(0, 0, 0, 0);
+    if (h0 + r < p.heads) {
+      const float* src = c < kLora / 8
+                             ? p.q_latent + b * p.ql_stride_b + (h0 + r) * p.ql_stride_h + c * 8
+                             : p.q_pe + b * p.qp_stride_b + (h0 + r) * p.qp_stride_h + (c * 8 - kLora);
+      const float2 x0 = reinterpret_cast<const float2*>(src)[0];
+      const float2 x1 = reinterpret_cast<const float2*>(src)[1];
+      const float2 x2 = reinterpret_cast<const float2*>(src)[2];
+      const float2 x3 = reinterpret_cast<const float2*>(src)[3];
+      v = make_uint4(pack_bf16(x0.x, x0.y), pack_bf16(x1.x, x1.y), pack_bf16(x2.x, x2.y),
+                     pack_bf16(x3.x, x3.y));
+    }
+    *reinterpret_cast<uint4*>(&q[c >> 3][swizzled(r, c & 7)]) = v;
+  }
+}
+
+// The end of a two-warpgroup kernel: each warpgroup holds out dims [256 wg, 256 wg + 256) of
+// rows row0 and row0 + 8 (o, the m16n8 accumulator layout) and its part of their row sums
+// (l_row, per thread); the parts meet in `lsum` and the rows go to the output (one split) or
+// the workspace (with max and sum). No valid key (bad length): l = 0 and the row is NaN, as the
+// CPU reference; `lost` (a copy never landed) poisons it too.
+__device__ __forceinline__ void store_rows(const MlaDecodeParams& p, int64_t b, int64_t h0, int split, int wg,
+                                           int row0, int t, const float (&o)[128], const float (&m_row)[2],
+                                           float (&l_row)[2], bool lost, float (&lsum)[2][kWgHeads]) {
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    l_row[i] += __shfl_xor_sync(0xffffffffu, l_row[i], 1);
+    l_row[i] += __shfl_xor_sync(0xffffffffu, l_row[i], 2);
+  }
+  __syncthreads();  // lsum's earlier contents (the kernel's last row maxima) are read
+  if (t == 0) {
+    lsum[wg][row0] = l_row[0];
+    lsum[wg][row0 + 8] = l_row[1];
+  }
+  __syncthreads();
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    const int row = row0 + 8 * i;
+    const int64_t h = h0 + row;
+    if (h >= p.heads) continue;
+    const float l = lost ? __int_as_float(0x7fc00000) : lsum[0][row] + lsum[1][row];
+    if (p.num_splits == 1) {
+      const float inv = l > 0.0f ? 1.0f / l : __int_as_float(0x7fc00000);
+      float* out = p.out + b * p.out_stride_b + h * p.out_stride_h + 256 * wg + 2 * t;
+#pragma unroll
+      for (int j = 0; j < 32; ++j)
+        *reinterpret_cast<float2*>(out + 8 * j) =
+            make_float2(o[4 * j + 2 * i] * inv, o[4 * j + 2 * i + 1] * inv);
+    } else {
+      float* ws = p.workspace + ((b * p.heads + h) * p.num_splits + split) * (kLora + 2);
+#pragma unroll
+      for (int j = 0; j < 32; ++j)
+        *reinterpret_cast<float2*>(ws + 256 * wg + 8 * j + 2 * t) =
+            make_float2(o[4 * j + 2 * i], o[4 * j + 2 * i + 1]);
+      if (wg == 0 && t == 0) {
+        ws[kLora] = m_row[i];
+        ws[kLora + 1] = l;
+      }
+    }
+  }
+}
+
 struct WgSmem {
   __nv_bfloat16 q[kRegions][kRegion];       // [64 heads x 576], K-major
   __nv_bfloat16 kv[2][kRegions][kRegion];   // [64 keys x 576] per stage
@@ -718,37 +778,11 @@ __global__ void __launch_bounds__(256, 1)
   const auto* cache = static_cast<const __nv_bfloat16*>(p.cache);
   const int32_t* pages = p.page_table + b * p.max_pages;
 
-  const int64_t len = p.seq_lens[b];
-  int64_t begin = 0, end = 0;
-  if (len < 1 || len > p.max_pages * p.page_size) {
-    if (tid == 0 && split == 0 && blockIdx.x == 0)
-      report_error(p.error, kErrDecodeSeqLen, len, p.max_pages * p.page_size, b);
-  } else {
-    // Whole blocks per split (the TMA path loads whole pages).
-    const int64_t per_split = (len + int64_t(p.num_splits) * kWgKeys - 1) / (int64_t(p.num_splits) * kWgKeys) * kWgKeys;
-    begin = min64(len, split * per_split);
-    end = min64(len, begin + per_split);
-  }
+  int64_t begin, end;
+  split_range(p, b, split, kWgKeys, begin, end);  // whole blocks (the TMA path loads whole pages)
   const int nblocks = int((end - begin + kWgKeys - 1) / kWgKeys);
 
-  // The query tile as bf16 [q_latent | q_pe], 8 values per 16-byte chunk; heads past p.heads
-  // are zero.
-  for (int i = tid; i < kWgHeads * kChunks; i += 256) {
-    const int r = i / kChunks, c = i % kChunks;
-    uint4 v = make_uint4(0, 0, 0, 0);
-    if (h0 + r < p.heads) {
-      const float* src = c < kLora / 8
-                             ? p.q_latent + b * p.ql_stride_b + (h0 + r) * p.ql_stride_h + c * 8
-                             : p.q_pe + b * p.qp_stride_b + (h0 + r) * p.qp_stride_h + (c * 8 - kLora);
-      const float2 x0 = reinterpret_cast<const float2*>(src)[0];
-      const float2 x1 = reinterpret_cast<const float2*>(src)[1];
-      const float2 x2 = reinterpret_cast<const float2*>(src)[2];
-      const float2 x3 = reinterpret_cast<const float2*>(src)[3];
-      v = make_uint4(pack_bf16(x0.x, x0.y), pack_bf16(x1.x, x1.y), pack_bf16(x2.x, x2.y),
-                     pack_bf16(x3.x, x3.y));
-    }
-    *reinterpret_cast<uint4*>(&sm.q[c >> 3][swizzled(r, c & 7)]) = v;
-  }
+  load_query_tile(p, b, h0, sm.q);
 
   // The page of this thread's key of block blk (tid < kWgKeys), loaded one block before
   // fill_slots needs it: under full memory traffic a load takes microseconds, and fill_slots
@@ -759,18 +793,7 @@ __global__ void __launch_bounds__(256, 1)
   };
   auto fill_slots = [&](int blk, int stage, int32_t page) {
     if (tid < kWgKeys) {
-      const int64_t j = begin + int64_t(blk) * kWgKeys + tid;
-      int32_t slot = kSlotPast;
-      if (j < end) {
-        const int64_t s = int64_t(page) * p.page_size + j % p.page_size;
-        if (s < 0 || s >= p.num_slots) {
-          report_error(p.error, kErrDecodeSlot, s, p.num_slots, b);
-          slot = kSlotBad;
-        } else {
-          slot = int32_t(s);
-        }
-      }
-      sm.slot[stage][tid] = slot;
+      sm.slot[stage][tid] = key_slot(p, b, begin + int64_t(blk) * kWgKeys + tid, end, page);
     }
   };
   auto load_block = [&](int stage) {
@@ -1018,43 +1041,7 @@ __global__ void __launch_bounds__(256, 1)
     fence_regs(o);
   }
 
-#pragma unroll
-  for (int i = 0; i < 2; ++i) {
-    l_row[i] += __shfl_xor_sync(0xffffffffu, l_row[i], 1);
-    l_row[i] += __shfl_xor_sync(0xffffffffu, l_row[i], 2);
-  }
-  __syncthreads();  // the last block's maxima are read
-  if (t == 0) {
-    sm.red[wg][row0] = l_row[0];
-    sm.red[wg][row0 + 8] = l_row[1];
-  }
-  __syncthreads();
-#pragma unroll
-  for (int i = 0; i < 2; ++i) {
-    const int row = row0 + 8 * i;
-    const int64_t h = h0 + row;
-    if (h >= p.heads) continue;
-    const float l = lost ? __int_as_float(0x7fc00000) : sm.red[0][row] + sm.red[1][row];
-    if (p.num_splits == 1) {
-      // No valid key (bad length): l = 0 and the row is NaN, as the CPU reference.
-      const float inv = l > 0.0f ? 1.0f / l : __int_as_float(0x7fc00000);
-      float* out = p.out + b * p.out_stride_b + h * p.out_stride_h + 256 * wg + 2 * t;
-#pragma unroll
-      for (int j = 0; j < 32; ++j)
-        *reinterpret_cast<float2*>(out + 8 * j) =
-            make_float2(o[4 * j + 2 * i] * inv, o[4 * j + 2 * i + 1] * inv);
-    } else {
-      float* ws = p.workspace + ((b * p.heads + h) * p.num_splits + split) * (kLora + 2);
-#pragma unroll
-      for (int j = 0; j < 32; ++j)
-        *reinterpret_cast<float2*>(ws + 256 * wg + 8 * j + 2 * t) =
-            make_float2(o[4 * j + 2 * i], o[4 * j + 2 * i + 1]);
-      if (wg == 0 && t == 0) {
-        ws[kLora] = m_row[i];
-        ws[kLora + 1] = l;
-      }
-    }
-  }
+  store_rows(p, b, h0, split, wg, row0, t, o, m_row, l_row, lost, sm.red);
 }
 
 // ---- Seesaw schedule (opt-in, TANDEM_MLA_DECODE_SEESAW=1; TMA page sizes) ----
@@ -1122,35 +1109,11 @@ __global__ void __launch_bounds__(256, 1)
   const int64_t b = blockIdx.z;
   const int32_t* pages = p.page_table + b * p.max_pages;
 
-  const int64_t len = p.seq_lens[b];
-  int64_t begin = 0, end = 0;
-  if (len < 1 || len > p.max_pages * p.page_size) {
-    if (tid == 0 && split == 0 && blockIdx.x == 0)
-      report_error(p.error, kErrDecodeSeqLen, len, p.max_pages * p.page_size, b);
-  } else {
-    const int64_t per_split =
-        (len + int64_t(p.num_splits) * kWgKeys - 1) / (int64_t(p.num_splits) * kWgKeys) * kWgKeys;
-    begin = min64(len, split * per_split);
-    end = min64(len, begin + per_split);
-  }
+  int64_t begin, end;
+  split_range(p, b, split, kWgKeys, begin, end);  // whole blocks (the TMA path loads whole pages)
   const int nblocks = int((end - begin + kWgKeys - 1) / kWgKeys);
 
-  for (int i = tid; i < kWgHeads * kChunks; i += 256) {
-    const int r = i / kChunks, c = i % kChunks;
-    uint4 v = make_uint4(0, 0, 0, 0);
-    if (h0 + r < p.heads) {
-      const float* src = c < kLora / 8
-                             ? p.q_latent + b * p.ql_stride_b + (h0 + r) * p.ql_stride_h + c * 8
-                             : p.q_pe + b * p.qp_stride_b + (h0 + r) * p.qp_stride_h + (c * 8 - kLora);
-      const float2 x0 = reinterpret_cast<const float2*>(src)[0];
-      const float2 x1 = reinterpret_cast<const float2*>(src)[1];
-      const float2 x2 = reinterpret_cast<const float2*>(src)[2];
-      const float2 x3 = reinterpret_cast<const float2*>(src)[3];
-      v = make_uint4(pack_bf16(x0.x, x0.y), pack_bf16(x1.x, x1.y), pack_bf16(x2.x, x2.y),
-                     pack_bf16(x3.x, x3.y));
-    }
-    *reinterpret_cast<uint4*>(&sm.q[c >> 3][swizzled(r, c & 7)]) = v;
-  }
+  load_query_tile(p, b, h0, sm.q);
   if (tid == 0) {
     asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<uint64_t>(&cache_map)) : "memory");
 #pragma unroll
@@ -1168,17 +1131,7 @@ __global__ void __launch_bounds__(256, 1)
   auto produce = [&](int blk, int s) {
     for (int key = lane; key < kWgKeys; key += 32) {
       const int64_t j = begin + int64_t(blk) * kWgKeys + key;
-      int32_t slot = kSlotPast;
-      if (j < end) {
-        const int64_t v = int64_t(__ldg(&pages[j / p.page_size])) * p.page_size + j % p.page_size;
-        if (v < 0 || v >= p.num_slots) {
-          report_error(p.error, kErrDecodeSlot, v, p.num_slots, b);
-          slot = kSlotBad;
-        } else {
-          slot = int32_t(v);
-        }
-      }
-      sm.slot[s][key] = slot;
+      sm.slot[s][key] = key_slot(p, b, j, end, j < end ? __ldg(&pages[j / p.page_size]) : 0);
     }
     __syncwarp();
     const int ps = int(p.page_size);
@@ -1435,37 +1388,7 @@ __global__ void __launch_bounds__(256, 1)
     }
   }
 
-  // Epilogue: l = l0 + l1 per row; each warpgroup writes its half of the output.
-#pragma unroll
-  for (int i = 0; i < 2; ++i) {
-    l_row[i] += __shfl_xor_sync(0xffffffffu, l_row[i], 1);
-    l_row[i] += __shfl_xor_sync(0xffffffffu, l_row[i], 2);
-    if (t == 0) sm.lsum[wg][row0 + 8 * i] = l_row[i];
-  }
-  __syncthreads();
-#pragma unroll
-  for (int i = 0; i < 2; ++i) {
-    const int row = row0 + 8 * i;
-    const int64_t h = h0 + row;
-    if (h >= p.heads) continue;
-    const float l = lost ? __int_as_float(0x7fc00000) : sm.lsum[0][row] + sm.lsum[1][row];
-    if (p.num_splits == 1) {
-      const float inv = l > 0.0f ? 1.0f / l : __int_as_float(0x7fc00000);
-      float* out = p.out + b * p.out_stride_b + h * p.out_stride_h + 256 * wg + 2 * t;
-#pragma unroll
-      for (int j = 0; j < 32; ++j)
-        *reinterpret_cast<float2*>(out + 8 * j) = make_float2(o[4 * j + 2 * i] * inv, o[4 * j + 2 * i + 1] * inv);
-    } else {
-      float* ws = p.workspace + ((b * p.heads + h) * p.num_splits + split) * (kLora + 2);
-#pragma unroll
-      for (int j = 0; j < 32; ++j)
-        *reinterpret_cast<float2*>(ws + 256 * wg + 8 * j + 2 * t) = make_float2(o[4 * j + 2 * i], o[4 * j + 2 * i + 1]);
-      if (wg == 0 && t == 0) {
-        ws[kLora] = m_row[i];
-        ws[kLora + 1] = l;
-      }
-    }
-  }
+  store_rows(p, b, h0, split, wg, row0, t, o, m_row, l_row, lost, sm.lsum);  // l = l0 + l1
 }
 
 // Merges the splits of one (sequence, head): partial outs with their max (log2 units) and sum.
