@@ -750,6 +750,57 @@ __device__ __forceinline__ void store_rows(const MlaDecodeParams& p, int64_t b, 
   }
 }
 
+// Score-tile helpers of the wgmma kernels, in the m64nN accumulator layout (thread (g, t) of
+// warp w4 holds rows 16 w4 + g + 8 i and columns 8 j + 2 t + c at s[4 j + 2 i + c], j < NJ).
+// Scales the scores to base 2 and masks them by the slots of their keys (slot[8 j + 2 t + c]):
+// -inf past the end, NaN for a slot outside the cache (poisons the row); mx[i] takes the max
+// of this thread's row i.
+template <int NJ>
+__device__ __forceinline__ void mask_scores(float (&s)[4 * NJ], const int32_t* slot, int t, float scale_log2,
+                                            float (&mx)[2]) {
+#pragma unroll
+  for (int j = 0; j < NJ; ++j) {
+#pragma unroll
+    for (int c = 0; c < 2; ++c) {
+      const int32_t sl = slot[8 * j + 2 * t + c];
+#pragma unroll
+      for (int i = 0; i < 2; ++i) {
+        float& v = s[4 * j + 2 * i + c];
+        v = sl == kSlotPast ? -INFINITY : sl == kSlotBad ? __int_as_float(0x7fc00000) : v * scale_log2;
+        mx[i] = fmaxf(mx[i], v);
+      }
+    }
+  }
+}
+// The max over the four threads (t) that share a row.
+__device__ __forceinline__ float quad_max(float v) {
+  v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
+  return fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 2));
+}
+// s <- 2^(s - m) for row i; returns this thread's part of the row sum.
+template <int NJ>
+__device__ __forceinline__ float exp_row(float (&s)[4 * NJ], int i, float m) {
+  float sum = 0.0f;
+#pragma unroll
+  for (int j = 0; j < NJ; ++j) {
+#pragma unroll
+    for (int c = 0; c < 2; ++c) {
+      const float e = exp2f(s[4 * j + 2 * i + c] - m);
+      s[4 * j + 2 * i + c] = e;
+      sum += e;
+    }
+  }
+  return sum;
+}
+// Row i of a warpgroup's 64 x 256 output accumulator times f.
+__device__ __forceinline__ void rescale_row(float (&o)[128], int i, float f) {
+#pragma unroll
+  for (int j = 0; j < 32; ++j) {
+    o[4 * j + 2 * i] *= f;
+    o[4 * j + 2 * i + 1] *= f;
+  }
+}
+
 struct WgSmem {
   __nv_bfloat16 q[kRegions][kRegion];       // [64 heads x 576], K-major
   __nv_bfloat16 kv[2][kRegions][kRegion];   // [64 keys x 576] per stage
@@ -892,45 +943,15 @@ __global__ void __launch_bounds__(256, 1)
         wgmma_wait_all();
         fence_regs(s);
         float mx[2] = {-INFINITY, -INFINITY};
-#pragma unroll
-        for (int j = 0; j < 8; ++j) {
-#pragma unroll
-          for (int c = 0; c < 2; ++c) {
-            const int32_t slot = sm.slot[stage][8 * j + 2 * t + c];
-#pragma unroll
-            for (int i = 0; i < 2; ++i) {
-              float& v = s[4 * j + 2 * i + c];
-              v = slot == kSlotPast ? -INFINITY
-                  : slot == kSlotBad ? __int_as_float(0x7fc00000)
-                                     : v * scale_log2;
-              mx[i] = fmaxf(mx[i], v);
-            }
-          }
-        }
+        mask_scores<8>(s, sm.slot[stage], t, scale_log2, mx);
 #pragma unroll
         for (int i = 0; i < 2; ++i) {
-          mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 1));
-          mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 2));
-          const float m_new = fmaxf(m_row[i], mx[i]);  // finite: every block holds a valid key
+          const float m_new = fmaxf(m_row[i], quad_max(mx[i]));  // finite: every block holds a valid key
           const float alpha = exp2f(m_row[i] - m_new);
           m_row[i] = m_new;
-          float sum = 0.0f;
-#pragma unroll
-          for (int j = 0; j < 8; ++j) {
-#pragma unroll
-            for (int c = 0; c < 2; ++c) {
-              const float e = exp2f(s[4 * j + 2 * i + c] - m_new);
-              s[4 * j + 2 * i + c] = e;
-              sum += e;
-            }
-          }
-          l_row[i] = l_row[i] * alpha + sum;
+          l_row[i] = l_row[i] * alpha + exp_row<8>(s, i, m_new);
           if (t == 0) sm.red[0][row0 + 8 * i] = alpha;
-#pragma unroll
-          for (int j = 0; j < 32; ++j) {
-            o[4 * j + 2 * i] *= alpha;
-            o[4 * j + 2 * i + 1] *= alpha;
-          }
+          rescale_row(o, i, alpha);
         }
         // P[row][8 j + 2 t + c]: chunk j of the row, bytes 4 t.
 #pragma unroll
@@ -945,14 +966,7 @@ __global__ void __launch_bounds__(256, 1)
       __syncthreads();  // P and the rescale factors complete
       if (wg == 1) {
 #pragma unroll
-        for (int i = 0; i < 2; ++i) {
-          const float alpha = sm.red[0][row0 + 8 * i];
-#pragma unroll
-          for (int j = 0; j < 32; ++j) {
-            o[4 * j + 2 * i] *= alpha;
-            o[4 * j + 2 * i + 1] *= alpha;
-          }
-        }
+        for (int i = 0; i < 2; ++i) rescale_row(o, i, sm.red[0][row0 + 8 * i]);
       }
     } else {
     float s[16];
@@ -971,25 +985,10 @@ __global__ void __launch_bounds__(256, 1)
     fence_regs(s);
 
     float mx[2] = {-INFINITY, -INFINITY};
-#pragma unroll
-    for (int j = 0; j < 4; ++j) {
-#pragma unroll
-      for (int c = 0; c < 2; ++c) {
-        const int32_t slot = sm.slot[stage][32 * wg + 8 * j + 2 * t + c];
-#pragma unroll
-        for (int i = 0; i < 2; ++i) {
-          float& v = s[4 * j + 2 * i + c];
-          v = slot == kSlotPast ? -INFINITY
-              : slot == kSlotBad ? __int_as_float(0x7fc00000)
-                                 : v * scale_log2;
-          mx[i] = fmaxf(mx[i], v);
-        }
-      }
-    }
+    mask_scores<4>(s, &sm.slot[stage][32 * wg], t, scale_log2, mx);
 #pragma unroll
     for (int i = 0; i < 2; ++i) {
-      mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 1));
-      mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 2));
+      mx[i] = quad_max(mx[i]);
       if (t == 0) sm.red[wg][row0 + 8 * i] = mx[i];
     }
     __syncthreads();
@@ -999,22 +998,8 @@ __global__ void __launch_bounds__(256, 1)
       const float m_new = fmaxf(m_row[i], fmaxf(mx[i], sm.red[wg ^ 1][row0 + 8 * i]));
       const float alpha = exp2f(m_row[i] - m_new);
       m_row[i] = m_new;
-      float sum = 0.0f;
-#pragma unroll
-      for (int j = 0; j < 4; ++j) {
-#pragma unroll
-        for (int c = 0; c < 2; ++c) {
-          const float e = exp2f(s[4 * j + 2 * i + c] - m_new);
-          s[4 * j + 2 * i + c] = e;
-          sum += e;
-        }
-      }
-      l_row[i] = l_row[i] * alpha + sum;
-#pragma unroll
-      for (int j = 0; j < 32; ++j) {
-        o[4 * j + 2 * i] *= alpha;
-        o[4 * j + 2 * i + 1] *= alpha;
-      }
+      l_row[i] = l_row[i] * alpha + exp_row<4>(s, i, m_new);
+      rescale_row(o, i, alpha);
     }
     // P[row][32 wg + 8 j + 2 t + c]: chunk 4 wg + j of the row, bytes 4 t.
 #pragma unroll
@@ -1161,8 +1146,9 @@ __global__ void __launch_bounds__(256, 1)
     fence_proxy_async();
     named_sync(kBarWg0 + wg, 128);
   };
-  // The scores of the block in stage s: S = Q K^T (64 heads x 64 keys), masked, base 2.
-  auto scores = [&](int s, float (&sc)[32]) {
+  // The scores of the block in stage s: S = Q K^T (64 heads x 64 keys), masked, base 2; mx
+  // gets the row maxima.
+  auto scores = [&](int s, float (&sc)[32], float (&mx)[2]) {
 #pragma unroll
     for (int i = 0; i < 32; ++i) sc[i] = 0.0f;
     fence_regs(sc);
@@ -1173,47 +1159,10 @@ __global__ void __launch_bounds__(256, 1)
     wgmma_commit();
     wgmma_wait_all();
     fence_regs(sc);
-    const float scale_log2 = p.scale * kLog2e;
-#pragma unroll
-    for (int j = 0; j < 8; ++j) {
-#pragma unroll
-      for (int c = 0; c < 2; ++c) {
-        const int32_t slot = sm.slot[s][8 * j + 2 * t + c];
-#pragma unroll
-        for (int i = 0; i < 2; ++i) {
-          float& v = sc[4 * j + 2 * i + c];
-          v = slot == kSlotPast ? -INFINITY : slot == kSlotBad ? __int_as_float(0x7fc00000) : v * scale_log2;
-        }
-      }
-    }
-  };
-  auto row_max = [&](const float (&sc)[32], int i) {
-    float mx = -INFINITY;
-#pragma unroll
-    for (int j = 0; j < 8; ++j) mx = fmaxf(mx, fmaxf(sc[4 * j + 2 * i], sc[4 * j + 2 * i + 1]));
-    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-    return fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-  };
-  // sc <- 2^(sc - m) for row i; returns this thread's part of the row sum.
-  auto exponentiate = [&](float (&sc)[32], int i, float m) {
-    float sum = 0.0f;
-#pragma unroll
-    for (int j = 0; j < 8; ++j) {
-#pragma unroll
-      for (int c = 0; c < 2; ++c) {
-        const float e = exp2f(sc[4 * j + 2 * i + c] - m);
-        sc[4 * j + 2 * i + c] = e;
-        sum += e;
-      }
-    }
-    return sum;
-  };
-  auto rescale = [&](float (&o)[128], int i, float f) {
-#pragma unroll
-    for (int j = 0; j < 32; ++j) {
-      o[4 * j + 2 * i] *= f;
-      o[4 * j + 2 * i + 1] *= f;
-    }
+    mx[0] = mx[1] = -INFINITY;
+    mask_scores<8>(sc, sm.slot[s], t, p.scale * kLog2e, mx);
+    mx[0] = quad_max(mx[0]);
+    mx[1] = quad_max(mx[1]);
   };
   // P (scaled by f per row) into stage s's rope region as a K-major 64 x 64 tile.
   auto store_p = [&](const float (&sc)[32], int s, const float (&f)[2]) {
@@ -1283,11 +1232,12 @@ __global__ void __launch_bounds__(256, 1)
     if (wg == 0) {
       mbar_wait_bounded(&sm.full[0], phase, lost);
       if (b0 == nblocks - 1) zero_tail(b0, 0, 0);
-      scores(0, s);
+      float mx[2];
+      scores(0, s, mx);
       float sc0[2];
 #pragma unroll
       for (int i = 0; i < 2; ++i) {
-        const float m_new = fmaxf(m_row[i], row_max(s, i));  // finite: the block holds a valid key
+        const float m_new = fmaxf(m_row[i], mx[i]);  // finite: the block holds a valid key
         sc0[i] = exp2f(m_row[i] - m_new);
         m_row[i] = m_new;
         if (t == 0) {
@@ -1298,8 +1248,8 @@ __global__ void __launch_bounds__(256, 1)
       named_arrive(kBarM0, 256);
 #pragma unroll
       for (int i = 0; i < 2; ++i) {
-        l_row[i] = l_row[i] * sc0[i] + exponentiate(s, i, m_row[i]);
-        rescale(o, i, sc0[i]);
+        l_row[i] = l_row[i] * sc0[i] + exp_row<8>(s, i, m_row[i]);
+        rescale_row(o, i, sc0[i]);
       }
       pack_p(s, pa);
       pv_registers(o, pa, 0, 0);  // O_L += P0 V0L
@@ -1319,7 +1269,7 @@ __global__ void __launch_bounds__(256, 1)
       keep_live(pa);
       release(0);
 #pragma unroll
-      for (int i = 0; i < 2; ++i) rescale(o, i, sc1[i]);
+      for (int i = 0; i < 2; ++i) rescale_row(o, i, sc1[i]);
       if (has_b1) {
         mbar_wait_bounded(&sm.full[1], phase, lost);
         if (b1 == nblocks - 1) zero_tail(b1, 1, 0);
@@ -1334,9 +1284,7 @@ __global__ void __launch_bounds__(256, 1)
       if (has_b1) {
         mbar_wait_bounded(&sm.full[1], phase, lost);
         if (b1 == nblocks - 1) zero_tail(b1, 1, 1);
-        scores(1, s);
-        mx[0] = row_max(s, 0);
-        mx[1] = row_max(s, 1);
+        scores(1, s, mx);
       }
       named_sync(kBarM0, 256);
 #pragma unroll
@@ -1355,11 +1303,11 @@ __global__ void __launch_bounds__(256, 1)
 #pragma unroll
       for (int i = 0; i < 2; ++i) {
         l_row[i] *= sc0[i] * sc1[i];
-        rescale(o, i, sc0[i] * sc1[i]);
+        rescale_row(o, i, sc0[i] * sc1[i]);
       }
       if (has_b1) {
 #pragma unroll
-        for (int i = 0; i < 2; ++i) l_row[i] += exponentiate(s, i, m_row[i]);
+        for (int i = 0; i < 2; ++i) l_row[i] += exp_row<8>(s, i, m_row[i]);
         const float one[2] = {1.0f, 1.0f};
         store_p(s, 1, one);  // P1 for WG0 (stage 1's rope region: S1 is done with it)
         named_arrive(kBarP1, 256);
