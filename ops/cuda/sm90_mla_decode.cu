@@ -62,6 +62,23 @@ __device__ __forceinline__ void split_range(const MlaDecodeParams& p, int64_t b,
   begin = min64(len, split * per_split);
   end = min64(len, begin + per_split);
 }
+// kRows padded key rows (kv[r], kRowPad bf16 each) from the cache by kThreads threads, 16-byte
+// cp.async in one commit group; rows of invalid keys (slot < 0) are zero-filled: a zero
+// probability times stale shared memory could be NaN times zero.
+template <int kRows, int kThreads>
+__device__ __forceinline__ void load_rows_cp_async(__nv_bfloat16 (*kv)[kRowPad], const int32_t* slot,
+                                                   const __nv_bfloat16* cache) {
+  for (int i = threadIdx.x; i < kRows * kChunks; i += kThreads) {
+    const int r = i / kChunks, c = i % kChunks;
+    void* dst = &kv[r][c * 8];
+    if (slot[r] >= 0) {
+      cp_async16(dst, cache + int64_t(slot[r]) * kWidth + c * 8);
+    } else {
+      *reinterpret_cast<uint4*>(dst) = make_uint4(0, 0, 0, 0);
+    }
+  }
+  cp_async_commit();
+}
 // The cache slot of key j of sequence b, whose page-table entry is `page`: kSlotPast at or past
 // `end`, kSlotBad (reported) outside the cache.
 __device__ __forceinline__ int32_t key_slot(const MlaDecodeParams& p, int64_t b, int64_t j, int64_t end,
@@ -272,20 +289,8 @@ __global__ void __launch_bounds__(NHT * 128) mla_decode_mma_kernel(MlaDecodePara
       sm.slot[stage][tid] = key_slot(p, b, begin + int64_t(blk) * kKeys + tid, end, page);
     }
   };
-  // Rows of invalid keys are zero-filled: a zero probability times stale shared memory could
-  // be NaN times zero.
   auto load_block = [&](int stage) {
-    for (int i = tid; i < kKeys * kChunks; i += kThreads) {
-      const int r = i / kChunks, c = i % kChunks;
-      const int32_t slot = sm.slot[stage][r];
-      void* dst = &sm.kv[stage][r][c * 8];
-      if (slot >= 0) {
-        cp_async16(dst, cache + int64_t(slot) * kWidth + c * 8);
-      } else {
-        *reinterpret_cast<uint4*>(dst) = make_uint4(0, 0, 0, 0);
-      }
-    }
-    cp_async_commit();
+    load_rows_cp_async<kKeys, kThreads>(sm.kv[stage], sm.slot[stage], cache);
   };
 
   if (nblocks > 0) fill_slots(0, 0, fetch_page(0));
@@ -484,17 +489,7 @@ __global__ void __launch_bounds__(128) mla_decode_h16_kernel(MlaDecodeParams p) 
     }
   };
   auto load_block = [&](int stage) {
-    for (int i = tid; i < kH16Keys * kChunks; i += 128) {
-      const int r = i / kChunks, c = i % kChunks;
-      const int32_t slot = sm.slot[stage][r];
-      void* dst = &sm.kv[stage][r][c * 8];
-      if (slot >= 0) {
-        cp_async16(dst, cache + int64_t(slot) * kWidth + c * 8);
-      } else {
-        *reinterpret_cast<uint4*>(dst) = make_uint4(0, 0, 0, 0);
-      }
-    }
-    cp_async_commit();
+    load_rows_cp_async<kH16Keys, 128>(sm.kv[stage], sm.slot[stage], cache);
   };
 #pragma unroll
   for (int s = 0; s < kH16Stages - 1; ++s)
