@@ -796,6 +796,32 @@ __device__ __forceinline__ void rescale_row(float (&o)[128], int i, float f) {
   }
 }
 
+// One warp (`lane`) issues the TMA boxes of a 64-key block whose key slots are `slot`: lane
+// i < 64 / page_size copies page i, rows [i ps, i ps + ps) of every region of `kv`, completing
+// on `bar` (armed here with the bytes to expect). A page whose first key is past the end or
+// outside the cache is not copied (its rows: zeroed after the wait, or a bad slot, whose NaN
+// score poisons the row anyway).
+__device__ __forceinline__ void issue_page_boxes(const MlaDecodeParams& p, const CUtensorMap* map,
+                                                 const int32_t* slot, __nv_bfloat16 (&kv)[kRegions][kRegion],
+                                                 uint64_t* bar, int lane) {
+  const int ps = int(p.page_size);
+  const int32_t slot0 = lane < kWgKeys / ps ? slot[lane * ps] : -1;
+  const unsigned copied = __ballot_sync(0xffffffffu, slot0 >= 0);
+  fence_proxy_async();  // earlier generic accesses of the stage come before the copies
+  if (lane == 0) mbar_arrive_expect(bar, uint32_t(__popc(copied) * ps) * kWidth * 2);
+  __syncwarp();
+  if (slot0 >= 0) {
+#pragma unroll
+    for (int c = 0; c < kRegions; ++c) tma_load_2d(&kv[c][lane * ps * 64], map, c * 64, slot0, bar);
+  }
+}
+// The swizzle is a function of the shared-memory address: a kernel's regions start at the first
+// 1024-byte boundary of its dynamic shared memory (which is allocated 1024 bytes larger).
+template <class T>
+__device__ __forceinline__ T& align_1024(unsigned char* raw) {
+  return *reinterpret_cast<T*>(raw + ((1024 - (smem_u32(raw) & 1023)) & 1023));
+}
+
 struct WgSmem {
   __nv_bfloat16 q[kRegions][kRegion];       // [64 heads x 576], K-major
   __nv_bfloat16 kv[2][kRegions][kRegion];   // [64 keys x 576] per stage
@@ -813,8 +839,7 @@ template <bool kTma, int kDiag = kDiagNone, bool kOneWg = false>
 __global__ void __launch_bounds__(256, 1)
     mla_decode_wgmma_kernel(MlaDecodeParams p, const __grid_constant__ CUtensorMap cache_map) {
   extern __shared__ __align__(16) unsigned char smem_wg[];
-  // The swizzle is a function of the shared-memory address: regions start 1024-byte aligned.
-  WgSmem& sm = *reinterpret_cast<WgSmem*>(smem_wg + ((1024 - (smem_u32(smem_wg) & 1023)) & 1023));
+  WgSmem& sm = align_1024<WgSmem>(smem_wg);
   const int tid = threadIdx.x, wg = tid >> 7, lane = tid & 31, w4 = (tid >> 5) & 3;
   const int g = lane >> 2, t = lane & 3;
   const int row0 = 16 * w4 + g;  // this thread's rows: row0, row0 + 8
@@ -844,22 +869,7 @@ __global__ void __launch_bounds__(256, 1)
   };
   auto load_block = [&](int stage) {
     if constexpr (kTma) {
-      // Lane i < 64 / page_size copies page i of the block: rows [i ps, i ps + ps) of every
-      // region. A page whose first key is past the end or outside the cache is not copied (its
-      // rows: zeroed after the wait, or a bad slot, whose NaN score poisons the row anyway).
-      if (tid < 32) {
-        const int ps = int(p.page_size);
-        const int32_t slot0 = tid < kWgKeys / ps ? sm.slot[stage][tid * ps] : -1;
-        const unsigned copied = __ballot_sync(0xffffffffu, slot0 >= 0);
-        fence_proxy_async();  // earlier generic accesses of the stage come before the copies
-        if (tid == 0) mbar_arrive_expect(&sm.bar[stage], uint32_t(__popc(copied) * ps) * kWidth * 2);
-        __syncwarp();
-        if (slot0 >= 0) {
-#pragma unroll
-          for (int c = 0; c < kRegions; ++c)
-            tma_load_2d(&sm.kv[stage][c][tid * ps * 64], &cache_map, c * 64, slot0, &sm.bar[stage]);
-        }
-      }
+      if (tid < 32) issue_page_boxes(p, &cache_map, sm.slot[stage], sm.kv[stage], &sm.bar[stage], tid);
     } else {
       for (int i = tid; i < kWgKeys * kChunks; i += 256) {
         const int r = i / kChunks, c = i % kChunks;
@@ -1080,7 +1090,7 @@ enum SeesawBar { kBarM0 = 1, kBarSc1 = 2, kBarP0 = 3, kBarP1 = 4, kBarWg0 = 5, k
 __global__ void __launch_bounds__(256, 1)
     mla_decode_seesaw_kernel(MlaDecodeParams p, const __grid_constant__ CUtensorMap cache_map) {
   extern __shared__ __align__(16) unsigned char smem_ss[];
-  SeesawSmem& sm = *reinterpret_cast<SeesawSmem*>(smem_ss + ((1024 - (smem_u32(smem_ss) & 1023)) & 1023));
+  SeesawSmem& sm = align_1024<SeesawSmem>(smem_ss);
   const int tid = threadIdx.x, wg = tid >> 7, lane = tid & 31, w4 = (tid >> 5) & 3;
   const int g = lane >> 2, t = lane & 3;
   const int row0 = 16 * w4 + g;  // this thread's rows: row0, row0 + 8
@@ -1114,17 +1124,7 @@ __global__ void __launch_bounds__(256, 1)
       sm.slot[s][key] = key_slot(p, b, j, end, j < end ? __ldg(&pages[j / p.page_size]) : 0);
     }
     __syncwarp();
-    const int ps = int(p.page_size);
-    const int32_t slot0 = lane < kWgKeys / ps ? sm.slot[s][lane * ps] : -1;
-    const unsigned copied = __ballot_sync(0xffffffffu, slot0 >= 0);
-    fence_proxy_async();
-    if (lane == 0) mbar_arrive_expect(&sm.full[s], uint32_t(__popc(copied) * ps) * kWidth * 2);
-    __syncwarp();
-    if (slot0 >= 0) {
-#pragma unroll
-      for (int c = 0; c < kRegions; ++c)
-        tma_load_2d(&sm.kv[s][c][lane * ps * 64], &cache_map, c * 64, slot0, &sm.full[s]);
-    }
+    issue_page_boxes(p, &cache_map, sm.slot[s], sm.kv[s], &sm.full[s], lane);
   };
   const bool producer = (tid & 127) < 32;  // warp 0 of each warpgroup: stage wg
   if (producer && wg < nblocks) produce(wg, wg);
