@@ -1462,8 +1462,8 @@ bool mla_decode_mma_supported(const MlaDecodeParams& p) {
 
 void launch_mla_decode_mma(const MlaDecodeParams& p, cudaStream_t stream) {
   if (p.batch == 0 || p.heads == 0) return;
-  const dim3 grid(unsigned((p.heads + mla_decode_mma_heads_per_cta(p) - 1) / mla_decode_mma_heads_per_cta(p)),
-                  unsigned(p.num_splits), unsigned(p.batch));
+  const int per_cta = mla_decode_mma_heads_per_cta(p);
+  const dim3 grid(unsigned((p.heads + per_cta - 1) / per_cta), unsigned(p.num_splits), unsigned(p.batch));
   CUtensorMap map{};
   const bool tma = use_tma(p), mapped = tma && encode_cache_map(p, &map);
   if (mapped && env_digit("TANDEM_MLA_DECODE_SEESAW", 0) == 1) {

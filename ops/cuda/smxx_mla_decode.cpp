@@ -25,8 +25,8 @@ int sm_count(int device) {
 // SM for the kernels of 170-230 KB of shared memory, two for the 84 KB one), never under 256
 // keys per split. Sized from the page table's capacity, so no synchronization on the lengths.
 int mma_num_splits(const MlaDecodeParams& p, int device) {
-  const int64_t ctas =
-      p.batch * ((p.heads + mla_decode_mma_heads_per_cta(p) - 1) / mla_decode_mma_heads_per_cta(p));
+  const int64_t per_cta = mla_decode_mma_heads_per_cta(p);
+  const int64_t ctas = p.batch * ((p.heads + per_cta - 1) / per_cta);
   const int64_t by_len = (p.max_pages * p.page_size + kMinKeysPerSplit - 1) / kMinKeysPerSplit;
   const int64_t want =
       sm_count(device) * mla_decode_mma_ctas_per_sm(p) / std::max<int64_t>(1, ctas);

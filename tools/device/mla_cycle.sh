@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# MLA decode on one GPU in one call (device tool; carry .devbin from pack_devbin.sh): the op
+# MLA decode on one GPU in one call (device tool; .devbin from pack_devbin.sh): the op
 # harness's MLA decode correctness cases, the perf lines (PerfMlaDecode: B=128, 4096 keys,
-# H=128 and H=16, every kernel variant), the 4.3 TB/s-class copy ceiling measured by torch in the
-# same run (DIAGS=1 adds the timing-only runs of TANDEM_MLA_DECODE_DIAG), and, with NCU=1, Nsight Compute sections for the first kernel of each head count.
-# Logs in $OUT; a table last.
+# H=128 and H=16, every kernel variant; DIAGS=1 adds the timing-only TANDEM_MLA_DECODE_DIAG
+# runs), the copy ceiling measured by torch in the same call, and with NCU=1 Nsight Compute
+# sections per NCU_RUNS entry (below). Logs in $OUT; the lines to read last.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-$PWD/out}
