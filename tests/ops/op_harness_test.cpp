@@ -788,15 +788,6 @@ TEST(MlaPrefillValidation, BadDtypeMixAndShapesThrow) {
   EXPECT_THROW(ops::mla_prefill_attention(q, kv, k_pe, cu, cu, 0.1f, out_i32), Error);
 }
 
-// The f32 cache runs the exact SIMT kernel (f32 rounding: 2e-6). The bf16 cache at DeepSeek's
-// width (lora 512, rope 64) runs the tensor-core kernel, which rounds the query and the
-// probabilities to bf16 (8 significant bits, relative rounding 2^-9 = 2e-3 per value; over
-// sums of hundreds of terms the errors average down: 4e-4 to 9e-4 relative L2 measured on the
-// H200), so its tolerance is 5e-3. Kernels by head count: up to 16 the 32-key, five-stage
-// kernel (H=16, one sequence of 4096 = 128 blocks); 17-32 the mma.sync kernel of 32 heads
-// (H=32); more the wgmma kernel of 64 heads per CTA (H=40 padded, H=64 exact, H=128 two
-// groups); lengths over 256 get several KV splits and the combine kernel, lengths up to 256 a
-// single split written directly; lengths not multiples of the 32- or 64-key block.
 // The MLA decode kernels the launcher can pick (sm90_mla_decode.cu's switches), as environment
 // settings "NAME=VALUE[,NAME=VALUE]"; "" is the default choice. ScopedEnv sets them for a scope.
 std::vector<std::string> mla_decode_variants(int64_t heads) {
@@ -827,6 +818,17 @@ class ScopedEnv {
   std::vector<std::string> names_;
 };
 
+// The f32 cache runs the exact SIMT kernel (f32 rounding: 2e-6). The bf16 cache at DeepSeek's
+// width (lora 512, rope 64) runs the tensor-core kernels, which round the query and the
+// probabilities to bf16 (8 significant bits, relative rounding 2^-9 = 2e-3 per value; over
+// sums of hundreds of terms the errors average down: 4e-4 to 9e-4 relative L2 measured on the
+// H200), so their tolerance is 5e-3. Kernels: page sizes 16, 32 and 64 take the TMA-fed wgmma
+// kernel of 64 heads per CTA at every head count (H=16 and H=40 padded, H=128 two groups);
+// page size 1 (and the TMA=0 variant) takes the cp.async kernels: up to 16 heads the 32-key
+// two-stage kernel, 17-32 the mma.sync kernel (the H=32 case under TMA=0), more the cp.async
+// wgmma kernel. Every bf16 case runs each variant of mla_decode_variants. Lengths
+// over 256 get several KV splits and the combine kernel, lengths up to 256 a single split written
+// directly; lengths not multiples of the 32- or 64-key block.
 TEST_F(OpHarness, MlaDecodeAttention) {
   struct Case {
     DType cdt;
