@@ -130,31 +130,66 @@ class Loader {
   }
 
  private:
-  // kv_b_proj rows are, per head, nope rows of W_UK then v rows of W_UV, each kv_lora wide.
+  // kv_b_proj rows are, per head, nope rows of W_UK then v rows of W_UV, each kv_lora wide. The
+  // split keeps the checkpoint's values exactly: f32 and bf16 as they are; fp8 as fp8 with its
+  // block scales when the 128-row blocks fall on head and nope/v boundaries (V3: nope = v = 128),
+  // else as the f32 products of value and scale. bf16 halves and fp8 quarters the f32 bytes
+  // every decode step reads.
   void split_kv_b(const LinearWeight& w, AttentionWeights& a) {
     const int64_t heads = c_.num_attention_heads, nope = c_.qk_nope_head_dim;
-    const int64_t v = c_.v_head_dim, lora = c_.kv_lora_rank;
-    a.w_uk_t = Tensor::empty({heads, lora, nope}, DType::kF32);
-    a.w_uv = Tensor::empty({heads, v, lora}, DType::kF32);
-    Tensor dense = to_f32(w.weight);  // [heads * (nope + v), lora], block scales applied below
-    for (int64_t h = 0; h < heads; ++h) {
-      for (int64_t r = 0; r < nope + v; ++r) {
-        const int64_t n = h * (nope + v) + r;
-        float* row = dense.data<float>() + n * lora;
-        if (w.is_fp8()) {
-          const float* s = w.scale_inv.data<float>() + (n / LinearWeight::kBlock) * w.scale_inv.size(1);
-          for (int64_t k = 0; k < lora; ++k) row[k] *= s[k / LinearWeight::kBlock];
-        }
-        if (r < nope) {
-          float* dst = a.w_uk_t.data<float>() + h * lora * nope + r;
-          for (int64_t k = 0; k < lora; ++k) dst[k * nope] = row[k];
-        } else {
-          std::copy(row, row + lora, a.w_uv.data<float>() + (h * v + (r - nope)) * lora);
+    const int64_t v = c_.v_head_dim, lora = c_.kv_lora_rank, rows = nope + v;
+    const int64_t b = LinearWeight::kBlock;
+    const bool fp8_blocks = w.is_fp8() && nope % b == 0 && v % b == 0;
+    Tensor src = w.weight.contiguous();
+    if (w.is_fp8() && !fp8_blocks) {
+      src = to_f32(src);
+      float* d = src.data<float>();
+      const float* s = w.scale_inv.data<float>();
+      for (int64_t n = 0; n < heads * rows; ++n)
+        for (int64_t k = 0; k < lora; ++k) d[n * lora + k] *= s[(n / b) * w.scale_inv.stride(0) + k / b];
+    }
+    a.w_uk_t.weight = Tensor::empty({heads, lora, nope}, src.dtype());
+    a.w_uv.weight = Tensor::empty({heads, v, lora}, src.dtype());
+    auto split = [&]<class T>(T*) {
+      const T* in = static_cast<const T*>(src.raw_data());
+      T* uk = static_cast<T*>(a.w_uk_t.weight.raw_data());
+      T* uv = static_cast<T*>(a.w_uv.weight.raw_data());
+      for (int64_t h = 0; h < heads; ++h) {
+        for (int64_t r = 0; r < rows; ++r) {
+          const T* row = in + (h * rows + r) * lora;
+          if (r < nope) {
+            for (int64_t k = 0; k < lora; ++k) uk[(h * lora + k) * nope + r] = row[k];
+          } else {
+            std::copy(row, row + lora, uv + (h * v + r - nope) * lora);
+          }
         }
       }
+    };
+    switch (dtype_size_bytes(src.dtype())) {
+      case 4: split(static_cast<uint32_t*>(nullptr)); break;
+      case 2: split(static_cast<uint16_t*>(nullptr)); break;
+      default: split(static_cast<uint8_t*>(nullptr)); break;
     }
-    a.w_uk_t = a.w_uk_t.to(device_);
-    a.w_uv = a.w_uv.to(device_);
+    if (fp8_blocks) {  // per head: W_UK^T [lora, nope] and W_UV [v, lora] in 128x128 blocks
+      const int64_t kb = (lora + b - 1) / b, nb = nope / b, vb = v / b;
+      const float* s = w.scale_inv.data<float>();
+      const int64_t ss = w.scale_inv.stride(0);
+      a.w_uk_t.scale_inv = Tensor::empty({heads, kb, nb}, DType::kF32);
+      a.w_uv.scale_inv = Tensor::empty({heads, vb, kb}, DType::kF32);
+      float* uk = a.w_uk_t.scale_inv.data<float>();
+      float* uv = a.w_uv.scale_inv.data<float>();
+      for (int64_t h = 0; h < heads; ++h) {
+        const int64_t first = h * rows / b;  // the head's first block row of kv_b
+        for (int64_t c = 0; c < kb; ++c) {
+          for (int64_t r = 0; r < nb; ++r) uk[(h * kb + c) * nb + r] = s[(first + r) * ss + c];
+          for (int64_t r = 0; r < vb; ++r) uv[(h * vb + r) * kb + c] = s[(first + nb + r) * ss + c];
+        }
+      }
+      a.w_uk_t.scale_inv = a.w_uk_t.scale_inv.to(device_);
+      a.w_uv.scale_inv = a.w_uv.scale_inv.to(device_);
+    }
+    a.w_uk_t.weight = a.w_uk_t.weight.to(device_);
+    a.w_uv.weight = a.w_uv.weight.to(device_);
   }
 
   // A dummy tensor as make-model writes it, counted on the progress bar.

@@ -45,9 +45,10 @@ struct AttentionWeights {
   Tensor kv_a_layernorm;            // [kv_lora]
   LinearWeight kv_b_proj;           // [heads*(nope+v), kv_lora]
   LinearWeight o_proj;              // [H, heads*v]
-  // kv_b_proj split per head for the absorbed decode (DeepSeek-V2 paper, 2.1.3), f32:
-  Tensor w_uk_t;  // [heads, kv_lora, nope]: q_nope -> latent query
-  Tensor w_uv;    // [heads, v, kv_lora]:    latent output -> v
+  // kv_b_proj split per head for the absorbed decode (DeepSeek-V2 paper, 2.1.3):
+  // The checkpoint's values, exactly (weights.cpp, split_kv_b, says in which dtype).
+  HeadWeight w_uk_t;  // [heads, kv_lora, nope]: q_nope -> latent query
+  HeadWeight w_uv;    // [heads, v, kv_lora]:    latent output -> v
 };
 
 struct MoeWeights {

@@ -116,15 +116,26 @@ void linear(const Tensor& x, const LinearWeight& w, Tensor& out) {
   TANDEM_DISPATCH(linear, d, x, w, out);
 }
 
-void head_matmul(const Tensor& x, const Tensor& w, Tensor& out) {
+void head_matmul(const Tensor& x, const HeadWeight& w, Tensor& out) {
+  const Tensor& wt = w.weight;
   expect(x, "head_matmul", "x", 3, {DType::kF32});
-  expect(w, "head_matmul", "w", 3, {DType::kF32});
+  expect(wt, "head_matmul", "w", 3, {DType::kF32, DType::kBF16, DType::kF8E4M3});
   expect(out, "head_matmul", "out", 3, {DType::kF32});
-  TANDEM_CHECK(w.is_contiguous(), "head_matmul: w must be contiguous");
-  TANDEM_CHECK(x.size(1) == w.size(0) && x.size(2) == w.size(2),
-               "head_matmul: x {} does not match w {}", x.describe(), w.describe());
-  expect_shape(out, "head_matmul", "out", {x.size(0), x.size(1), w.size(1)});
-  const Device d = same_device("head_matmul", {&x, &w, &out});
+  TANDEM_CHECK(wt.is_contiguous(), "head_matmul: w must be contiguous");
+  TANDEM_CHECK(x.size(1) == wt.size(0) && x.size(2) == wt.size(2),
+               "head_matmul: x {} does not match w {}", x.describe(), wt.describe());
+  expect_shape(out, "head_matmul", "out", {x.size(0), x.size(1), wt.size(1)});
+  if (w.is_fp8()) {
+    const int64_t b = LinearWeight::kBlock;
+    expect(w.scale_inv, "head_matmul", "scale_inv", 3, {DType::kF32});
+    TANDEM_CHECK(w.scale_inv.is_contiguous(), "head_matmul: scale_inv must be contiguous");
+    expect_shape(w.scale_inv, "head_matmul", "scale_inv",
+                 {wt.size(0), (wt.size(1) + b - 1) / b, (wt.size(2) + b - 1) / b});
+  } else {
+    TANDEM_CHECK(!w.scale_inv.defined(), "head_matmul: scale_inv is only for fp8 weights, w is {}",
+                 dtype_name(wt.dtype()));
+  }
+  const Device d = same_device("head_matmul", {&x, &wt, &w.scale_inv, &out});
   TANDEM_DISPATCH(head_matmul, d, x, w, out);
 }
 

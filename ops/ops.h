@@ -28,6 +28,14 @@ struct LinearWeight {
   bool is_fp8() const { return weight.dtype() == DType::kF8E4M3; }
 };
 
+// Per-head weights of head_matmul: [heads, N, K] f32 | bf16 | f8_e4m3; an fp8 one has its
+// 128x128 block scales per head, f32 [heads, ceil(N/128), ceil(K/128)].
+struct HeadWeight {
+  Tensor weight;
+  Tensor scale_inv;
+  bool is_fp8() const { return weight.dtype() == DType::kF8E4M3; }
+};
+
 // Parameters of MoE routing (DeepSeek-V2/V3 gates).
 struct RouteParams {
   int64_t top_k = 0;
@@ -60,9 +68,11 @@ void add_rms_norm(Tensor& residual, const Tensor& x, const Tensor& weight, doubl
 void linear(const Tensor& x, const LinearWeight& w, Tensor& out);
 
 // Per-head matmul: out[t, h, n] = sum_k x[t, h, k] * w[h, n, k].
-// x: f32 [T, H, K] (last dim contiguous); w: f32 [H, N, K]; out: f32 [T, H, N].
-// MLA's absorbed decode uses it for W_UK (q -> latent) and W_UV (latent -> v).
-void head_matmul(const Tensor& x, const Tensor& w, Tensor& out);
+// x: f32 [T, H, K] (last dim contiguous); w: see HeadWeight; out: f32 [T, H, N].
+// Accumulation is f32; bf16 weights are widened exactly, fp8 ones times their block scale
+// (one f32 product, as linear). MLA's absorbed decode uses it for W_UK (q -> latent) and W_UV
+// (latent -> v).
+void head_matmul(const Tensor& x, const HeadWeight& w, Tensor& out);
 
 // Rotary embedding in place on x: f32 | bf16 [T, heads, rope_dim] (last dim contiguous; bf16
 // is computed in f32 and rounded once).

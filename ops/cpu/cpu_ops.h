@@ -11,7 +11,7 @@ void rms_norm(const Tensor& x, const Tensor& weight, double eps, Tensor& out);
 void add_rms_norm(Tensor& residual, const Tensor& x, const Tensor& weight, double eps,
                   Tensor& out);
 void linear(const Tensor& x, const LinearWeight& w, Tensor& out);
-void head_matmul(const Tensor& x, const Tensor& w, Tensor& out);
+void head_matmul(const Tensor& x, const HeadWeight& w, Tensor& out);
 void rope(Tensor& x, const Tensor& positions, const Tensor& inv_freq, float attention_factor,
           bool interleave);
 void silu_and_mul(const Tensor& gate_up, Tensor& out);

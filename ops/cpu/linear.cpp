@@ -72,16 +72,28 @@ void linear(const Tensor& x, const LinearWeight& w, Tensor& out) {
   });
 }
 
-void head_matmul(const Tensor& x, const Tensor& w, Tensor& out) {
+void head_matmul(const Tensor& x, const HeadWeight& hw, Tensor& out) {
+  const Tensor& w = hw.weight;
   const int64_t tokens = x.size(0), heads = x.size(1), n_out = w.size(1), k = w.size(2);
-  const float* wd = w.data<float>();
-  parallel_for(heads * n_out, 16, [&](int64_t b, int64_t e) {
-    for (int64_t hn = b; hn < e; ++hn) {
-      const int64_t h = hn / n_out, n = hn % n_out;
-      const float* wr = wd + (h * n_out + n) * k;
+  const int64_t b = LinearWeight::kBlock;
+  parallel_for(heads * n_out, 16, [&](int64_t begin, int64_t end) {
+    std::vector<float> row(w.dtype() == DType::kF8E4M3 ? k : 0);
+    for (int64_t hn = begin; hn < end; ++hn) {
+      const int64_t h = hn / n_out, n = hn % n_out, offset = (h * n_out + n) * k;
+      if (!row.empty()) {  // fp8: the row times its block scales, one f32 product each, as linear
+        load_row_f32(w.raw_data(), w.dtype(), offset, k, row.data());
+        const float* scale = hw.scale_inv.data<float>() +
+                             (h * hw.scale_inv.size(1) + n / b) * hw.scale_inv.size(2);
+        for (int64_t j = 0; j < k; ++j) row[j] *= scale[j / b];
+      }
       for (int64_t t = 0; t < tokens; ++t) {
         const float* xr = x.data<float>() + t * x.stride(0) + h * x.stride(1);
-        out.data<float>()[t * out.stride(0) + h * out.stride(1) + n] = dot_f32(xr, wr, k);
+        float& o = out.data<float>()[t * out.stride(0) + h * out.stride(1) + n];
+        switch (w.dtype()) {
+          case DType::kBF16: o = dot_f32_bf16(xr, w.data<bf16>() + offset, k); break;
+          case DType::kF32: o = dot_f32(xr, w.data<float>() + offset, k); break;
+          default: o = dot_f32(xr, row.data(), k); break;
+        }
       }
     }
   });

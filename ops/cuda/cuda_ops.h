@@ -52,7 +52,7 @@ struct LinearFp8Counts {
 };
 LinearFp8Counts linear_fp8_counts();
 
-void head_matmul(const Tensor& x, const Tensor& w, Tensor& out);
+void head_matmul(const Tensor& x, const HeadWeight& w, Tensor& out);
 void rope(Tensor& x, const Tensor& positions, const Tensor& inv_freq, float attention_factor,
           bool interleave);
 void silu_and_mul(const Tensor& gate_up, Tensor& out);

@@ -172,7 +172,8 @@ struct GemmParams {
   const float* x; int64_t x_stride, x_batch_stride;  // [batch][M, K], rows strided
   const void* w; DType w_dtype;                      // [batch][N, K], contiguous rows
   int64_t w_stride, w_batch_stride;
-  const float* scale_inv; int64_t scale_stride;      // fp8 only: [ceil(N/128), ceil(K/128)]
+  const float* scale_inv; int64_t scale_stride;      // fp8 only: [batch][ceil(N/128), ceil(K/128)]
+  int64_t scale_batch_stride;
   float* out; int64_t out_stride, out_batch_stride;  // [batch][M, N]
   int64_t m, n, k, batch;
 };

@@ -141,9 +141,10 @@ void linear(const Tensor& x, const LinearWeight& w, Tensor& out) {
   if (out.dtype() != DType::kF32) cast_rows_into(of, out, ctx);
 }
 
-void head_matmul(const Tensor& x, const Tensor& w, Tensor& out) {
+void head_matmul(const Tensor& x, const HeadWeight& hw, Tensor& out) {
   TANDEM_CHECK(out.stride(2) == 1, "head_matmul: out must be contiguous in its last dimension");
   OpContext ctx(out);
+  const Tensor& w = hw.weight;
   GemmParams p{};
   p.x = cptr<float>(x);
   p.x_stride = x.stride(0);
@@ -152,6 +153,11 @@ void head_matmul(const Tensor& x, const Tensor& w, Tensor& out) {
   p.w_dtype = w.dtype();
   p.w_stride = w.stride(1);
   p.w_batch_stride = w.stride(0);
+  if (hw.is_fp8()) {  // contiguous [heads, ceil(N/128), ceil(K/128)] (ops::head_matmul checked)
+    p.scale_inv = cptr<float>(hw.scale_inv);
+    p.scale_stride = hw.scale_inv.stride(1);
+    p.scale_batch_stride = hw.scale_inv.stride(0);
+  }
   p.out = mptr<float>(out);
   p.out_stride = out.stride(0);
   p.out_batch_stride = out.stride(1);

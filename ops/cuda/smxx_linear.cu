@@ -18,11 +18,18 @@ constexpr int kTileM = 64, kTileN = 64, kTileK = 16, kTileThreads = 256;
 constexpr int kSkinnyRows = 16, kSkinnyChunk = 4, kSkinnyWarps = 8;
 constexpr int64_t kScaleBlock = 128;
 
+// The scale of weight (n, k) of an fp8 matrix whose block scales start at `scale`.
+__device__ __forceinline__ float block_scale(const GemmParams& p, const float* scale, int64_t n,
+                                             int64_t k) {
+  return scale[(n / kScaleBlock) * p.scale_stride + k / kScaleBlock];
+}
+
 template <class W>
-__device__ __forceinline__ float weight_at(const GemmParams& p, const W* w, int64_t n, int64_t k) {
+__device__ __forceinline__ float weight_at(const GemmParams& p, const W* w, const float* scale,
+                                           int64_t n, int64_t k) {
   const float v = to_f32(w[n * p.w_stride + k]);
   if constexpr (sizeof(W) == 1) {
-    return __fmul_rn(v, p.scale_inv[(n / kScaleBlock) * p.scale_stride + k / kScaleBlock]);
+    return __fmul_rn(v, block_scale(p, scale, n, k));
   } else {
     return v;
   }
@@ -35,6 +42,7 @@ __global__ void __launch_bounds__(kTileThreads) gemm_tile_kernel(GemmParams p) {
   const int64_t z = blockIdx.z;
   const float* x = p.x + z * p.x_batch_stride;
   const W* w = static_cast<const W*>(p.w) + z * p.w_batch_stride;
+  const float* scale = p.scale_inv + z * p.scale_batch_stride;  // fp8 only
   float* out = p.out + z * p.out_batch_stride;
   const int64_t m0 = int64_t(blockIdx.y) * kTileM, n0 = int64_t(blockIdx.x) * kTileN;
   const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
@@ -46,7 +54,7 @@ __global__ void __launch_bounds__(kTileThreads) gemm_tile_kernel(GemmParams p) {
       const int r = linear / kTileK, kk = linear % kTileK;
       const int64_t m = m0 + r, n = n0 + r, k = k0 + kk;
       as[kk][r] = (m < p.m && k < p.k) ? x[m * p.x_stride + k] : 0.0f;
-      bs[kk][r] = (n < p.n && k < p.k) ? weight_at(p, w, n, k) : 0.0f;
+      bs[kk][r] = (n < p.n && k < p.k) ? weight_at(p, w, scale, n, k) : 0.0f;
     }
     __syncthreads();
 #pragma unroll
@@ -80,6 +88,7 @@ __global__ void __launch_bounds__(kSkinnyWarps * 32) gemm_skinny_kernel(GemmPara
   const int64_t z = blockIdx.y;
   const float* x = p.x + z * p.x_batch_stride;
   const W* w = static_cast<const W*>(p.w) + z * p.w_batch_stride;
+  const float* scale = p.scale_inv + z * p.scale_batch_stride;  // fp8 only
   float* out = p.out + z * p.out_batch_stride;
   const int lane = threadIdx.x & 31;
   const int64_t n = int64_t(blockIdx.x) * kSkinnyWarps + (threadIdx.x >> 5);
@@ -87,7 +96,7 @@ __global__ void __launch_bounds__(kSkinnyWarps * 32) gemm_skinny_kernel(GemmPara
   for (int64_t m0 = 0; m0 < p.m; m0 += kSkinnyChunk) {
     float acc[kSkinnyChunk] = {};
     for (int64_t k = lane; k < p.k; k += 32) {
-      const float wv = weight_at(p, w, n, k);
+      const float wv = weight_at(p, w, scale, n, k);
 #pragma unroll
       for (int i = 0; i < kSkinnyChunk; ++i) {
         if (m0 + i < p.m) acc[i] = fmaf(x[(m0 + i) * p.x_stride + k], wv, acc[i]);
@@ -101,38 +110,65 @@ __global__ void __launch_bounds__(kSkinnyWarps * 32) gemm_skinny_kernel(GemmPara
   }
 }
 
-// The decode path for bf16 weights with 16-byte loads: each lane takes 8 consecutive k (one
-// uint4 of weights, two float4 of each x row). Needs K % 8 == 0 and 16-byte aligned rows.
-__global__ void __launch_bounds__(kSkinnyWarps * 32) gemm_skinny_bf16x8_kernel(GemmParams p) {
+// The decode path with vector loads: each lane takes kPack<W> consecutive k, one 16-byte load of
+// bf16 weights (8) or one 4-byte load of fp8 ones (4, a single block scale), and float4s of each
+// x row. Needs K, the weight strides and offsets in whole packs, 16-byte aligned x rows.
+template <class W> struct VecPack;
+template <> struct VecPack<__nv_bfloat16> { using Raw = uint4; static constexpr int kElems = 8; };
+template <> struct VecPack<__nv_fp8_e4m3> { using Raw = uint32_t; static constexpr int kElems = 4; };
+
+__device__ __forceinline__ void unpack(const uint4& raw, float, float* wv) {
+  const __nv_bfloat162* h2 = reinterpret_cast<const __nv_bfloat162*>(&raw);
+#pragma unroll
+  for (int e = 0; e < 4; ++e) {
+    const float2 f = __bfloat1622float2(h2[e]);
+    wv[2 * e] = f.x;
+    wv[2 * e + 1] = f.y;
+  }
+}
+
+__device__ __forceinline__ void unpack(uint32_t raw, float scale, float* wv) {
+  __nv_fp8x4_e4m3 q;
+  q.__x = raw;
+  const float4 f = static_cast<float4>(q);
+  wv[0] = __fmul_rn(f.x, scale);  // one f32 product each, as weight_at and the CPU
+  wv[1] = __fmul_rn(f.y, scale);
+  wv[2] = __fmul_rn(f.z, scale);
+  wv[3] = __fmul_rn(f.w, scale);
+}
+
+template <class W>
+__global__ void __launch_bounds__(kSkinnyWarps * 32) gemm_skinny_vec_kernel(GemmParams p) {
+  using Raw = typename VecPack<W>::Raw;
+  constexpr int kV = VecPack<W>::kElems;
   const int64_t z = blockIdx.y;
   const float* x = p.x + z * p.x_batch_stride;
-  const __nv_bfloat16* w = static_cast<const __nv_bfloat16*>(p.w) + z * p.w_batch_stride;
+  const W* w = static_cast<const W*>(p.w) + z * p.w_batch_stride;
+  const float* scale = p.scale_inv + z * p.scale_batch_stride;  // fp8 only
   float* out = p.out + z * p.out_batch_stride;
   const int lane = threadIdx.x & 31;
   const int64_t n = int64_t(blockIdx.x) * kSkinnyWarps + (threadIdx.x >> 5);
   if (n >= p.n) return;
-  const uint4* wrow = reinterpret_cast<const uint4*>(w + n * p.w_stride);
-  const int64_t k8 = p.k / 8;
+  const Raw* wrow = reinterpret_cast<const Raw*>(w + n * p.w_stride);
+  const int64_t packs = p.k / kV;
   for (int64_t m0 = 0; m0 < p.m; m0 += kSkinnyChunk) {
     float acc[kSkinnyChunk] = {};
-    for (int64_t c = lane; c < k8; c += 32) {
-      const uint4 raw = __ldg(wrow + c);
-      const __nv_bfloat162* h2 = reinterpret_cast<const __nv_bfloat162*>(&raw);
-      float wv[8];
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const float2 f = __bfloat1622float2(h2[e]);
-        wv[2 * e] = f.x;
-        wv[2 * e + 1] = f.y;
-      }
+    for (int64_t c = lane; c < packs; c += 32) {
+      float wv[kV];
+      unpack(__ldg(wrow + c), sizeof(W) == 1 ? block_scale(p, scale, n, c * kV) : 1.0f, wv);
 #pragma unroll
       for (int i = 0; i < kSkinnyChunk; ++i) {
         if (m0 + i >= p.m) break;
-        const float4* xr = reinterpret_cast<const float4*>(x + (m0 + i) * p.x_stride) + 2 * c;
-        const float4 a = xr[0], b = xr[1];
+        const float4* xr = reinterpret_cast<const float4*>(x + (m0 + i) * p.x_stride + c * kV);
         float s = acc[i];
-        s = fmaf(a.x, wv[0], s); s = fmaf(a.y, wv[1], s); s = fmaf(a.z, wv[2], s); s = fmaf(a.w, wv[3], s);
-        s = fmaf(b.x, wv[4], s); s = fmaf(b.y, wv[5], s); s = fmaf(b.z, wv[6], s); s = fmaf(b.w, wv[7], s);
+#pragma unroll
+        for (int q = 0; q < kV / 4; ++q) {
+          const float4 a = xr[q];
+          s = fmaf(a.x, wv[4 * q], s);
+          s = fmaf(a.y, wv[4 * q + 1], s);
+          s = fmaf(a.z, wv[4 * q + 2], s);
+          s = fmaf(a.w, wv[4 * q + 3], s);
+        }
         acc[i] = s;
       }
     }
@@ -144,18 +180,21 @@ __global__ void __launch_bounds__(kSkinnyWarps * 32) gemm_skinny_bf16x8_kernel(G
   }
 }
 
-bool aligned16(const void* ptr) { return (reinterpret_cast<uintptr_t>(ptr) & 15) == 0; }
+bool aligned(const void* ptr, uintptr_t bytes) { return reinterpret_cast<uintptr_t>(ptr) % bytes == 0; }
 
 template <class W>
 void launch_typed(const GemmParams& p, cudaStream_t stream) {
   if (p.m <= kSkinnyRows) {
     const dim3 grid(ceil_div(p.n, kSkinnyWarps), unsigned(p.batch));
-    const bool vec = std::is_same_v<W, __nv_bfloat16> && p.k % 8 == 0 && p.w_stride % 8 == 0 &&
-                     p.w_batch_stride % 8 == 0 && p.x_stride % 4 == 0 &&
-                     p.x_batch_stride % 4 == 0 && aligned16(p.w) && aligned16(p.x);
-    if (vec) {
-      gemm_skinny_bf16x8_kernel<<<grid, kSkinnyWarps * 32, 0, stream>>>(p);
-    } else {
+    bool vec = false;
+    if constexpr (!std::is_same_v<W, float>) {
+      constexpr int v = VecPack<W>::kElems;
+      vec = p.k % v == 0 && p.w_stride % v == 0 && p.w_batch_stride % v == 0 &&
+            p.x_stride % 4 == 0 && p.x_batch_stride % 4 == 0 &&
+            aligned(p.w, sizeof(typename VecPack<W>::Raw)) && aligned(p.x, 16);
+      if (vec) gemm_skinny_vec_kernel<W><<<grid, kSkinnyWarps * 32, 0, stream>>>(p);
+    }
+    if (!vec) {
       gemm_skinny_kernel<W><<<grid, kSkinnyWarps * 32, 0, stream>>>(p);
     }
   } else {

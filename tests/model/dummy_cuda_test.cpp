@@ -102,8 +102,13 @@ TEST_F(DummyCuda, DummyWeightsOnGpuEqualCpu) {
       expect_same(gl.attn.kv_a_proj_with_mqa, cl.attn.kv_a_proj_with_mqa, p + "kv_a");
       expect_same(gl.attn.kv_b_proj, cl.attn.kv_b_proj, p + "kv_b");
       expect_same(gl.attn.o_proj, cl.attn.o_proj, p + "o_proj");
-      expect_same_bytes(gl.attn.w_uk_t, cl.attn.w_uk_t, p + "w_uk_t");
-      expect_same_bytes(gl.attn.w_uv, cl.attn.w_uv, p + "w_uv");
+      expect_same_bytes(gl.attn.w_uk_t.weight, cl.attn.w_uk_t.weight, p + "w_uk_t");
+      expect_same_bytes(gl.attn.w_uv.weight, cl.attn.w_uv.weight, p + "w_uv");
+      ASSERT_EQ(gl.attn.w_uk_t.scale_inv.defined(), cl.attn.w_uk_t.scale_inv.defined()) << p;
+      if (cl.attn.w_uk_t.scale_inv.defined()) {
+        expect_same_bytes(gl.attn.w_uk_t.scale_inv, cl.attn.w_uk_t.scale_inv, p + "w_uk_t scales");
+        expect_same_bytes(gl.attn.w_uv.scale_inv, cl.attn.w_uv.scale_inv, p + "w_uv scales");
+      }
       if (!cl.is_moe) {
         expect_same(gl.mlp.gate_proj, cl.mlp.gate_proj, p + "mlp.gate");
         expect_same(gl.mlp.down_proj, cl.mlp.down_proj, p + "mlp.down");

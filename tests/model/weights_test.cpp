@@ -12,6 +12,7 @@
 #include "model/presets.h"
 #include "model/random_weights.h"
 #include "model/safetensors_writer.h"
+#include "model/weights.h"
 
 namespace tandem {
 namespace {
@@ -146,6 +147,104 @@ TEST_F(WeightsTest, DummyLoadEqualsMakeModelSeedZero) {
   LoadFormat f;
   EXPECT_TRUE(load_format_from_name("dummy", &f));
   EXPECT_FALSE(load_format_from_name("pt", &f));
+}
+
+// kv_b_proj's value at (row n, column k) as the checkpoint means it: the fp8 value times its
+// block scale (one f32 product), else the stored value.
+float kv_b_value(const LinearWeight& w, const Tensor& dense, int64_t n, int64_t k) {
+  const float v = dense.data<float>()[n * w.in_features() + k];
+  if (!w.is_fp8()) return v;
+  return v * w.scale_inv.data<float>()[(n / 128) * w.scale_inv.stride(0) + k / 128];
+}
+
+// Row n, column k of a HeadWeight's head h, dequantized.
+float head_value(const HeadWeight& w, int64_t h, int64_t n, int64_t k) {
+  const int64_t rows = w.weight.size(1), cols = w.weight.size(2);
+  const float v = load_as_f32(w.weight.raw_data(), w.weight.dtype(), (h * rows + n) * cols + k);
+  if (!w.is_fp8()) return v;
+  const Tensor& s = w.scale_inv;
+  return v * s.data<float>()[(h * s.size(1) + n / 128) * s.size(2) + k / 128];
+}
+
+// The absorbed W_UK^T / W_UV are kv_b_proj's rows per head, value for value: bf16 stays bf16;
+// fp8 stays fp8 with per-head block scales when nope and v are whole 128-row blocks (V3), else
+// becomes the f32 products (the tiny preset, nope = v = 64).
+TEST(AbsorbedWeights, SplitKeepsTheCheckpointValues) {
+  struct Case { bool fp8; int64_t nope_v; DType want; };
+  for (const Case& cs : {Case{false, 64, DType::kBF16}, Case{true, 64, DType::kF32},
+                         Case{true, 128, DType::kF8E4M3}}) {
+    json j = small_config(cs.fp8);
+    j["qk_nope_head_dim"] = cs.nope_v;
+    j["v_head_dim"] = cs.nope_v;
+    const ModelConfig c = ModelConfig::from_json_string(j.dump(), "tiny");
+    const ModelWeights w = load_dummy_weights(c, 3, Device::cpu());
+    const AttentionWeights& a = w.layers[1].attn;
+    const int64_t heads = c.num_attention_heads, nope = c.qk_nope_head_dim;
+    const int64_t v = c.v_head_dim, lora = c.kv_lora_rank;
+    const std::string tag = std::string(cs.fp8 ? "fp8" : "bf16") + " nope " + std::to_string(nope);
+    ASSERT_EQ(a.w_uk_t.weight.dtype(), cs.want) << tag;
+    ASSERT_EQ(a.w_uv.weight.dtype(), cs.want) << tag;
+    ASSERT_EQ(a.w_uk_t.weight.shape(), (Shape{heads, lora, nope})) << tag;
+    ASSERT_EQ(a.w_uv.weight.shape(), (Shape{heads, v, lora})) << tag;
+    EXPECT_EQ(a.w_uk_t.scale_inv.defined(), cs.want == DType::kF8E4M3) << tag;
+    const Tensor dense = to_f32(a.kv_b_proj.weight);
+    int64_t nonzero = 0;
+    for (int64_t h = 0; h < heads; ++h) {
+      for (int64_t r = 0; r < nope + v; ++r) {
+        for (int64_t k = 0; k < lora; ++k) {
+          const float want = kv_b_value(a.kv_b_proj, dense, h * (nope + v) + r, k);
+          const float got = r < nope ? head_value(a.w_uk_t, h, k, r) : head_value(a.w_uv, h, r - nope, k);
+          ASSERT_EQ(got, want) << tag << " head " << h << " row " << r << " col " << k;
+          nonzero += want != 0.0f;
+        }
+      }
+    }
+    EXPECT_GT(nonzero, heads * (nope + v) * lora / 2) << tag;
+  }
+}
+
+// ops::head_matmul on the CPU: bf16 and fp8 weights give bitwise the result of their f32
+// values (exact widening, one product per fp8 weight); a bad scale tensor is refused.
+TEST(AbsorbedWeights, HeadMatmulDtypesAgreeBitwise) {
+  const int64_t t = 3, heads = 2, n = 256, k = 384;
+  Tensor x = Tensor::empty({t, heads, k + 64}, DType::kF32);
+  for (int64_t i = 0; i < x.numel(); ++i) x.data<float>()[i] = std::sin(0.37f * float(i));
+  const Tensor xs = x.slice(2, 0, k);  // strided rows, as q_nope in the model
+  HeadWeight f8{Tensor::empty({heads, n, k}, DType::kF8E4M3), Tensor::empty({heads, 2, 3}, DType::kF32)};
+  for (int64_t i = 0; i < f8.weight.numel(); ++i)
+    store_from_f32(f8.weight.raw_data(), DType::kF8E4M3, i, std::cos(0.11f * float(i)) * 3.0f);
+  for (int64_t i = 0; i < f8.scale_inv.numel(); ++i) f8.scale_inv.data<float>()[i] = 0.01f * float(i + 1);
+  HeadWeight f32{Tensor::empty({heads, n, k}, DType::kF32), {}};
+  HeadWeight b16{Tensor::empty({heads, n, k}, DType::kBF16), {}};
+  for (int64_t h = 0; h < heads; ++h)
+    for (int64_t r = 0; r < n; ++r)
+      for (int64_t c = 0; c < k; ++c) {
+        const int64_t i = (h * n + r) * k + c;
+        f32.weight.data<float>()[i] = head_value(f8, h, r, c);
+        b16.weight.data<bf16>()[i] = f32_to_bf16(f32.weight.data<float>()[i]);
+      }
+  auto run = [&](const HeadWeight& w) {
+    Tensor out = Tensor::empty({t, heads, n}, DType::kF32);
+    ops::head_matmul(xs, w, out);
+    return out;
+  };
+  const Tensor a = run(f8), b = run(f32);
+  HeadWeight b32{cast(b16.weight, DType::kF32), {}};
+  const Tensor c = run(b16), d = run(b32);
+  for (int64_t i = 0; i < a.numel(); ++i) {
+    ASSERT_EQ(a.data<float>()[i], b.data<float>()[i]) << "fp8 vs f32 at " << i;
+    ASSERT_EQ(c.data<float>()[i], d.data<float>()[i]) << "bf16 vs f32 at " << i;
+  }
+  EXPECT_NE(a.data<float>()[0], 0.0f);
+  Tensor out = Tensor::empty({t, heads, n}, DType::kF32);
+  HeadWeight bad = f8;
+  bad.scale_inv = Tensor::empty({heads, 2, 2}, DType::kF32);
+  EXPECT_THROW(ops::head_matmul(xs, bad, out), Error);
+  bad.scale_inv = Tensor();
+  EXPECT_THROW(ops::head_matmul(xs, bad, out), Error);
+  HeadWeight extra = f32;
+  extra.scale_inv = f8.scale_inv;
+  EXPECT_THROW(ops::head_matmul(xs, extra, out), Error);
 }
 
 TEST_F(WeightsTest, MissingTensorIsNamed) {

@@ -427,17 +427,30 @@ TEST_F(OpHarness, LinearFp8Gemm) {
   check_linear_fp8("x bf16 out f32 M=9 N=256 K=96 (K%128)", 9, 256, 96, b, f, false, false);
 }
 
+// W_UK^T-shaped (N=512, K=128) and W_UV-shaped (N=128, K=512) per-head weights in each dtype
+// the loader keeps; T = 5 takes the skinny (vector-load) kernels, T = 40 the tiled one.
 TEST_F(OpHarness, HeadMatmul) {
+  const int64_t heads = 16, b = LinearWeight::kBlock;
+  for (DType wdt : {DType::kF32, DType::kBF16, DType::kF8E4M3})
+  for (auto [n, k] : {std::pair<int64_t, int64_t>{512, 128}, {128, 512}})
   for (int64_t t : {5, 40}) {
-    const int64_t heads = 16, nope = 128, lora = 512, qk = 192;
-    const Tensor q = randn({t, heads, qk});
-    const Tensor x = q.slice(2, 0, nope);  // strided, as q_nope in the model
-    const Tensor w = randn({heads, lora, nope}, 1.0f / std::sqrt(float(nope)));
-    Tensor ref = Tensor::empty({t, heads, lora}, DType::kF32);
-    ops::head_matmul(x, w, ref);
-    Guarded out({t, heads, lora}, DType::kF32, 0);
-    ops::head_matmul(q.to(kGpu).slice(2, 0, nope), w.to(kGpu), out.view);
-    expect_close("head_matmul", "T=" + std::to_string(t) + " H=16 N=512 K=128", out.result("head_matmul"), ref, 2e-6);
+    const Tensor xwide = randn({t, heads, k + 64});
+    HeadWeight w;
+    if (wdt == DType::kF8E4M3) {
+      w.weight = cast(randn({heads, n, k}, 100.0f), DType::kF8E4M3);
+      w.scale_inv = randn({heads, n / b, k / b}, 1.0f);
+      float* sd = w.scale_inv.data<float>();
+      for (int64_t i = 0; i < w.scale_inv.numel(); ++i) sd[i] = (1.0f + 0.2f * sd[i]) / 448.0f / std::sqrt(float(k));
+    } else {
+      w.weight = cast(randn({heads, n, k}, 1.0f / std::sqrt(float(k))), wdt);
+    }
+    Tensor ref = Tensor::empty({t, heads, n}, DType::kF32);
+    ops::head_matmul(xwide.slice(2, 0, k), w, ref);  // strided rows, as q_nope in the model
+    const HeadWeight wg{w.weight.to(kGpu), w.scale_inv.defined() ? w.scale_inv.to(kGpu) : Tensor()};
+    Guarded out({t, heads, n}, DType::kF32, 0);
+    ops::head_matmul(xwide.to(kGpu).slice(2, 0, k), wg, out.view);
+    expect_close("head_matmul", std::string(dtype_name(wdt)) + " T=" + std::to_string(t) + " H=16 N=" +
+                 std::to_string(n) + " K=" + std::to_string(k), out.result("head_matmul"), ref, 2e-6);
   }
 }
 
