@@ -59,6 +59,23 @@ void silu_and_mul(const Tensor& gate_up, Tensor& out);
 void fill_random(Tensor& out, uint64_t key, float amplitude, float offset);
 void moe_route(const Tensor& logits, const Tensor& bias, const RouteParams& params,
                Tensor& topk_ids, Tensor& topk_weights);
+// Grouped experts on FP8 tensor cores: while on and linear_fp8_mode() is kBlockFp8, each expert
+// GEMM that the FP8 linear's rule admits (fp8 weights, K >= 512, K and N multiples of 128)
+// quantizes its activations per token and 128 columns as that linear does and multiplies e4m3 x
+// e4m3 (mma.sync m16n8k32); the CPU op in FP8-activation mode is its twin. Off by default until
+// measured on a GPU; the initial value comes from TANDEM_MOE_FP8_MMA ("1": on).
+void set_moe_fp8_mma(bool on);
+bool moe_fp8_mma();
+class ScopedMoeFp8Mma {
+ public:
+  explicit ScopedMoeFp8Mma(bool on) : prev_(moe_fp8_mma()) { set_moe_fp8_mma(on); }
+  ~ScopedMoeFp8Mma() { set_moe_fp8_mma(prev_); }
+  ScopedMoeFp8Mma(const ScopedMoeFp8Mma&) = delete;
+  ScopedMoeFp8Mma& operator=(const ScopedMoeFp8Mma&) = delete;
+
+ private:
+  bool prev_;
+};
 // The device address table of prepare_experts (u64 [6, E]).
 Tensor make_expert_table(const ExpertWeights& experts);
 // moe_experts on the device (no host sync); false, doing nothing, where the grouped kernels do

@@ -143,8 +143,12 @@ void launch_moe_align(const MoeAlignParams& p, cudaStream_t stream);
 //  else:    out = f32(A[r] W0[e]^T)
 // A[r] is a[row_index[r]] (or a[r] without row_index), bf16 rows. W: bf16 or e4m3 [n, k]
 // with f32 scales [ceil(n/128), ceil(k/128)]; k a multiple of 64.
+// fp8_act: A rows are e4m3 with f32 scales a_scale[row * a_scale_stride + k / 128] (the FP8
+// linear's 1x128 quantization), W e4m3, k and n multiples of 128.
 struct MoeGroupedGemmParams {
-  const void* a; int64_t a_stride;     // bf16
+  const void* a; int64_t a_stride;     // bf16, or e4m3 with fp8_act
+  const float* a_scale; int64_t a_scale_stride;  // fp8_act only
+  bool fp8_act;
   const int32_t* row_index;            // [rows] or nullptr
   const int32_t* offsets;              // [E + 1]
   const uint64_t* w0; const uint64_t* w1;  // [E] weight addresses (w1 nullptr unless gate_up)

@@ -1,8 +1,12 @@
 // Host launchers of smxx_moe_grouped.cu: the expert address table and moe_experts on the
 // device (sort by expert, gate/up GEMM with SiLU-and-mul, down GEMM, weighted un-permute).
+#include <atomic>
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 #include <vector>
 
+#include "ops/cuda/cublaslt_fp8_gemm.h"
 #include "ops/cuda/cuda_ops.h"
 #include "ops/cuda/host_common.h"
 
@@ -12,11 +16,49 @@ namespace {
 
 constexpr int64_t kMaxGroupedExperts = 1024;  // moe_align's one-block scan
 
+std::atomic<bool> g_fp8_mma{[] {
+  const char* env = std::getenv("TANDEM_MOE_FP8_MMA");
+  return env && std::strcmp(env, "1") == 0;
+}()};
+
+// Whether a GEMM of the experts takes the FP8-activation kernel: the linear's rule for its FP8
+// GEMM (and the CPU twin's, ops/cpu/fp8_quant.h), so a reference in FP8-activation mode
+// quantizes exactly the same activations.
+bool fp8_act_gemm(DType wdt, int64_t n, int64_t k) {
+  return g_fp8_mma.load() && linear_fp8_mode() == LinearFp8Mode::kBlockFp8 &&
+         wdt == DType::kF8E4M3 && k >= LinearWeight::kFp8GemmMinK && k % LinearWeight::kBlock == 0 &&
+         n % LinearWeight::kBlock == 0;
+}
+
+// x [m, k] quantized per row and 128 columns: e4m3 [m, k] and f32 scales [m, k / 128].
+struct QuantizedRows {
+  Tensor q, scale;
+};
+QuantizedRows quantize_rows(const Tensor& x, const OpContext& ctx) {
+  QuantizedRows r{Tensor::empty({x.size(0), x.size(1)}, DType::kF8E4M3, x.device()),
+                  Tensor::empty({x.size(0), x.size(1) / LinearWeight::kBlock}, DType::kF32, x.device())};
+  quantize_fp8_rows(x.raw_data(), x.dtype(), x.stride(0), x.size(0), x.size(1), r.q.raw_data(),
+                    mptr<float>(r.scale), Fp8ActScaleLayout::kKMajor, ctx.stream);
+  TANDEM_CUDA_LAUNCH_CHECK("moe_experts (quantize)");
+  return r;
+}
+
+void set_fp8_act(MoeGroupedGemmParams& g, const QuantizedRows& r) {
+  g.fp8_act = true;
+  g.a = r.q.raw_data();
+  g.a_stride = r.q.stride(0);
+  g.a_scale = cptr<float>(r.scale);
+  g.a_scale_stride = r.scale.stride(0);
+}
+
 int64_t address(const Tensor& t) {
   return t.defined() ? int64_t(reinterpret_cast<uintptr_t>(t.raw_data())) : 0;
 }
 
 }  // namespace
+
+void set_moe_fp8_mma(bool on) { g_fp8_mma.store(on); }
+bool moe_fp8_mma() { return g_fp8_mma.load(); }
 
 Tensor make_expert_table(const ExpertWeights& ex) {
   const int64_t experts = ex.num_experts();
@@ -81,13 +123,20 @@ bool moe_experts_grouped(const Tensor& x, const Tensor& ids, const Tensor& weigh
   g1.out = h.raw_data();
   g1.out_stride = h.stride(0);
   g1.gate_up = true;
+  QuantizedRows xq;
+  if (fp8_act_gemm(wdt, inter, hidden)) {
+    xq = quantize_rows(x, ctx);  // once per token; the kernel gathers rows and scales
+    set_fp8_act(g1, xq);
+  }
   launch_moe_grouped_gemm(g1, ctx.stream);
   TANDEM_CUDA_LAUNCH_CHECK("moe_experts (gate/up)");
 
   Tensor y = Tensor::empty({pairs, hidden}, DType::kF32, dev);
   MoeGroupedGemmParams g2 = g1;
+  g2.fp8_act = false;
   g2.a = h.raw_data();
   g2.a_stride = h.stride(0);
+  g2.a_scale = nullptr;
   g2.row_index = nullptr;
   g2.w0 = table + 2 * experts;
   g2.w1 = nullptr;
@@ -98,6 +147,11 @@ bool moe_experts_grouped(const Tensor& x, const Tensor& ids, const Tensor& weigh
   g2.out = y.raw_data();
   g2.out_stride = y.stride(0);
   g2.gate_up = false;
+  QuantizedRows hq;
+  if (fp8_act_gemm(wdt, hidden, inter)) {
+    hq = quantize_rows(h, ctx);
+    set_fp8_act(g2, hq);
+  }
   launch_moe_grouped_gemm(g2, ctx.stream);
   TANDEM_CUDA_LAUNCH_CHECK("moe_experts (down)");
 

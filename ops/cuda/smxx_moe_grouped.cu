@@ -12,6 +12,11 @@
 // a dot product does not depend on the order of its terms' pairing, only on A and B agreeing.
 // FP8 weights: the partial sums of each 128-wide K block are scaled by that block's weight
 // scale in f32 (as DeepSeek-V3's block-scaled GEMMs do), so e4m3 values enter the MMA exactly.
+//
+// With FP8 activations (MoeGroupedGemmParams::fp8_act) the rows come quantized per 128 columns
+// (the FP8 linear's quantizer) and the MMA is m16n8k32 on e4m3 x e4m3: the weights go from
+// memory into the tensor cores with no widening, and each K block's partial sums are scaled by
+// activation scale x weight scale.
 #include "ops/cuda/common.cuh"
 
 #include <cuda_fp16.h>
@@ -103,11 +108,52 @@ __device__ __forceinline__ void mma_bf16(float (&c)[4], uint32_t a0, uint32_t a1
       : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
 
+// c += A B on FP8 tensor cores: A 16 x 32 e4m3 (a0/a1: rows g, g + 8, k 4t .. 4t + 3; a2/a3:
+// k 16 + 4t ..), B 32 x 8 e4m3 (b0: k 4t .. 4t + 3, b1: k 16 + 4t .., column g), f32 c.
+__device__ __forceinline__ void mma_e4m3(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2,
+                                         uint32_t a3, uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+      "{%8,%9}, {%0,%1,%2,%3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
 __device__ __forceinline__ uint4 load16(const void* p) {
   return __ldg(static_cast<const uint4*>(p));
 }
 
 __device__ __forceinline__ float silu(float x) { return x / (1.0f + expf(-x)); }
+__device__ __forceinline__ float round_bf16(float x) { return __bfloat162float(__float2bfloat16_rn(x)); }
+
+// The rows r0 and r1 (< end) of a warp's 16 x 32 tile, m16n8 layout: acc[w][i][0..1] are row
+// r0, columns n0 + 8 i + 2 t4 (+ 1), acc[w][i][2..3] row r1. gate_up: gate and up are rounded to
+// bf16 as the CPU op's bf16 linears round them, then silu(gate) * up is rounded to bf16 once.
+template <bool kGateUp, int kW>
+__device__ __forceinline__ void store_tile(const MoeGroupedGemmParams& p, const float (&acc)[kW][4][4],
+                                           int64_t n0, int t4, int32_t r0, int32_t r1, int32_t end) {
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const int64_t col = n0 + 8 * i + 2 * t4;
+    if (col >= p.n) continue;
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int32_t r = half ? r1 : r0;
+      if (r >= end) continue;
+      const float x0 = acc[0][i][2 * half], x1 = acc[0][i][2 * half + 1];
+      if constexpr (kGateUp) {
+        const float y0 = silu(round_bf16(x0)) * round_bf16(acc[kW - 1][i][2 * half]);
+        const float y1 = silu(round_bf16(x1)) * round_bf16(acc[kW - 1][i][2 * half + 1]);
+        *reinterpret_cast<__nv_bfloat162*>(static_cast<__nv_bfloat16*>(p.out) +
+                                           int64_t(r) * p.out_stride + col) =
+            __floats2bfloat162_rn(y0, y1);
+      } else {
+        *reinterpret_cast<float2*>(static_cast<float*>(p.out) + int64_t(r) * p.out_stride + col) =
+            make_float2(x0, x1);
+      }
+    }
+  }
+}
 
 // Grid: (ceil(n / 128), experts). Warp w of block (bx, e) computes columns
 // [bx * 128 + 32 w, + 32) of expert e's rows, 16 rows at a time.
@@ -215,28 +261,103 @@ __global__ void __launch_bounds__(kGemmThreads) moe_grouped_gemm_kernel(MoeGroup
       }
     }
 
-    // c[0], c[1]: row r0, columns col, col + 1; c[2], c[3]: row r1.
+    store_tile<kGateUp, kW>(p, acc, n0, t4, r0, r1, end);
+  }
+}
+
+// The FP8-activation kernel: same grid, warps and tiles. Per 128-wide K block (one weight scale
+// block), lane t4 holds the 32 bytes [32 t4, 32 t4 + 32) of its rows and columns (two 16-byte
+// loads each) and MMA step s takes bytes [8 s, 8 s + 8) of them: a0/b0 the first four, a2/b1 the
+// next four. That maps the MMA's k index to memory the same way for A and B (a permutation of
+// the block), so the products are the block's.
+template <bool kGateUp>
+__global__ void __launch_bounds__(kGemmThreads) moe_grouped_fp8_mma_kernel(MoeGroupedGemmParams p) {
+  constexpr int kW = kGateUp ? 2 : 1;
+  const int64_t e = blockIdx.y;
+  const int32_t begin = p.offsets[e], end = p.offsets[e + 1];
+  if (begin >= end) return;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t4 = lane & 3;
+  const int64_t n0 = int64_t(blockIdx.x) * 128 + warp * 32;
+  if (n0 >= p.n) return;
+
+  const int64_t kblocks = p.k / 128;
+  const uint8_t* wrow[kW][4];  // this lane's weight rows: columns n0 + 8 i + g
+  const float* wscale[kW];
+#pragma unroll
+  for (int w = 0; w < kW; ++w) {
+    const uint8_t* base = reinterpret_cast<const uint8_t*>(w == 0 ? p.w0[e] : p.w1[e]);
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
-      const int64_t col = n0 + 8 * i + 2 * t4;
-      if (col >= p.n) continue;
+      const int64_t col = n0 + 8 * i + g;
+      wrow[w][i] = col < p.n ? base + col * p.k : nullptr;
+    }
+    wscale[w] = reinterpret_cast<const float*>(w == 0 ? p.s0[e] : p.s1[e]) + (n0 / 128) * kblocks;
+  }
+  const uint8_t* a = static_cast<const uint8_t*>(p.a);
+
+  for (int32_t m0 = begin; m0 < end; m0 += 16) {
+    const int32_t r0 = m0 + g, r1 = m0 + g + 8;
+    const int64_t x0 = r0 < end ? (p.row_index ? p.row_index[r0] : r0) : -1;
+    const int64_t x1 = r1 < end ? (p.row_index ? p.row_index[r1] : r1) : -1;
+    const uint8_t* arow0 = x0 >= 0 ? a + x0 * p.a_stride : nullptr;
+    const uint8_t* arow1 = x1 >= 0 ? a + x1 * p.a_stride : nullptr;
+    const float* ascale0 = x0 >= 0 ? p.a_scale + x0 * p.a_scale_stride : nullptr;
+    const float* ascale1 = x1 >= 0 ? p.a_scale + x1 * p.a_scale_stride : nullptr;
+    float acc[kW][4][4];
 #pragma unroll
-      for (int half = 0; half < 2; ++half) {
-        const int32_t r = half ? r1 : r0;
-        if (r >= end) continue;
-        const float x0 = acc[0][i][2 * half], x1 = acc[0][i][2 * half + 1];
-        if constexpr (kGateUp) {
-          const float y0 = silu(x0) * acc[kW - 1][i][2 * half];
-          const float y1 = silu(x1) * acc[kW - 1][i][2 * half + 1];
-          *reinterpret_cast<__nv_bfloat162*>(static_cast<__nv_bfloat16*>(p.out) +
-                                             int64_t(r) * p.out_stride + col) =
-              __floats2bfloat162_rn(y0, y1);
-        } else {
-          *reinterpret_cast<float2*>(static_cast<float*>(p.out) + int64_t(r) * p.out_stride +
-                                     col) = make_float2(x0, x1);
+    for (int w = 0; w < kW; ++w)
+#pragma unroll
+      for (int i = 0; i < 4; ++i)
+#pragma unroll
+        for (int c = 0; c < 4; ++c) acc[w][i][c] = 0.0f;
+
+    for (int64_t kb = 0; kb < kblocks; ++kb) {
+      const int64_t kl = kb * 128 + 32 * t4;  // this lane's 32 k values of the block
+      uint4 av0[2] = {}, av1[2] = {};
+      if (arow0) { av0[0] = load16(arow0 + kl); av0[1] = load16(arow0 + kl + 16); }
+      if (arow1) { av1[0] = load16(arow1 + kl); av1[1] = load16(arow1 + kl + 16); }
+      uint4 bv[kW][4][2];
+#pragma unroll
+      for (int w = 0; w < kW; ++w)
+#pragma unroll
+        for (int i = 0; i < 4; ++i)
+#pragma unroll
+          for (int l = 0; l < 2; ++l)
+            bv[w][i][l] = wrow[w][i] ? load16(wrow[w][i] + kl + 16 * l) : make_uint4(0, 0, 0, 0);
+      float part[kW][4][4];
+#pragma unroll
+      for (int w = 0; w < kW; ++w)
+#pragma unroll
+        for (int i = 0; i < 4; ++i)
+#pragma unroll
+          for (int c = 0; c < 4; ++c) part[w][i][c] = 0.0f;
+      const uint32_t* A0 = reinterpret_cast<const uint32_t*>(av0);  // 8 words of 4 k values
+      const uint32_t* A1 = reinterpret_cast<const uint32_t*>(av1);
+#pragma unroll
+      for (int s = 0; s < 4; ++s) {
+#pragma unroll
+        for (int w = 0; w < kW; ++w)
+#pragma unroll
+          for (int i = 0; i < 4; ++i) {
+            const uint32_t* B = reinterpret_cast<const uint32_t*>(bv[w][i]);
+            mma_e4m3(part[w][i], A0[2 * s], A1[2 * s], A0[2 * s + 1], A1[2 * s + 1], B[2 * s], B[2 * s + 1]);
+          }
+      }
+      const float sa0 = ascale0 ? ascale0[kb] : 0.0f, sa1 = ascale1 ? ascale1[kb] : 0.0f;
+#pragma unroll
+      for (int w = 0; w < kW; ++w) {
+        const float sw = wscale[w][kb];
+        const float f0 = sa0 * sw, f1 = sa1 * sw;
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          acc[w][i][0] = fmaf(part[w][i][0], f0, acc[w][i][0]);
+          acc[w][i][1] = fmaf(part[w][i][1], f0, acc[w][i][1]);
+          acc[w][i][2] = fmaf(part[w][i][2], f1, acc[w][i][2]);
+          acc[w][i][3] = fmaf(part[w][i][3], f1, acc[w][i][3]);
         }
       }
     }
+    store_tile<kGateUp, kW>(p, acc, n0, t4, r0, r1, end);
   }
 }
 
@@ -265,7 +386,11 @@ void launch_moe_align(const MoeAlignParams& p, cudaStream_t stream) {
 void launch_moe_grouped_gemm(const MoeGroupedGemmParams& p, cudaStream_t stream) {
   const dim3 grid(unsigned((p.n + 127) / 128), unsigned(p.experts));
   const bool fp8 = p.w_dtype == DType::kF8E4M3;
-  if (fp8 && p.gate_up) {
+  if (p.fp8_act && p.gate_up) {
+    moe_grouped_fp8_mma_kernel<true><<<grid, kGemmThreads, 0, stream>>>(p);
+  } else if (p.fp8_act) {
+    moe_grouped_fp8_mma_kernel<false><<<grid, kGemmThreads, 0, stream>>>(p);
+  } else if (fp8 && p.gate_up) {
     moe_grouped_gemm_kernel<true, true><<<grid, kGemmThreads, 0, stream>>>(p);
   } else if (fp8) {
     moe_grouped_gemm_kernel<true, false><<<grid, kGemmThreads, 0, stream>>>(p);

@@ -625,8 +625,15 @@ LinearWeight to_gpu(const LinearWeight& w) {
   return {w.weight.to(kGpu), w.scale_inv.defined() ? w.scale_inv.to(kGpu) : Tensor()};
 }
 
+// fp8_act: the GPU's FP8-activation expert kernel (ops::cuda::set_moe_fp8_mma) against the CPU
+// op in FP8-activation mode, its twin: the same quantized activations wherever the FP8 rule
+// admits a GEMM (K >= 512, K and N multiples of 128), the exact kernel elsewhere.
 void check_moe_experts(const std::string& label, int64_t tokens, int64_t experts, int64_t top_k,
-                       int64_t hidden, int64_t inter, DType wdt, int64_t hot_tokens) {
+                       int64_t hidden, int64_t inter, DType wdt, int64_t hot_tokens,
+                       bool fp8_act = false) {
+  const ops::cuda::ScopedMoeFp8Mma gpu_mode(fp8_act);
+  const ops::cuda::ScopedLinearFp8Mode linear_mode(ops::cuda::LinearFp8Mode::kBlockFp8);
+  const ops::cpu::ScopedLinearFp8Activations cpu_mode(fp8_act);
   ops::ExpertWeights cpu, gpu;
   for (int64_t e = 0; e < experts; ++e) {
     cpu.gate.push_back(random_expert_linear(inter, hidden, wdt));
@@ -672,6 +679,15 @@ TEST_F(OpHarness, MoeExpertsGrouped) {
   check_moe_experts("bf16 T=130 E=16 k=4 H=256 I=192 hot", 130, 16, 4, 256, 192, b16, 50);
   check_moe_experts("bf16 T=3 E=64 k=6 H=2048 I=1408", 3, 64, 6, 2048, 1408, b16, 0);
   check_moe_experts("fp8 T=128 E=32 k=8 H=7168 I=256", 128, 32, 8, 7168, 256, f8, 10);
+}
+
+// Both GEMMs on FP8 tensor cores (H and I admitted), or only gate/up (I < 512: down exact).
+TEST_F(OpHarness, MoeExpertsGroupedFp8Activations) {
+  const DType f8 = DType::kF8E4M3;
+  check_moe_experts("fp8act T=1 E=64 k=6 H=2048 I=1408", 1, 64, 6, 2048, 1408, f8, 0, true);
+  check_moe_experts("fp8act T=200 E=8 k=2 H=1024 I=512 hot", 200, 8, 2, 1024, 512, f8, 100, true);
+  check_moe_experts("fp8act T=37 E=64 k=6 H=512 I=384 hot (down exact)", 37, 64, 6, 512, 384, f8, 37, true);
+  check_moe_experts("fp8act T=128 E=32 k=8 H=7168 I=256 (down exact)", 128, 32, 8, 7168, 256, f8, 10, true);
 }
 
 // An expert id outside [0, E) is reported at the next synchronization.
@@ -1072,7 +1088,11 @@ TEST_F(OpHarness, PerfMoeV3) {
   const char* on = std::getenv("TANDEM_OP_PERF");
   if (!on || on[0] != '1') GTEST_SKIP() << "set TANDEM_OP_PERF=1 for timings";
   const int64_t experts = 256, top_k = 8, hidden = 7168, inter = 2048;
-  for (DType wdt : {DType::kF8E4M3, DType::kBF16}) {
+  // fp8 weights with bf16 activations (widened in registers), fp8 x fp8 (FP8 tensor cores, the
+  // activations quantized per token), bf16 weights.
+  const std::pair<DType, bool> configs[] = {{DType::kF8E4M3, false}, {DType::kF8E4M3, true}, {DType::kBF16, false}};
+  for (auto [wdt, fp8_act] : configs) {
+    const ops::cuda::ScopedMoeFp8Mma mma(fp8_act);
     ops::ExpertWeights ex;
     const int64_t b = LinearWeight::kBlock;
     const auto make = [&](int64_t n, int64_t k) {
@@ -1105,8 +1125,8 @@ TEST_F(OpHarness, PerfMoeV3) {
       const double us = median_us([&] { grouped &= ops::cuda::moe_experts_grouped(x, idsg, wg, ex, out); });
       ASSERT_TRUE(grouped);
       const double bytes = double(active) * 3.0 * double(inter * hidden) * double(dtype_size_bytes(wdt));
-      const std::string label = std::string(dtype_name(wdt)) + " T=" + std::to_string(tokens) +
-                                " active=" + std::to_string(active);
+      const std::string label = std::string(dtype_name(wdt)) + (fp8_act ? " x f8 act" : "") +
+                                " T=" + std::to_string(tokens) + " active=" + std::to_string(active);
       report_perf("moe_experts", label.c_str(), us, bytes);
     }
   }
