@@ -44,6 +44,23 @@ class ScopedLinearFp8Mode {
  private:
   LinearFp8Mode prev_;
 };
+// kBlockFp8 at decode sizes (M <= 16): while on, the FP8 GEMM is the grouped experts' FP8
+// mma.sync kernel over the one weight with K split to fill the machine, instead of cuBLASLt's
+// block-scaled GEMM (6-44% of the copy ceiling at M = 1 and 64 on the H200, bench/RESULTS.md).
+// The same numerics (quantized x, f32 sums per 128-block times both scales). Off by default
+// until measured on a GPU; the initial value comes from TANDEM_LINEAR_FP8_SKINNY ("1": on).
+void set_linear_fp8_skinny(bool on);
+bool linear_fp8_skinny();
+class ScopedLinearFp8Skinny {
+ public:
+  explicit ScopedLinearFp8Skinny(bool on) : prev_(linear_fp8_skinny()) { set_linear_fp8_skinny(on); }
+  ~ScopedLinearFp8Skinny() { set_linear_fp8_skinny(prev_); }
+  ScopedLinearFp8Skinny(const ScopedLinearFp8Skinny&) = delete;
+  ScopedLinearFp8Skinny& operator=(const ScopedLinearFp8Skinny&) = delete;
+
+ private:
+  bool prev_;
+};
 // Counts of fp8-weight linear calls by the path they took, since the process started (tests
 // and benchmarks say which layers ran on FP8 tensor cores).
 struct LinearFp8Counts {

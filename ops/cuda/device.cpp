@@ -1,6 +1,7 @@
 #include "ops/cuda/device.h"
 
 #include <array>
+#include <atomic>
 #include <cstdlib>
 #include <iterator>
 #include <mutex>
@@ -157,6 +158,17 @@ int device_count() {
   if (cudaGetDeviceCount(&n) != cudaSuccess) {
     cudaGetLastError();  // clear the sticky "no device" error
     return 0;
+  }
+  return n;
+}
+
+int sm_count(int device) {
+  check_index(device);
+  static std::array<std::atomic<int>, kMaxDevices> counts{};
+  int n = counts[size_t(device)].load();
+  if (n == 0) {
+    TANDEM_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device));
+    counts[size_t(device)].store(n);
   }
   return n;
 }

@@ -32,6 +32,8 @@ int device_count();
 // non-blocking stream created on first use.
 cudaStream_t current_stream(int device);
 void set_current_stream(int device, cudaStream_t stream);  // nullptr: back to the default
+// The device's multiprocessor count (looked up once per device).
+int sm_count(int device);
 
 // Caching allocator over cudaMalloc (no managed memory). Sizes are rounded up to classes (512 B
 // steps below 1 MiB, then four classes per power of two), blocks of a class are reused.

@@ -4,6 +4,7 @@
 #include "core/tensor.h"
 #include "ops/cuda/cuda_check.h"
 #include "ops/cuda/device.h"
+#include "ops/cuda/launch.h"
 
 namespace tandem::ops::cuda {
 
@@ -17,6 +18,13 @@ struct OpContext {
   cudaStream_t stream;
   KernelErrorWord* error;
 };
+
+// Sets g.splits for an fp8_act grouped GEMM (g.n, g.k, g.gate_up set; smxx_moe_grouped.cpp)
+// whose rows fall in at most `groups` groups: enough CTAs for two per multiprocessor, whole
+// 128-blocks per split, none empty, at most 32. With more than one split, `partial` becomes the
+// scratch of their sums (g.partial, g.partial_rows = rows); the caller keeps it until the
+// kernels have run.
+void plan_fp8_splits(MoeGroupedGemmParams& g, int64_t groups, int64_t rows, int device, Tensor& partial);
 
 template <class T>
 inline const T* cptr(const Tensor& t) { return static_cast<const T*>(t.raw_data()); }

@@ -144,19 +144,28 @@ void launch_moe_align(const MoeAlignParams& p, cudaStream_t stream);
 // A[r] is a[row_index[r]] (or a[r] without row_index), bf16 rows. W: bf16 or e4m3 [n, k]
 // with f32 scales [ceil(n/128), ceil(k/128)]; k a multiple of 64.
 // fp8_act: A rows are e4m3 with f32 scales a_scale[row * a_scale_stride + k / 128] (the FP8
-// linear's 1x128 quantization), W e4m3, k and n multiples of 128.
+// linear's 1x128 quantization), W e4m3, k and n multiples of 128. Only there: no offsets means
+// one group of rows [0, rows) and the weight w_dense / s_dense (w0 = s0 = nullptr; linear at
+// decode sizes); splits > 1 splits K into that many ranges of whole 128-blocks, whose sums go to
+// partial (f32 [splits][partial_rows][(gate_up ? 2 : 1) * n]) and are added up by a second
+// kernel in split order.
 struct MoeGroupedGemmParams {
   const void* a; int64_t a_stride;     // bf16, or e4m3 with fp8_act
   const float* a_scale; int64_t a_scale_stride;  // fp8_act only
   bool fp8_act;
   const int32_t* row_index;            // [rows] or nullptr
-  const int32_t* offsets;              // [E + 1]
+  const int32_t* offsets;              // [E + 1], or nullptr (fp8_act: one group of `rows`)
+  int32_t rows;
   const uint64_t* w0; const uint64_t* w1;  // [E] weight addresses (w1 nullptr unless gate_up)
   const uint64_t* s0; const uint64_t* s1;  // [E] scale addresses (fp8 only)
+  const void* w_dense; const float* s_dense;  // without w0 / s0
   DType w_dtype;
   int64_t n, k, experts;
-  void* out; int64_t out_stride;       // bf16 (gate_up) or f32
+  void* out; int64_t out_stride;       // bf16 (gate_up), else out_dtype
+  DType out_dtype;                     // f32 | bf16 (not gate_up)
   bool gate_up;
+  int splits;                          // >= 1
+  float* partial; int64_t partial_rows;  // splits > 1
 };
 void launch_moe_grouped_gemm(const MoeGroupedGemmParams& p, cudaStream_t stream);
 

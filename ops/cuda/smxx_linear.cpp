@@ -19,6 +19,47 @@ std::atomic<int> g_fp8_mode{[] {
   return int(env && std::strcmp(env, "exact") == 0 ? LinearFp8Mode::kExact : LinearFp8Mode::kBlockFp8);
 }()};
 std::atomic<int64_t> g_fp8_block_calls{0}, g_fp8_exact_calls{0};
+std::atomic<bool> g_fp8_skinny{[] {
+  const char* env = std::getenv("TANDEM_LINEAR_FP8_SKINNY");
+  return env && std::strcmp(env, "1") == 0;
+}()};
+
+// Rows up to which linear_fp8_decode replaces cuBLASLt (one 16-row MMA tile).
+constexpr int64_t kFp8DecodeRows = 16;
+
+// Decode sizes: the grouped experts' FP8 mma.sync kernel over this one weight (no padding of M,
+// K split to fill the machine). The numerics of the cuBLASLt path: x quantized 1x128 by the
+// same quantizer, f32 sums per 128-block times activation scale x weight scale.
+void linear_fp8_decode(const Tensor& x, const LinearWeight& w, Tensor& out, const OpContext& ctx) {
+  const int64_t m = x.size(0), n = w.out_features(), k = w.in_features();
+  const int64_t kb = k / LinearWeight::kBlock;
+  Tensor q = Tensor::empty({m, k}, DType::kF8E4M3, x.device());
+  Tensor s = Tensor::empty({m, kb}, DType::kF32, x.device());
+  quantize_fp8_rows(x.raw_data(), x.dtype(), x.stride(0), m, k, q.raw_data(), mptr<float>(s),
+                    Fp8ActScaleLayout::kKMajor, ctx.stream);
+  TANDEM_CUDA_LAUNCH_CHECK("linear (fp8 quantize)");
+  MoeGroupedGemmParams g{};
+  g.a = q.raw_data();
+  g.a_stride = k;
+  g.a_scale = cptr<float>(s);
+  g.a_scale_stride = kb;
+  g.fp8_act = true;
+  g.rows = int32_t(m);
+  g.w_dense = w.weight.raw_data();
+  g.s_dense = cptr<float>(w.scale_inv);
+  g.w_dtype = DType::kF8E4M3;
+  g.n = n;
+  g.k = k;
+  g.experts = 1;
+  g.out = out.raw_data();
+  g.out_stride = out.stride(0);
+  g.out_dtype = out.dtype();
+  g.gate_up = false;
+  Tensor partial;
+  plan_fp8_splits(g, 1, m, ctx.device, partial);
+  launch_moe_grouped_gemm(g, ctx.stream);
+  TANDEM_CUDA_LAUNCH_CHECK("linear (fp8 skinny)");
+}
 
 bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
 
@@ -49,6 +90,10 @@ bool linear_block_fp8(const Tensor& x, const LinearWeight& w, Tensor& out, const
                       aligned16(out.raw_data()) && aligned16(w.weight.raw_data()) &&
                       aligned16(w.scale_inv.raw_data());
   if (!shapes) return false;
+  if (m <= kFp8DecodeRows && g_fp8_skinny.load()) {
+    linear_fp8_decode(x, w, out, ctx);
+    return true;
+  }
   const int64_t mp = (m + kFp8RowPad - 1) / kFp8RowPad * kFp8RowPad;
   // [Mp, K] e4m3 and [K/128][Mp] scales: the layout cuBLASLt's VEC128_32F reads. Padded rows:
   // q = 0 and scale = 0, so they compute zeros and read nothing undefined.
@@ -96,6 +141,8 @@ void cast_rows_into(const Tensor& src, Tensor& dst, const OpContext& ctx) {
 
 void set_linear_fp8_mode(LinearFp8Mode mode) { g_fp8_mode.store(int(mode)); }
 LinearFp8Mode linear_fp8_mode() { return LinearFp8Mode(g_fp8_mode.load()); }
+void set_linear_fp8_skinny(bool on) { g_fp8_skinny.store(on); }
+bool linear_fp8_skinny() { return g_fp8_skinny.load(); }
 LinearFp8Counts linear_fp8_counts() { return {g_fp8_block_calls.load(), g_fp8_exact_calls.load()}; }
 
 void linear(const Tensor& x, const LinearWeight& w, Tensor& out) {

@@ -15,12 +15,6 @@ constexpr int64_t kMaxLatentDim = 1024;  // 8 values per thread of 128 (smxx_att
 constexpr int64_t kMinKeysPerSplit = 256;
 constexpr int64_t kMaxMmaSplits = 32;
 
-int sm_count(int device) {
-  int n = 0;
-  TANDEM_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device));
-  return n;
-}
-
 // Splits for the tensor-core kernel: enough CTAs to fill every multiprocessor once (one CTA per
 // SM for the kernels of 170-230 KB of shared memory, two for the 84 KB one), never under 256
 // keys per split. Sized from the page table's capacity, so no synchronization on the lengths.

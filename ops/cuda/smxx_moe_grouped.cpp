@@ -1,5 +1,6 @@
 // Host launchers of smxx_moe_grouped.cu: the expert address table and moe_experts on the
 // device (sort by expert, gate/up GEMM with SiLU-and-mul, down GEMM, weighted un-permute).
+#include <algorithm>
 #include <atomic>
 #include <cstdint>
 #include <cstdlib>
@@ -51,11 +52,27 @@ void set_fp8_act(MoeGroupedGemmParams& g, const QuantizedRows& r) {
   g.a_scale_stride = r.scale.stride(0);
 }
 
+
 int64_t address(const Tensor& t) {
   return t.defined() ? int64_t(reinterpret_cast<uintptr_t>(t.raw_data())) : 0;
 }
 
 }  // namespace
+
+constexpr int64_t kMaxSplits = 32;
+
+void plan_fp8_splits(MoeGroupedGemmParams& g, int64_t groups, int64_t rows, int device, Tensor& partial) {
+  const int64_t kblocks = g.k / LinearWeight::kBlock;
+  const int64_t ctas = std::max<int64_t>(1, groups * ((g.n + 127) / 128));
+  const int64_t want = std::max<int64_t>(1, std::min({(2 * sm_count(device) + ctas - 1) / ctas, kblocks, kMaxSplits}));
+  const int64_t per = (kblocks + want - 1) / want;
+  g.splits = int((kblocks + per - 1) / per);
+  g.partial = nullptr;
+  if (g.splits == 1) return;
+  partial = Tensor::empty({g.splits, rows, (g.gate_up ? 2 : 1) * g.n}, DType::kF32, Device::cuda(device));
+  g.partial = mptr<float>(partial);
+  g.partial_rows = rows;
+}
 
 void set_moe_fp8_mma(bool on) { g_fp8_mma.store(on); }
 bool moe_fp8_mma() { return g_fp8_mma.load(); }
@@ -123,10 +140,15 @@ bool moe_experts_grouped(const Tensor& x, const Tensor& ids, const Tensor& weigh
   g1.out = h.raw_data();
   g1.out_stride = h.stride(0);
   g1.gate_up = true;
+  g1.splits = 1;
+  // At most this many experts have rows: the K splits fill the machine at small batches.
+  const int64_t groups = std::min(experts, pairs);
   QuantizedRows xq;
+  Tensor partial1, partial2;
   if (fp8_act_gemm(wdt, inter, hidden)) {
     xq = quantize_rows(x, ctx);  // once per token; the kernel gathers rows and scales
     set_fp8_act(g1, xq);
+    plan_fp8_splits(g1, groups, pairs, ctx.device, partial1);
   }
   launch_moe_grouped_gemm(g1, ctx.stream);
   TANDEM_CUDA_LAUNCH_CHECK("moe_experts (gate/up)");
@@ -147,10 +169,14 @@ bool moe_experts_grouped(const Tensor& x, const Tensor& ids, const Tensor& weigh
   g2.out = y.raw_data();
   g2.out_stride = y.stride(0);
   g2.gate_up = false;
+  g2.out_dtype = DType::kF32;
+  g2.splits = 1;
+  g2.partial = nullptr;
   QuantizedRows hq;
   if (fp8_act_gemm(wdt, hidden, inter)) {
     hq = quantize_rows(h, ctx);
     set_fp8_act(g2, hq);
+    plan_fp8_splits(g2, groups, pairs, ctx.device, partial2);
   }
   launch_moe_grouped_gemm(g2, ctx.stream);
   TANDEM_CUDA_LAUNCH_CHECK("moe_experts (down)");

@@ -126,9 +126,27 @@ __device__ __forceinline__ uint4 load16(const void* p) {
 __device__ __forceinline__ float silu(float x) { return x / (1.0f + expf(-x)); }
 __device__ __forceinline__ float round_bf16(float x) { return __bfloat162float(__float2bfloat16_rn(x)); }
 
+// Output row r, columns col and col + 1, from the sums of gate (g) and, for gate_up, up (u):
+// gate_up: gate and up are rounded to bf16 as the CPU op's bf16 linears round them, then
+// silu(gate) * up is rounded to bf16 once; else the sums in out_dtype (f32 or bf16).
+template <bool kGateUp>
+__device__ __forceinline__ void store_pair(const MoeGroupedGemmParams& p, int32_t r, int64_t col,
+                                           float g0, float g1, float u0, float u1) {
+  if constexpr (kGateUp) {
+    const float y0 = silu(round_bf16(g0)) * round_bf16(u0);
+    const float y1 = silu(round_bf16(g1)) * round_bf16(u1);
+    *reinterpret_cast<__nv_bfloat162*>(static_cast<__nv_bfloat16*>(p.out) + int64_t(r) * p.out_stride + col) =
+        __floats2bfloat162_rn(y0, y1);
+  } else if (p.out_dtype == DType::kBF16) {
+    *reinterpret_cast<__nv_bfloat162*>(static_cast<__nv_bfloat16*>(p.out) + int64_t(r) * p.out_stride + col) =
+        __floats2bfloat162_rn(g0, g1);
+  } else {
+    *reinterpret_cast<float2*>(static_cast<float*>(p.out) + int64_t(r) * p.out_stride + col) = make_float2(g0, g1);
+  }
+}
+
 // The rows r0 and r1 (< end) of a warp's 16 x 32 tile, m16n8 layout: acc[w][i][0..1] are row
-// r0, columns n0 + 8 i + 2 t4 (+ 1), acc[w][i][2..3] row r1. gate_up: gate and up are rounded to
-// bf16 as the CPU op's bf16 linears round them, then silu(gate) * up is rounded to bf16 once.
+// r0, columns n0 + 8 i + 2 t4 (+ 1), acc[w][i][2..3] row r1 (w: gate, up).
 template <bool kGateUp, int kW>
 __device__ __forceinline__ void store_tile(const MoeGroupedGemmParams& p, const float (&acc)[kW][4][4],
                                            int64_t n0, int t4, int32_t r0, int32_t r1, int32_t end) {
@@ -140,17 +158,8 @@ __device__ __forceinline__ void store_tile(const MoeGroupedGemmParams& p, const 
     for (int half = 0; half < 2; ++half) {
       const int32_t r = half ? r1 : r0;
       if (r >= end) continue;
-      const float x0 = acc[0][i][2 * half], x1 = acc[0][i][2 * half + 1];
-      if constexpr (kGateUp) {
-        const float y0 = silu(round_bf16(x0)) * round_bf16(acc[kW - 1][i][2 * half]);
-        const float y1 = silu(round_bf16(x1)) * round_bf16(acc[kW - 1][i][2 * half + 1]);
-        *reinterpret_cast<__nv_bfloat162*>(static_cast<__nv_bfloat16*>(p.out) +
-                                           int64_t(r) * p.out_stride + col) =
-            __floats2bfloat162_rn(y0, y1);
-      } else {
-        *reinterpret_cast<float2*>(static_cast<float*>(p.out) + int64_t(r) * p.out_stride + col) =
-            make_float2(x0, x1);
-      }
+      store_pair<kGateUp>(p, r, col, acc[0][i][2 * half], acc[0][i][2 * half + 1],
+                          acc[kW - 1][i][2 * half], acc[kW - 1][i][2 * half + 1]);
     }
   }
 }
@@ -265,33 +274,41 @@ __global__ void __launch_bounds__(kGemmThreads) moe_grouped_gemm_kernel(MoeGroup
   }
 }
 
-// The FP8-activation kernel: same grid, warps and tiles. Per 128-wide K block (one weight scale
-// block), lane t4 holds the 32 bytes [32 t4, 32 t4 + 32) of its rows and columns (two 16-byte
-// loads each) and MMA step s takes bytes [8 s, 8 s + 8) of them: a0/b0 the first four, a2/b1 the
-// next four. That maps the MMA's k index to memory the same way for A and B (a permutation of
-// the block), so the products are the block's.
+// The FP8-activation kernel: the same warps and tiles; grid (ceil(n / 128), groups, splits).
+// A group is an expert's sorted rows, or, without offsets, rows [0, rows) of one dense weight
+// (w_dense, s_dense: linear at decode sizes). Split z of `splits` takes a range of whole
+// 128-wide K blocks and, when there are several, writes its raw sums to `partial`, which
+// moe_split_reduce_kernel adds up in split order (deterministic) and finishes.
+// Per K block (one weight scale block), lane t4 holds the 32 bytes [32 t4, 32 t4 + 32) of its
+// rows and columns (two 16-byte loads each) and MMA step s takes bytes [8 s, 8 s + 8) of them:
+// a0/b0 the first four, a2/b1 the next four. That maps the MMA's k index to memory the same way
+// for A and B (a permutation of the block), so the products are the block's.
 template <bool kGateUp>
 __global__ void __launch_bounds__(kGemmThreads) moe_grouped_fp8_mma_kernel(MoeGroupedGemmParams p) {
   constexpr int kW = kGateUp ? 2 : 1;
   const int64_t e = blockIdx.y;
-  const int32_t begin = p.offsets[e], end = p.offsets[e + 1];
+  const int32_t begin = p.offsets ? p.offsets[e] : 0, end = p.offsets ? p.offsets[e + 1] : p.rows;
   if (begin >= end) return;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t4 = lane & 3;
   const int64_t n0 = int64_t(blockIdx.x) * 128 + warp * 32;
   if (n0 >= p.n) return;
 
   const int64_t kblocks = p.k / 128;
+  const int64_t per_split = (kblocks + p.splits - 1) / p.splits;
+  const int64_t kb0 = int64_t(blockIdx.z) * per_split;
+  const int64_t kb1 = kb0 + per_split < kblocks ? kb0 + per_split : kblocks;
   const uint8_t* wrow[kW][4];  // this lane's weight rows: columns n0 + 8 i + g
   const float* wscale[kW];
 #pragma unroll
   for (int w = 0; w < kW; ++w) {
-    const uint8_t* base = reinterpret_cast<const uint8_t*>(w == 0 ? p.w0[e] : p.w1[e]);
+    const void* wbase = p.w0 ? reinterpret_cast<const void*>(w == 0 ? p.w0[e] : p.w1[e]) : p.w_dense;
+    const void* sbase = p.s0 ? reinterpret_cast<const void*>(w == 0 ? p.s0[e] : p.s1[e]) : p.s_dense;
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
       const int64_t col = n0 + 8 * i + g;
-      wrow[w][i] = col < p.n ? base + col * p.k : nullptr;
+      wrow[w][i] = col < p.n ? static_cast<const uint8_t*>(wbase) + col * p.k : nullptr;
     }
-    wscale[w] = reinterpret_cast<const float*>(w == 0 ? p.s0[e] : p.s1[e]) + (n0 / 128) * kblocks;
+    wscale[w] = static_cast<const float*>(sbase) + (n0 / 128) * kblocks;
   }
   const uint8_t* a = static_cast<const uint8_t*>(p.a);
 
@@ -311,7 +328,7 @@ __global__ void __launch_bounds__(kGemmThreads) moe_grouped_fp8_mma_kernel(MoeGr
 #pragma unroll
         for (int c = 0; c < 4; ++c) acc[w][i][c] = 0.0f;
 
-    for (int64_t kb = 0; kb < kblocks; ++kb) {
+    for (int64_t kb = kb0; kb < kb1; ++kb) {
       const int64_t kl = kb * 128 + 32 * t4;  // this lane's 32 k values of the block
       uint4 av0[2] = {}, av1[2] = {};
       if (arow0) { av0[0] = load16(arow0 + kl); av0[1] = load16(arow0 + kl + 16); }
@@ -357,8 +374,51 @@ __global__ void __launch_bounds__(kGemmThreads) moe_grouped_fp8_mma_kernel(MoeGr
         }
       }
     }
-    store_tile<kGateUp, kW>(p, acc, n0, t4, r0, r1, end);
+    if (p.splits == 1) {
+      store_tile<kGateUp, kW>(p, acc, n0, t4, r0, r1, end);
+      continue;
+    }
+    // partial[split][row][w * n + col]: this split's raw sums.
+    float* part_out = p.partial + int64_t(blockIdx.z) * p.partial_rows * (kW * p.n);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int64_t col = n0 + 8 * i + 2 * t4;
+      if (col >= p.n) continue;
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        const int32_t r = half ? r1 : r0;
+        if (r >= end) continue;
+#pragma unroll
+        for (int w = 0; w < kW; ++w)
+          *reinterpret_cast<float2*>(part_out + int64_t(r) * (kW * p.n) + w * p.n + col) =
+              make_float2(acc[w][i][2 * half], acc[w][i][2 * half + 1]);
+      }
+    }
   }
+}
+
+// Adds up the splits' partial sums of every row (in split order) and stores them as the kernel
+// with one split would: one thread per row and column pair.
+template <bool kGateUp>
+__global__ void __launch_bounds__(256) moe_split_reduce_kernel(MoeGroupedGemmParams p) {
+  constexpr int kW = kGateUp ? 2 : 1;
+  const int64_t rows = p.offsets ? p.offsets[p.experts] : p.rows;
+  const int64_t pairs = p.n / 2;
+  const int64_t item = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (item >= rows * pairs) return;
+  const int32_t r = int32_t(item / pairs);
+  const int64_t col = (item % pairs) * 2;
+  float sum[kW][2] = {};
+  for (int s = 0; s < p.splits; ++s) {
+    const float* src = p.partial + (int64_t(s) * p.partial_rows + r) * (kW * p.n) + col;
+#pragma unroll
+    for (int w = 0; w < kW; ++w) {
+      const float2 v = *reinterpret_cast<const float2*>(src + w * p.n);
+      sum[w][0] += v.x;
+      sum[w][1] += v.y;
+    }
+  }
+  store_pair<kGateUp>(p, r, col, sum[0][0], sum[0][1], sum[kW - 1][0], sum[kW - 1][1]);
 }
 
 // One block per token; a token's slots are summed in slot order, then added to out once.
@@ -384,12 +444,23 @@ void launch_moe_align(const MoeAlignParams& p, cudaStream_t stream) {
 }
 
 void launch_moe_grouped_gemm(const MoeGroupedGemmParams& p, cudaStream_t stream) {
-  const dim3 grid(unsigned((p.n + 127) / 128), unsigned(p.experts));
+  const dim3 grid(unsigned((p.n + 127) / 128), unsigned(p.experts), unsigned(p.fp8_act ? p.splits : 1));
   const bool fp8 = p.w_dtype == DType::kF8E4M3;
-  if (p.fp8_act && p.gate_up) {
-    moe_grouped_fp8_mma_kernel<true><<<grid, kGemmThreads, 0, stream>>>(p);
-  } else if (p.fp8_act) {
-    moe_grouped_fp8_mma_kernel<false><<<grid, kGemmThreads, 0, stream>>>(p);
+  if (p.fp8_act) {
+    if (p.gate_up) {
+      moe_grouped_fp8_mma_kernel<true><<<grid, kGemmThreads, 0, stream>>>(p);
+    } else {
+      moe_grouped_fp8_mma_kernel<false><<<grid, kGemmThreads, 0, stream>>>(p);
+    }
+    if (p.splits > 1) {
+      const int64_t items = p.partial_rows * (p.n / 2);
+      const unsigned blocks = unsigned((items + 255) / 256);
+      if (p.gate_up) {
+        moe_split_reduce_kernel<true><<<blocks, 256, 0, stream>>>(p);
+      } else {
+        moe_split_reduce_kernel<false><<<blocks, 256, 0, stream>>>(p);
+      }
+    }
   } else if (fp8 && p.gate_up) {
     moe_grouped_gemm_kernel<true, true><<<grid, kGemmThreads, 0, stream>>>(p);
   } else if (fp8) {

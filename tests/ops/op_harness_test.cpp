@@ -427,6 +427,19 @@ TEST_F(OpHarness, LinearFp8Gemm) {
   check_linear_fp8("x bf16 out f32 M=9 N=256 K=96 (K%128)", 9, 256, 96, b, f, false, false);
 }
 
+// M <= 16 on the FP8 mma.sync kernel instead of cuBLASLt (set_linear_fp8_skinny): the same
+// checks. The shapes give 1 to 32 K splits (q_a: N=1536 is 12 column tiles, so K is split) and
+// one split (a wide N); M = 16 fills the MMA tile, M = 5 leaves rows of it empty.
+TEST_F(OpHarness, LinearFp8Decode) {
+  const ops::cuda::ScopedLinearFp8Skinny skinny(true);
+  const DType b = DType::kBF16, f = DType::kF32;
+  check_linear_fp8("decode x bf16 out bf16 M=1 N=1536 K=7168", 1, 1536, 7168, b, b, false);
+  check_linear_fp8("decode x bf16 out f32 M=5 N=512 K=2048 str", 5, 512, 2048, b, f, true);
+  check_linear_fp8("decode x f32 out bf16 M=16 N=7168 K=1024", 16, 7168, 1024, f, b, false);
+  check_linear_fp8("decode x bf16 out bf16 M=3 N=128 K=16384 str", 3, 128, 16384, b, b, true);
+  check_linear_fp8("decode x bf16 out bf16 M=17 N=256 K=512 (cuBLASLt)", 17, 256, 512, b, b, false);
+}
+
 // W_UK^T-shaped (N=512, K=128) and W_UV-shaped (N=128, K=512) per-head weights in each dtype
 // the loader keeps; T = 5 takes the skinny (vector-load) kernels, T = 40 the tiled one.
 TEST_F(OpHarness, HeadMatmul) {
@@ -1142,7 +1155,7 @@ TEST_F(OpHarness, PerfGemmV3) {
                            {"o", 7168, 16384},          {"dense_gate_up", 18432, 7168},
                            {"dense_down", 7168, 18432}, {"expert_gate_up", 2048, 7168},
                            {"expert_down", 7168, 2048}};
-  const int64_t ms[] = {1, 64, 128, 4096};
+  const int64_t ms[] = {1, 16, 64, 128, 4096};
   for (const Shape2& sh : shapes) {
     const int64_t n = sh.n, k = sh.k, mmax = 4096;
     const int64_t copies = std::min<int64_t>(16, std::max<int64_t>(1, (int64_t(256) << 20) / (n * k)));
@@ -1164,9 +1177,15 @@ TEST_F(OpHarness, PerfGemmV3) {
       const double us8 = median_us([&] { ops::linear(xm, w8[i8++ % copies], om); });
       const bool fp8 = ops::cuda::linear_fp8_counts().block_fp8 > before.block_fp8;
       const double us16 = median_us([&] { ops::linear(xm, w16[i16++ % copies], om); });
-      std::printf("OPGEMM %s N=%lld K=%lld M=%lld fp8 %.2f %s bf16 %.2f copies %lld\n", sh.name,
+      // M <= 16: also the FP8 mma.sync decode kernel (set_linear_fp8_skinny) in place of cuBLASLt.
+      double us_dec = NAN;
+      if (m <= 16) {
+        const ops::cuda::ScopedLinearFp8Skinny skinny(true);
+        us_dec = median_us([&] { ops::linear(xm, w8[i8++ % copies], om); });
+      }
+      std::printf("OPGEMM %s N=%lld K=%lld M=%lld fp8 %.2f %s bf16 %.2f copies %lld fp8dec %.2f\n", sh.name,
                   (long long)n, (long long)k, (long long)m, us8, fp8 ? "fp8gemm" : "exact", us16,
-                  (long long)copies);
+                  (long long)copies, us_dec);
     }
   }
 }
