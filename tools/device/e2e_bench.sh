@@ -5,7 +5,9 @@
 # 2000 / output 100 at each batch size, then the server's per-batch runner lines (wall and GPU
 # time of each decode step). Prints one table per model: decode tok/s, step time, GPU time of
 # the step's kernels and the share of the step spent outside them (host work, launch gaps).
-# Env: MODELS ("v2lite v3l4"), BATCHES (1,8,32,64,128,256), GRAPH_BS (256; 0 = eager).
+# Env: MODELS ("v2lite v3l4"), BATCHES (1,8,32,64,128,256), GRAPH_BS (256; 0 = eager),
+# SERVE_ENV (VAR=VALUE words for the server, e.g. "TANDEM_MOE_FP8_MMA=1"; its tag goes in every
+# file name and table title as TAG, default "env" when SERVE_ENV is set).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-$PWD/out}
@@ -24,7 +26,9 @@ for name in ${MODELS:-v2lite v3l4}; do
   "$T" --log-level warn make-model "${args[@]}" --config-only --tokenizer "$tok" --out "/tmp/$name" \
     > "$OUT/make_$name.log" 2>&1 || { echo "make-model $name failed"; continue; }
   tag=${name}_g$GRAPH_BS
-  "$T" serve --model-path "/tmp/$name" --load-format dummy --device cuda --port $port \
+  [[ -n "${SERVE_ENV:-}" ]] && tag=${tag}_${TAG:-env}
+  # shellcheck disable=SC2086  # SERVE_ENV is a list of words
+  env ${SERVE_ENV:-} "$T" serve --model-path "/tmp/$name" --load-format dummy --device cuda --port $port \
     --max-running-requests 256 --max-total-tokens 600000 --cuda-graph-max-bs "$GRAPH_BS" \
     > "$OUT/serve_$tag.log" 2>&1 &
   pid=$!
