@@ -16,85 +16,19 @@ namespace {
 
 using std::chrono::milliseconds;
 
-TEST(DisaggTcp, ManyBatchesOfRandomWrites) {
-  auto a = make_engine(config_with("secret"));
-  auto b = make_engine(config_with("secret"));
-  constexpr size_t kBytes = 8 << 20;
-  std::vector<uint8_t> src = random_bytes(kBytes, 1);
-  std::vector<uint8_t> dst = random_bytes(kBytes, 2);  // poison
-  std::vector<uint8_t> expect = dst;
-  RegionHandle hs = reg(*a, src), hd = reg(*b, dst);
-  std::mt19937 rng(3);
-  std::vector<BatchId> ids;
-  for (int batch = 0; batch < 100; ++batch) {
-    std::vector<TransferWrite> writes(1 + rng() % 20);
-    for (TransferWrite& w : writes) {
-      int kind = int(rng() % 10);
-      w.length_bytes = kind == 0 ? rng() % 2 : kind < 8 ? 1 + rng() % 4096 : 1 + rng() % (1 << 20);
-      w.src_region = hs.region_id;
-      w.src_offset_bytes = rng() % (kBytes - w.length_bytes + 1);
-      w.dst_offset_bytes = rng() % (kBytes - w.length_bytes + 1);
-      // Batches to one peer land in submission order, writes within a batch in order.
-      std::memcpy(expect.data() + w.dst_offset_bytes, src.data() + w.src_offset_bytes,
-                  w.length_bytes);
-    }
-    BatchId id;
-    ASSERT_TRUE(a->submit({&hd, 1}, writes, &id).ok());
-    ids.push_back(id);
-  }
-  for (BatchId id : ids) {
-    Status s = a->wait(id, milliseconds(10000));
-    ASSERT_TRUE(s.ok()) << s.message();
-  }
-  EXPECT_TRUE(dst == expect);
-  bool done;
-  EXPECT_EQ(a->poll(ids[0], &done).code(), StatusCode::kNotFound);  // reported, so forgotten
+TransferConfig tcp_config(const std::string& token, int transfer_timeout_ms) {
+  return config_with(token, transfer_timeout_ms, "tcp");
 }
 
-TEST(DisaggTcp, TwoThreadsBothDirections) {
-  auto a = make_engine(config_with("t"));
-  auto b = make_engine(config_with("t"));
-  constexpr size_t kBytes = 4 << 20;
-  std::vector<uint8_t> a_src = random_bytes(kBytes, 4), b_src = random_bytes(kBytes, 5);
-  std::vector<uint8_t> a_dst(kBytes, 0xee), b_dst(kBytes, 0xdd);
-  RegionHandle a_s = reg(*a, a_src), b_s = reg(*b, b_src), a_d = reg(*a, a_dst),
-               b_d = reg(*b, b_dst);
-  auto pump = [](TransferEngine* from, RegionHandle src, RegionHandle dst, uint32_t seed,
-                 Status* result) {
-    std::mt19937 rng(seed);
-    for (size_t off = 0; off < kBytes;) {  // disjoint chunks in random sizes, whole region
-      size_t n = std::min<size_t>(kBytes - off, 1 + rng() % 100000);
-      *result = send_one(*from, dst, {src.region_id, off, 0, off, n});
-      if (!result->ok()) return;
-      off += n;
-    }
-  };
-  Status sa, sb;
-  std::thread ta(pump, a.get(), a_s, b_d, 6u, &sa), tb(pump, b.get(), b_s, a_d, 7u, &sb);
-  ta.join();
-  tb.join();
-  ASSERT_TRUE(sa.ok()) << sa.message();
-  ASSERT_TRUE(sb.ok()) << sb.message();
-  EXPECT_TRUE(b_dst == a_src);
-  EXPECT_TRUE(a_dst == b_src);
-}
+// Writes within a batch land in order on tcp, so the random batches may overlap.
+TEST(DisaggTcp, ManyBatchesOfRandomWrites) { check_random_batches(tcp_config, 8 << 20, 100, false); }
+
+TEST(DisaggTcp, TwoThreadsBothDirections) { check_two_threads_both_directions(tcp_config); }
 
 TEST(DisaggTcp, TinyAndLargeWrites) {
   auto a = make_engine(config_with("t"));
   auto b = make_engine(config_with("t"));
-  constexpr size_t kBytes = 48 << 20;
-  std::vector<uint8_t> src = random_bytes(kBytes, 8), dst(kBytes, 0x5a);
-  RegionHandle hs = reg(*a, src), hd = reg(*b, dst);
-  ASSERT_TRUE(send_one(*a, hd, {hs.region_id, 17, 0, 3, 1}).ok());
-  EXPECT_EQ(dst[3], src[17]);
-  EXPECT_EQ(dst[2], 0x5a);
-  EXPECT_EQ(dst[4], 0x5a);
-  ASSERT_TRUE(send_one(*a, hd, {hs.region_id, 0, 0, kBytes, 0}).ok());  // empty, at the end
-  ASSERT_TRUE(send_one(*a, hd, {hs.region_id, 0, 0, 0, kBytes}).ok());
-  EXPECT_TRUE(dst == src);
-  BatchId id;  // an empty batch completes too
-  ASSERT_TRUE(a->submit({&hd, 1}, {}, &id).ok());
-  EXPECT_TRUE(a->wait(id, milliseconds(5000)).ok());
+  check_tiny_and_large_writes(*a, *b, 48 << 20);
 }
 
 TEST(DisaggTcp, ReceiverRejectsWritesOutsideItsRegions) {
@@ -129,24 +63,7 @@ TEST(DisaggTcp, ReceiverRejectsWritesOutsideItsRegions) {
   EXPECT_FALSE(send_one(*a, hd, {hs.region_id, 0, 0, 0, 16}).ok());
 }
 
-TEST(DisaggTcp, WrongTokenIsRefused) {
-  auto b = make_engine(config_with("right token"));
-  std::vector<uint8_t> dst(4096, 0x11), src = random_bytes(4096, 10);
-  RegionHandle hd = reg(*b, dst);
-  for (const char* token : {"wrong token", "", "right toke", "right token!"}) {
-    auto a = make_engine(config_with(token));
-    RegionHandle hs = reg(*a, src);
-    auto t0 = std::chrono::steady_clock::now();
-    Status s = send_one(*a, hd, {hs.region_id, 0, 0, 0, 4096});
-    EXPECT_FALSE(s.ok()) << "token '" << token << "' accepted";
-    EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(3));
-  }
-  EXPECT_TRUE(std::all_of(dst.begin(), dst.end(), [](uint8_t x) { return x == 0x11; }));
-  auto good = make_engine(config_with("right token"));
-  RegionHandle hs = reg(*good, src);
-  EXPECT_TRUE(send_one(*good, hd, {hs.region_id, 0, 0, 0, 4096}).ok());
-  EXPECT_TRUE(dst == src);
-}
+TEST(DisaggTcp, WrongTokenIsRefused) { check_wrong_token_refused(tcp_config); }
 
 TEST(DisaggTcp, ConstantTimeCompare) {
   EXPECT_TRUE(constant_time_equal("abc", "abc"));
@@ -158,25 +75,7 @@ TEST(DisaggTcp, ConstantTimeCompare) {
 }
 
 TEST(DisaggTcp, PeerDyingMidTransferFailsWithinTheTimeout) {
-  auto a = make_engine(config_with("t", 8000));
-  auto b = make_engine(config_with("t"));
-  constexpr size_t kBytes = 64 << 20;
-  std::vector<uint8_t> src(kBytes, 1), dst(kBytes);
-  RegionHandle hs = reg(*a, src), hd = reg(*b, dst);
-  std::vector<TransferWrite> writes;
-  for (int round = 0; round < 8; ++round)  // 512 MiB: far more than fits before b dies
-    for (size_t off = 0; off < kBytes; off += 1 << 20)
-      writes.push_back({hs.region_id, off, 0, off, 1 << 20});
-  BatchId id;
-  ASSERT_TRUE(a->submit({&hd, 1}, writes, &id).ok());
-  std::this_thread::sleep_for(milliseconds(30));
-  auto t0 = std::chrono::steady_clock::now();
-  b.reset();  // the decode side goes away mid-transfer
-  Status s = a->wait(id, milliseconds(20000));
-  auto elapsed = std::chrono::steady_clock::now() - t0;
-  EXPECT_FALSE(s.ok());
-  EXPECT_NE(s.code(), StatusCode::kDeadlineExceeded) << "should see the peer go, not time out";
-  EXPECT_LT(elapsed, std::chrono::seconds(3)) << s.message();
+  check_peer_dying_mid_transfer(tcp_config, 8, false);  // 512 MiB
 }
 
 // A peer that passes the handshake and then never reads: the sender must time out.
@@ -213,63 +112,25 @@ TEST(DisaggTcp, StalledPeerTimesOut) {
   StalledPeer peer("t");
   auto a = make_engine(config_with("t", 500));
   std::vector<uint8_t> src(32 << 20, 3);
-  RegionHandle hs = reg(*a, src), hd = peer.handle();
-  auto t0 = std::chrono::steady_clock::now();
-  Status s = send_one(*a, hd, {hs.region_id, 0, 0, 0, src.size()});
-  EXPECT_EQ(s.code(), StatusCode::kDeadlineExceeded) << s.message();
-  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::milliseconds(2500));
-  // Waiting "forever" is bounded by the batch's own deadline.
-  BatchId id;
-  TransferWrite w{hs.region_id, 0, 0, 0, src.size()};
-  ASSERT_TRUE(a->submit({&hd, 1}, {&w, 1}, &id).ok());
-  t0 = std::chrono::steady_clock::now();
-  EXPECT_EQ(a->wait(id, milliseconds::max()).code(), StatusCode::kDeadlineExceeded);
-  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::milliseconds(2500));
+  check_batch_deadline(*a, reg(*a, src), peer.handle(), src.size());
 }
 
 TEST(DisaggTcp, WaitTimeoutThenCancelFreesTheBatch) {
   StalledPeer peer("t");
   auto a = make_engine(config_with("t", 60000));
   std::vector<uint8_t> src(32 << 20, 3);
-  RegionHandle hs = reg(*a, src), hd = peer.handle();
-  TransferWrite w{hs.region_id, 0, 0, 0, src.size()};
-  BatchId id, queued;
-  ASSERT_TRUE(a->submit({&hd, 1}, {&w, 1}, &id).ok());
-  ASSERT_TRUE(a->submit({&hd, 1}, {&w, 1}, &queued).ok());
-  EXPECT_EQ(a->wait(id, milliseconds(100)).code(), StatusCode::kDeadlineExceeded);
-  EXPECT_EQ(a->wait(id, milliseconds(0)).code(), StatusCode::kDeadlineExceeded);
-  bool done = true;
-  EXPECT_TRUE(a->poll(id, &done).ok());  // still running
-  EXPECT_FALSE(done);
-  auto t0 = std::chrono::steady_clock::now();
-  a->cancel(id);
-  a->cancel(queued);
-  a->cancel(queued);  // twice is harmless
-  EXPECT_EQ(a->poll(id, &done).code(), StatusCode::kNotFound);
-  EXPECT_EQ(a->wait(queued, milliseconds(10)).code(), StatusCode::kNotFound);
-  // The worker lets go of the stalled connection promptly; a fresh batch still runs after.
-  std::vector<uint8_t> dst(4096);
-  auto b = make_engine(config_with("t"));
-  RegionHandle hb = reg(*b, dst);
-  EXPECT_TRUE(send_one(*a, hb, {hs.region_id, 0, 0, 0, 4096}).ok());
-  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(2));
+  check_wait_timeout_then_cancel(*a, tcp_config, src, reg(*a, src), peer.handle(),
+                                 std::chrono::seconds(2));
+  const auto t0 = std::chrono::steady_clock::now();
   a.reset();  // and the engine shuts down without waiting for the stalled peer
-  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(3));
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(2));
 }
 
 TEST(DisaggTcp, NobodyListeningIsUnavailable) {
-  uint16_t port;
-  {
-    Socket s;
-    ASSERT_TRUE(tcp_listen("127.0.0.1", 0, &s, &port).ok());
-  }  // closed: nothing listens there now
   auto a = make_engine(config_with("t"));
-  std::vector<uint8_t> src(16);
-  RegionHandle hs = reg(*a, src), hd;
+  RegionHandle hd;
   hd.backend = "tcp";
-  hd.endpoint = "127.0.0.1:" + std::to_string(port);
-  hd.length_bytes = 16;
-  EXPECT_EQ(send_one(*a, hd, {hs.region_id, 0, 0, 0, 16}).code(), StatusCode::kUnavailable);
+  check_nobody_listening(*a, hd);
 }
 
 // Garbage on the transfer port, before and after a valid handshake, writes nothing and
@@ -326,8 +187,9 @@ TEST(DisaggTcp, SubmitAndFactoryErrors) {
   EXPECT_EQ(make_transfer_engine(c, &e).code(), StatusCode::kInvalidArgument);
   c.backend = "ucx";  // tests/disagg/ucx_transport_test.cpp covers it when built
   auto names = transfer_backends();
-  if (std::find(names.begin(), names.end(), "ucx") == names.end())
+  if (std::find(names.begin(), names.end(), "ucx") == names.end()) {
     EXPECT_EQ(make_transfer_engine(c, &e).code(), StatusCode::kInvalidArgument);
+  }
   c.backend = "tcp";
   c.transfer_timeout_ms = 0;
   EXPECT_EQ(make_transfer_engine(c, &e).code(), StatusCode::kInvalidArgument);
