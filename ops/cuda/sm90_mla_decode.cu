@@ -28,6 +28,7 @@
 
 #include <cuda.h>
 
+#include <algorithm>
 #include <cstdlib>
 
 namespace tandem::ops::cuda {
@@ -1334,6 +1335,215 @@ __global__ void __launch_bounds__(256, 1)
   store_rows(p, b, h0, split, wg, row0, t, o, m_row, l_row, lost, sm.lsum);  // l = l0 + l1
 }
 
+// ---- Pipelined schedule (opt-in, TANDEM_MLA_DECODE_PIPE=1; TMA page sizes) ----
+// 32-key blocks in four TMA stages (so two loads are in flight while two blocks are worked on),
+// and the next block's scores overlap this block's P @ C (FlashAttention-3's intra-warpgroup
+// pipelining): warpgroup 0 computes all 64 x 32 scores of a block (36 wgmma m64n32k16, Q and K
+// from shared memory) and its softmax; both warpgroups run P @ C on their half of the out dims
+// (2 wgmma m64n256k16). Per block n, warpgroup 0: issue S(n + 1), issue P(n) @ C(n) on its
+// half, wait for S(n + 1), softmax(n + 1) while the tensor cores run P(n) @ C(n), wait for its
+// P @ C and (named barrier) warpgroup 1's, refill the freed stage with block n + 4, rescale its
+// half by alpha(n + 1), write P(n + 1) and alpha(n + 1), and hand them over (named barrier).
+// Warpgroup 1: take P(n) and alpha(n), rescale, P(n) @ C(n) on its half, hand back. Row sums
+// and maxima stay in warpgroup 0. Shared memory: Q 72 KB, 4 stages of 36 KB, P 8 KB (a 64 x 64
+// region of which 32 columns are used): 226 KB of the 227.
+constexpr int kPipeKeys = 32, kPipeStages = 4;
+constexpr int kPipeRegion = kPipeKeys * 64;  // bf16 per 32-row region (4 KB)
+struct PipeSmem {
+  __nv_bfloat16 q[kRegions][kRegion];                        // [64 heads x 576], K-major
+  __nv_bfloat16 kv[kPipeStages][kRegions][kPipeRegion];      // [32 keys x 576] per stage
+  __nv_bfloat16 pr[kRegion];                                 // P [64 heads x 32 keys], K-major
+  float alpha[kWgHeads];                                     // WG0 -> WG1: rescale of the block
+  float lsum[2][kWgHeads];
+  int32_t slot[kPipeStages][kPipeKeys];
+  uint64_t full[kPipeStages];
+};
+constexpr size_t kPipeSmemBytes = sizeof(PipeSmem) + 1024;
+static_assert(kPipeSmemBytes <= 227 * 1024, "the pipelined kernel's shared memory");
+
+// N-major B over 32-row regions: the next 64 N columns are 4 KB further.
+__device__ __forceinline__ uint64_t desc_n_major_32rows(const void* p) {
+  return uint64_t((smem_u32(p) & 0x3FFFF) >> 4) | (uint64_t(4096 >> 4) << 16) |
+         (uint64_t(1024 >> 4) << 32) | (uint64_t(1) << 62);
+}
+template <int N>
+__device__ __forceinline__ void wgmma_wait() {
+  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+}
+enum PipeBar { kBarPReady = 7, kBarPvDone = 8, kBarWg0Zero = 9 };
+
+__global__ void __launch_bounds__(256, 1)
+    mla_decode_pipe_kernel(MlaDecodeParams p, const __grid_constant__ CUtensorMap cache_map) {
+  extern __shared__ __align__(16) unsigned char smem_pp[];
+  PipeSmem& sm = align_1024<PipeSmem>(smem_pp);
+  const int tid = threadIdx.x, wg = tid >> 7, lane = tid & 31, w4 = (tid >> 5) & 3;
+  const int g = lane >> 2, t = lane & 3;
+  const int row0 = 16 * w4 + g;  // this thread's rows: row0, row0 + 8
+  const int64_t h0 = int64_t(blockIdx.x) * kWgHeads;
+  const int split = blockIdx.y;
+  const int64_t b = blockIdx.z;
+  const int32_t* pages = p.page_table + b * p.max_pages;
+  const int ps = int(p.page_size);
+  const int box_rows = ps < kPipeKeys ? ps : kPipeKeys;  // the tensor map's box height
+
+  int64_t begin, end;
+  split_range(p, b, split, kPipeKeys, begin, end);
+  const int nblocks = int((end - begin + kPipeKeys - 1) / kPipeKeys);
+
+  load_query_tile(p, b, h0, sm.q);
+  if (tid == 0) {
+    asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<uint64_t>(&cache_map)) : "memory");
+#pragma unroll
+    for (int s = 0; s < kPipeStages; ++s) mbar_init(&sm.full[s], 1);
+    mbar_init_fence();
+  }
+  fence_proxy_async();
+  __syncthreads();
+
+  // Warp 0: the slots of block blk into its stage, then one box per box_rows keys whose first
+  // slot is in the cache (past-end boxes are skipped; their rows are zeroed or masked).
+  auto produce = [&](int blk) {
+    const int st = blk % kPipeStages;
+    const int64_t j = begin + int64_t(blk) * kPipeKeys + lane;  // 32 keys, one per lane
+    sm.slot[st][lane] = key_slot(p, b, j, end, j < end ? __ldg(&pages[j / p.page_size]) : 0);
+    __syncwarp();
+    const int boxes = kPipeKeys / box_rows;
+    const int32_t slot0 = lane < boxes ? sm.slot[st][lane * box_rows] : -1;
+    const unsigned copied = __ballot_sync(0xffffffffu, slot0 >= 0);
+    fence_proxy_async();
+    if (lane == 0) mbar_arrive_expect(&sm.full[st], uint32_t(__popc(copied) * box_rows) * kWidth * 2);
+    __syncwarp();
+    if (slot0 >= 0) {
+#pragma unroll
+      for (int c = 0; c < kRegions; ++c) tma_load_2d(&sm.kv[st][c][lane * box_rows * 64], &cache_map, c * 64, slot0, &sm.full[st]);
+    }
+  };
+  if (tid < 32) {
+    for (int blk = 0; blk < nblocks && blk < kPipeStages; ++blk) produce(blk);
+  }
+
+  bool lost = false;
+  // Block blk has landed (its phase of its stage); warpgroup 0 zeroes the V rows past the end of
+  // the last block (a zero probability times stale data could be NaN times zero).
+  auto landed = [&](int blk) {
+    const int st = blk % kPipeStages;
+    mbar_wait_bounded(&sm.full[st], uint32_t(blk / kPipeStages) & 1, lost);
+    if (wg != 0) return;
+    const int valid = int(min64(kPipeKeys, end - begin - int64_t(blk) * kPipeKeys));
+    if (valid == kPipeKeys) return;
+    for (int i = tid; i < (kPipeKeys - valid) * 64; i += 128) {  // 8 regions x 8 chunks per row
+      const int r = valid + i / 64, c = i % 64;
+      *reinterpret_cast<uint4*>(&sm.kv[st][c >> 3][swizzled(r, c & 7)]) = make_uint4(0, 0, 0, 0);
+    }
+    fence_proxy_async();
+    named_sync(kBarWg0Zero, 128);
+  };
+  auto issue_scores = [&](int blk, float (&sc)[16]) {
+    const int st = blk % kPipeStages;
+#pragma unroll
+    for (int i = 0; i < 16; ++i) sc[i] = 0.0f;
+    fence_regs(sc);
+    wgmma_fence();
+#pragma unroll
+    for (int k = 0; k < kWidth / 16; ++k)
+      wgmma_m64n32(sc, desc_k_major(&sm.q[k >> 2][(k & 3) * 16]), desc_k_major(&sm.kv[st][k >> 2][(k & 3) * 16]));
+    wgmma_commit();
+  };
+  auto issue_pv = [&](float (&o)[128], int blk) {
+    const int st = blk % kPipeStages;
+    fence_regs(o);
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < kPipeKeys / 16; ++kk)
+      wgmma_m64n256_tb(o, desc_k_major(&sm.pr[kk * 16]), desc_n_major_32rows(&sm.kv[st][4 * wg][kk * 16 * 64]));
+    wgmma_commit();
+  };
+
+  float o[128];
+#pragma unroll
+  for (int i = 0; i < 128; ++i) o[i] = 0.0f;
+  float m_row[2] = {-INFINITY, -INFINITY};  // warpgroup 0's running max (log2 units)
+  float l_row[2] = {0.0f, 0.0f};            // warpgroup 0's part of the row sums
+  const float scale_log2 = p.scale * kLog2e;
+  float s[16];
+  float alpha[2];
+
+  // Softmax of block blk's scores (in s): new max, alpha, row sums, P in s.
+  auto softmax = [&](int blk) {
+    float mx[2] = {-INFINITY, -INFINITY};
+    mask_scores<4>(s, sm.slot[blk % kPipeStages], t, scale_log2, mx);
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      const float m_new = fmaxf(m_row[i], quad_max(mx[i]));  // finite: the block holds a valid key
+      alpha[i] = exp2f(m_row[i] - m_new);
+      m_row[i] = m_new;
+      l_row[i] = l_row[i] * alpha[i] + exp_row<4>(s, i, m_new);
+    }
+  };
+  // P (bf16) and alpha into shared memory for both warpgroups' P @ C, then the hand-over.
+  auto publish = [&]() {
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+#pragma unroll
+      for (int i = 0; i < 2; ++i)
+        *reinterpret_cast<uint32_t*>(&sm.pr[swizzled(row0 + 8 * i, j) + 2 * t]) =
+            pack_bf16(s[4 * j + 2 * i], s[4 * j + 2 * i + 1]);
+    }
+    if (t == 0) {
+      sm.alpha[row0] = alpha[0];
+      sm.alpha[row0 + 8] = alpha[1];
+    }
+    fence_proxy_async();
+    named_arrive(kBarPReady, 256);
+  };
+
+  if (wg == 0) {
+    if (nblocks > 0) {
+      landed(0);
+      issue_scores(0, s);
+      wgmma_wait<0>();
+      fence_regs(s);
+      softmax(0);  // alpha = 0 on the zero accumulators
+      publish();
+    }
+    // Straight-line steady state (no issue or wait under a condition), then the last block.
+    for (int n = 0; n + 1 < nblocks; ++n) {
+      landed(n + 1);
+      issue_scores(n + 1, s);
+      issue_pv(o, n);  // P(n) @ C(n), left half
+      wgmma_wait<1>();  // S(n + 1) landed; P(n) @ C(n) may still run
+      fence_regs(s);
+      softmax(n + 1);
+      wgmma_wait<0>();
+      fence_regs(o);
+      named_sync(kBarPvDone, 256);  // warpgroup 1's P(n) @ C(n) is done too: P and stage n free
+      if (tid < 32 && n + kPipeStages < nblocks) produce(n + kPipeStages);
+#pragma unroll
+      for (int i = 0; i < 2; ++i) rescale_row(o, i, alpha[i]);
+      publish();
+    }
+    if (nblocks > 0) {
+      issue_pv(o, nblocks - 1);
+      wgmma_wait<0>();
+      fence_regs(o);
+      named_sync(kBarPvDone, 256);
+    }
+  } else {
+    for (int n = 0; n < nblocks; ++n) {
+      named_sync(kBarPReady, 256);  // P(n) and alpha(n)
+      mbar_wait_bounded(&sm.full[n % kPipeStages], uint32_t(n / kPipeStages) & 1, lost);
+#pragma unroll
+      for (int i = 0; i < 2; ++i) rescale_row(o, i, sm.alpha[row0 + 8 * i]);
+      issue_pv(o, n);  // right half
+      wgmma_wait<0>();
+      fence_regs(o);
+      named_arrive(kBarPvDone, 256);
+    }
+  }
+
+  store_rows(p, b, h0, split, wg, row0, t, o, m_row, l_row, lost, sm.lsum);
+}
+
 // Merges the splits of one (sequence, head): partial outs with their max (log2 units) and sum.
 __global__ void __launch_bounds__(128) mla_decode_mma_combine_kernel(MlaDecodeParams p) {
   const int64_t b = blockIdx.x / p.heads, h = blockIdx.x % p.heads;
@@ -1384,7 +1594,8 @@ void launch_h16(const MlaDecodeParams& p, dim3 grid, cudaStream_t stream) {
 // TMA engine (the kernels below then pick by head count); TANDEM_MLA_DECODE_DIAG=1|2|3 times
 // the TMA kernel without P @ C, without the scores, or without loads after the first blocks
 // (wrong results: for timing only); TANDEM_MLA_DECODE_SEESAW=1 runs mla_decode_seesaw_kernel
-// instead of the TMA wgmma kernel (opt-in until it has been timed); TANDEM_MLA_DECODE_WGMMA=0 sends more
+// and TANDEM_MLA_DECODE_PIPE=1 mla_decode_pipe_kernel instead of the TMA wgmma kernel (opt-in
+// until they have been timed); TANDEM_MLA_DECODE_WGMMA=0 sends more
 // than 32 heads to the mma.sync kernel (32 heads per CTA) instead of the wgmma kernel;
 // without TMA, up to 16 heads take mla_decode_h16_kernel (two CTAs per SM).
 int env_digit(const char* name, int fallback) {
@@ -1420,12 +1631,13 @@ bool use_tma(const MlaDecodeParams& p) {
          encode_tiled() != nullptr;
 }
 
-// The cache as a [num_slots, 576] bf16 tensor, boxes of 64 columns x page_size rows in the
-// 128-byte swizzle (the kernel's regions). False if the driver refuses it.
-bool encode_cache_map(const MlaDecodeParams& p, CUtensorMap* map) {
+// The cache as a [num_slots, 576] bf16 tensor, boxes of 64 columns x box_rows rows (a page,
+// or 32 keys of one for the pipelined kernel) in the 128-byte swizzle (the kernels' regions).
+// False if the driver refuses it.
+bool encode_cache_map(const MlaDecodeParams& p, CUtensorMap* map, int64_t box_rows) {
   const cuuint64_t dims[2] = {cuuint64_t(kWidth), cuuint64_t(p.num_slots)};
   const cuuint64_t strides[1] = {cuuint64_t(kWidth) * 2};
-  const cuuint32_t box[2] = {64, cuuint32_t(p.page_size)};
+  const cuuint32_t box[2] = {64, cuuint32_t(box_rows)};
   const cuuint32_t elem_strides[2] = {1, 1};
   return encode_tiled()(map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, const_cast<void*>(p.cache), dims, strides, box,
                         elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
@@ -1465,8 +1677,14 @@ void launch_mla_decode_mma(const MlaDecodeParams& p, cudaStream_t stream) {
   const int per_cta = mla_decode_mma_heads_per_cta(p);
   const dim3 grid(unsigned((p.heads + per_cta - 1) / per_cta), unsigned(p.num_splits), unsigned(p.batch));
   CUtensorMap map{};
-  const bool tma = use_tma(p), mapped = tma && encode_cache_map(p, &map);
-  if (mapped && env_digit("TANDEM_MLA_DECODE_SEESAW", 0) == 1) {
+  const bool pipe = env_digit("TANDEM_MLA_DECODE_PIPE", 0) == 1;
+  const int64_t box_rows = pipe ? std::min<int64_t>(p.page_size, kPipeKeys) : p.page_size;
+  const bool tma = use_tma(p), mapped = tma && encode_cache_map(p, &map, box_rows);
+  if (mapped && pipe) {
+    cudaFuncSetAttribute(mla_decode_pipe_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                         int(kPipeSmemBytes));
+    mla_decode_pipe_kernel<<<grid, 256, kPipeSmemBytes, stream>>>(p, map);
+  } else if (mapped && env_digit("TANDEM_MLA_DECODE_SEESAW", 0) == 1) {
     cudaFuncSetAttribute(mla_decode_seesaw_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                          int(kSeesawSmemBytes));
     mla_decode_seesaw_kernel<<<grid, 256, kSeesawSmemBytes, stream>>>(p, map);

@@ -834,9 +834,10 @@ TEST(MlaPrefillValidation, BadDtypeMixAndShapesThrow) {
 // settings "NAME=VALUE[,NAME=VALUE]"; "" is the default choice. ScopedEnv sets them for a scope.
 std::vector<std::string> mla_decode_variants(int64_t heads) {
   if (heads <= 32)
-    return {"", "TANDEM_MLA_DECODE_SEESAW=1", "TANDEM_MLA_DECODE_ONEWG=1", "TANDEM_MLA_DECODE_TMA=0"};
-  return {"", "TANDEM_MLA_DECODE_SEESAW=1", "TANDEM_MLA_DECODE_ONEWG=1", "TANDEM_MLA_DECODE_TMA=0",
-          "TANDEM_MLA_DECODE_TMA=0,TANDEM_MLA_DECODE_WGMMA=0"};
+    return {"", "TANDEM_MLA_DECODE_PIPE=1", "TANDEM_MLA_DECODE_SEESAW=1", "TANDEM_MLA_DECODE_ONEWG=1",
+            "TANDEM_MLA_DECODE_TMA=0"};
+  return {"", "TANDEM_MLA_DECODE_PIPE=1", "TANDEM_MLA_DECODE_SEESAW=1", "TANDEM_MLA_DECODE_ONEWG=1",
+          "TANDEM_MLA_DECODE_TMA=0", "TANDEM_MLA_DECODE_TMA=0,TANDEM_MLA_DECODE_WGMMA=0"};
 }
 class ScopedEnv {
  public:
