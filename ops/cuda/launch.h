@@ -209,6 +209,11 @@ void launch_mla_prefill(const MlaPrefillParams& p, cudaStream_t stream);  // SIM
 // 16-byte aligned rows.
 bool mla_prefill_mma_supported(const MlaPrefillParams& p);
 void launch_mla_prefill_mma(const MlaPrefillParams& p, cudaStream_t stream);
+// The wgmma + TMA path (sm90_mla_prefill.cu), opt-in with TANDEM_MLA_PREFILL_WGMMA=1 where the
+// tensor-core path applies and the driver encodes tensor maps; launch returns false (nothing
+// queued) if the driver refuses a map.
+bool mla_prefill_wgmma_enabled(const MlaPrefillParams& p);
+bool launch_mla_prefill_wgmma(const MlaPrefillParams& p, cudaStream_t stream);
 
 // Absorbed MLA decode over the paged latent cache, split over the KV length; partial results
 // go to `workspace` and a second kernel combines them.

@@ -25,6 +25,8 @@
 // row addresses then fall on distinct bank groups.
 #include "ops/cuda/common.cuh"
 #include "ops/cuda/mma.cuh"
+#include "ops/cuda/sm90.cuh"
+#include "ops/cuda/tma_map.h"
 
 #include <cuda.h>
 
@@ -91,85 +93,6 @@ __device__ __forceinline__ int32_t key_slot(const MlaDecodeParams& p, int64_t b,
     return kSlotBad;
   }
   return int32_t(s);
-}
-
-// ---- wgmma (sm_90a) ----
-// Operands in shared memory are "regions" of 64 rows x 128 bytes (64 bf16), 1024-byte aligned,
-// in the 128-byte swizzle: the 16-byte chunk c of row r lies at chunk c ^ (r % 8).
-__device__ __forceinline__ int swizzled(int row, int chunk) {  // bf16 offset in a region
-  return row * 64 + ((chunk ^ (row & 7)) << 3);
-}
-// K-major operand (rows of M or N, 16 K values per instruction in one row): 8-row groups 1024
-// bytes apart. `p` points at the first row's first K value (region base + k * 32 bytes).
-__device__ __forceinline__ uint64_t desc_k_major(const void* p) {
-  return uint64_t((smem_u32(p) & 0x3FFFF) >> 4) | (uint64_t(1) << 16) |
-         (uint64_t(1024 >> 4) << 32) | (uint64_t(1) << 62);
-}
-// N-major B (rows of K, N contiguous): 8-row K groups 1024 bytes apart (stride byte offset),
-// the next 64 N columns in the next region, 8 KB further (leading byte offset).
-__device__ __forceinline__ uint64_t desc_n_major(const void* p) {
-  return uint64_t((smem_u32(p) & 0x3FFFF) >> 4) | (uint64_t(8192 >> 4) << 16) |
-         (uint64_t(1024 >> 4) << 32) | (uint64_t(1) << 62);
-}
-__device__ __forceinline__ void fence_proxy_async() {
-  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-}
-__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
-__device__ __forceinline__ void wgmma_commit() {
-  asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
-}
-__device__ __forceinline__ void wgmma_wait_all() {
-  asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
-}
-// ---- bulk copies (the TMA engine) completing on an mbarrier ----
-__device__ __forceinline__ void mbar_init(uint64_t* bar, uint32_t count) {
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(smem_u32(bar)), "r"(count));
-}
-__device__ __forceinline__ void mbar_init_fence() {
-  asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
-}
-// One arrival that also announces `bytes` of bulk copies completing on the barrier.
-__device__ __forceinline__ void mbar_arrive_expect(uint64_t* bar, uint32_t bytes) {
-  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(smem_u32(bar)),
-               "r"(bytes)
-               : "memory");
-}
-__device__ __forceinline__ bool mbar_try_wait(uint64_t* bar, uint32_t parity) {
-  uint32_t done;
-  asm volatile(
-      "{\n"
-      ".reg .pred p;\n"
-      "mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
-      "selp.u32 %0, 1, 0, p;\n"
-      "}\n"
-      : "=r"(done)
-      : "r"(smem_u32(bar)), "r"(parity)
-      : "memory");
-  return done != 0;
-}
-// A 2-D box of the tensor map (coordinates: column, row) -> shared, completing on an mbarrier.
-__device__ __forceinline__ void tma_load_2d(void* dst, const CUtensorMap* map, int col, int row,
-                                            uint64_t* bar) {
-  asm volatile(
-      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];\n" ::"r"(
-          smem_u32(dst)),
-      "l"(reinterpret_cast<uint64_t>(map)), "r"(col), "r"(row), "r"(smem_u32(bar))
-      : "memory");
-}
-// Waits for phase `parity` of an mbarrier. Bounded (~0.1 s; copies land in microseconds), so a
-// copy that never lands (a bug) sets `lost`, which poisons the output with NaN, instead of
-// hanging the GPU.
-__device__ __forceinline__ void mbar_wait_bounded(uint64_t* bar, uint32_t parity, bool& lost) {
-  const long long t0 = clock64();
-  while (!lost && !mbar_try_wait(bar, parity))
-    if (clock64() - t0 > (1ll << 28)) lost = true;
-}
-
-// Pins accumulator registers at this point of the program (the wgmma writes them asynchronously).
-template <int N>
-__device__ __forceinline__ void fence_regs(float (&r)[N]) {
-#pragma unroll
-  for (int i = 0; i < N; ++i) asm volatile("" : "+f"(r[i])::"memory");
 }
 
 // d[64 x 32] += A[64 x 16] (smem, K-major) * B[16 x 32] (smem, K-major); f32 accumulate.
@@ -816,13 +739,6 @@ __device__ __forceinline__ void issue_page_boxes(const MlaDecodeParams& p, const
     for (int c = 0; c < kRegions; ++c) tma_load_2d(&kv[c][lane * ps * 64], map, c * 64, slot0, bar);
   }
 }
-// The swizzle is a function of the shared-memory address: a kernel's regions start at the first
-// 1024-byte boundary of its dynamic shared memory (which is allocated 1024 bytes larger).
-template <class T>
-__device__ __forceinline__ T& align_1024(unsigned char* raw) {
-  return *reinterpret_cast<T*>(raw + ((1024 - (smem_u32(raw) & 1023)) & 1023));
-}
-
 struct WgSmem {
   __nv_bfloat16 q[kRegions][kRegion];       // [64 heads x 576], K-major
   __nv_bfloat16 kv[2][kRegions][kRegion];   // [64 keys x 576] per stage
@@ -1061,15 +977,6 @@ struct SeesawSmem {
 };
 constexpr size_t kSeesawSmemBytes = sizeof(SeesawSmem) + 1024;
 
-__device__ __forceinline__ void named_sync(int id, int threads) {
-  asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
-}
-__device__ __forceinline__ void named_arrive(int id, int threads) {
-  asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
-}
-__device__ __forceinline__ void mbar_arrive(uint64_t* bar) {
-  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(smem_u32(bar)) : "memory");
-}
 // d[64 x 256] += A[64 x 16] (registers, the m16n8k16 A fragment of each warp's 16 rows) *
 // B[16 x 256] (smem, MN-major); f32 accumulate.
 __device__ __forceinline__ void wgmma_m64n256_ra(float (&d)[128], const uint32_t (&a)[4], uint64_t db) {
@@ -1361,15 +1268,6 @@ struct PipeSmem {
 constexpr size_t kPipeSmemBytes = sizeof(PipeSmem) + 1024;
 static_assert(kPipeSmemBytes <= 227 * 1024, "the pipelined kernel's shared memory");
 
-// N-major B over 32-row regions: the next 64 N columns are 4 KB further.
-__device__ __forceinline__ uint64_t desc_n_major_32rows(const void* p) {
-  return uint64_t((smem_u32(p) & 0x3FFFF) >> 4) | (uint64_t(4096 >> 4) << 16) |
-         (uint64_t(1024 >> 4) << 32) | (uint64_t(1) << 62);
-}
-template <int N>
-__device__ __forceinline__ void wgmma_wait() {
-  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
-}
 enum PipeBar { kBarPReady = 7, kBarPvDone = 8, kBarWg0Zero = 9 };
 
 __global__ void __launch_bounds__(256, 1)
@@ -1455,7 +1353,7 @@ __global__ void __launch_bounds__(256, 1)
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < kPipeKeys / 16; ++kk)
-      wgmma_m64n256_tb(o, desc_k_major(&sm.pr[kk * 16]), desc_n_major_32rows(&sm.kv[st][4 * wg][kk * 16 * 64]));
+      wgmma_m64n256_tb(o, desc_k_major(&sm.pr[kk * 16]), desc_n_major(&sm.kv[st][4 * wg][kk * 16 * 64], 4096));
     wgmma_commit();
   };
 
@@ -1604,44 +1502,20 @@ int env_digit(const char* name, int fallback) {
 }
 bool wgmma_enabled() { return env_digit("TANDEM_MLA_DECODE_WGMMA", 1) != 0; }
 
-// cuTensorMapEncodeTiled, fetched through the runtime so nothing links libcuda (binaries must
-// start on machines without a driver). Null where the driver has none.
-using EncodeTiledFn = CUresult (*)(CUtensorMap*, CUtensorMapDataType, cuuint32_t, void*, const cuuint64_t*,
-                                   const cuuint64_t*, const cuuint32_t*, const cuuint32_t*,
-                                   CUtensorMapInterleave, CUtensorMapSwizzle, CUtensorMapL2promotion,
-                                   CUtensorMapFloatOOBfill);
-EncodeTiledFn encode_tiled() {
-  static const EncodeTiledFn fn = [] {
-    void* f = nullptr;
-    cudaDriverEntryPointQueryResult q;
-    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000, cudaEnableDefault, &q) !=
-            cudaSuccess ||
-        q != cudaDriverEntryPointSuccess)
-      f = nullptr;
-    return reinterpret_cast<EncodeTiledFn>(f);
-  }();
-  return fn;
-}
-
 bool tma_page_size(int64_t page_size) {
   return page_size == 8 || page_size == 16 || page_size == 32 || page_size == 64;
 }
 bool use_tma(const MlaDecodeParams& p) {
   return tma_page_size(p.page_size) && env_digit("TANDEM_MLA_DECODE_TMA", 1) != 0 &&
-         encode_tiled() != nullptr;
+         tma_available();
 }
 
 // The cache as a [num_slots, 576] bf16 tensor, boxes of 64 columns x box_rows rows (a page,
 // or 32 keys of one for the pipelined kernel) in the 128-byte swizzle (the kernels' regions).
 // False if the driver refuses it.
 bool encode_cache_map(const MlaDecodeParams& p, CUtensorMap* map, int64_t box_rows) {
-  const cuuint64_t dims[2] = {cuuint64_t(kWidth), cuuint64_t(p.num_slots)};
-  const cuuint64_t strides[1] = {cuuint64_t(kWidth) * 2};
-  const cuuint32_t box[2] = {64, cuuint32_t(box_rows)};
-  const cuuint32_t elem_strides[2] = {1, 1};
-  return encode_tiled()(map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, const_cast<void*>(p.cache), dims, strides, box,
-                        elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
-                        CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+  return encode_bf16_map(map, p.cache, kWidth, uint64_t(p.num_slots), uint64_t(kWidth) * 2, 64,
+                         uint32_t(box_rows));
 }
 
 template <bool kTma, int kDiag = kDiagNone, bool kOneWg = false>

@@ -1,5 +1,6 @@
 // Host launcher of smxx_mla_prefill.cu: bf16 inputs of DeepSeek's head dims go to the
-// tensor-core kernel, everything else (f32, other dims, unaligned views) to the SIMT kernel.
+// tensor-core kernel (or, opt-in, the wgmma kernel of sm90_mla_prefill.cu), everything else
+// (f32, other dims, unaligned views) to the SIMT kernel.
 #include "ops/cuda/cuda_ops.h"
 #include "ops/cuda/host_common.h"
 
@@ -34,7 +35,9 @@ void mla_prefill_attention(const Tensor& q, const Tensor& kv, const Tensor& k_pe
   p.batch = cu_q.size(0) - 1;
   p.scale = scale;
   p.error = ctx.error;
-  if (mla_prefill_mma_supported(p)) {
+  if (mla_prefill_wgmma_enabled(p) && launch_mla_prefill_wgmma(p, ctx.stream)) {
+    // queued
+  } else if (mla_prefill_mma_supported(p)) {
     launch_mla_prefill_mma(p, ctx.stream);
   } else {
     TANDEM_CHECK(p.v <= kMaxValueDim, "{}: v_head_dim {} > {}", op, p.v, kMaxValueDim);

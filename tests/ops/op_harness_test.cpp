@@ -784,9 +784,9 @@ void run_prefill_case(const PrefillCase& c) {
   }
 }
 
-TEST_F(OpHarness, MlaPrefillAttention) {
+std::vector<PrefillCase> prefill_cases() {
   const std::vector<int32_t> mixed = {1, 63, 64, 65, 300, 1000};
-  const std::vector<PrefillCase> cases = {
+  return {
       // f32: the exact SIMT kernel.
       {{5, 1, 70}, {5, 9, 130}, 16, 128, 64, 128, DType::kF32, DType::kF32},
       // bf16, other head dims: the SIMT kernel on bf16 inputs.
@@ -801,7 +801,10 @@ TEST_F(OpHarness, MlaPrefillAttention) {
       // NaN in a query and a key.
       {{70, 20}, {70, 90}, 16, 128, 64, 128, DType::kBF16, DType::kF32, true},
   };
-  for (const PrefillCase& c : cases) run_prefill_case(c);
+}
+
+TEST_F(OpHarness, MlaPrefillAttention) {
+  for (const PrefillCase& c : prefill_cases()) run_prefill_case(c);
 }
 
 // Validation before any kernel: one dtype for q, kv and k_pe, shapes that fit together.
@@ -860,6 +863,13 @@ class ScopedEnv {
  private:
   std::vector<std::string> names_;
 };
+
+// The same cases with the wgmma + TMA kernel switched on (sm90_mla_prefill.cu, opt-in): the
+// bf16 cases at DeepSeek's dims take it, the others the kernels above.
+TEST_F(OpHarness, MlaPrefillAttentionWgmma) {
+  ScopedEnv env("TANDEM_MLA_PREFILL_WGMMA=1");
+  for (const PrefillCase& c : prefill_cases()) run_prefill_case(c);
+}
 
 // The f32 cache runs the exact SIMT kernel (f32 rounding: 2e-6). The bf16 cache at DeepSeek's
 // width (lora 512, rope 64) runs the tensor-core kernels, which round the query and the
@@ -1064,8 +1074,9 @@ Tensor tiled_random(const Shape& shape, DType dtype, float stddev) {
 // Perf mode: MLA prefill attention on the tensor-core kernel at 4k tokens, causal, bf16 q
 // [T, H, 192], kv [T, H, 256], k_pe a strided view of a [T, 576] cache, bf16 out, as one
 // sequence of 4096 and as 4 x 1024, H = 128 (V3) and 16. Flops count the causal half only:
-// sum over sequences of 2 * L * L / 2 * H * (192 + 128). Prints one line per shape,
-// "OPPREFILL shape=<B>x<L> H=<h> us=<median> tflops=<x> pct790=<percent of 790 TFLOP/s>",
+// sum over sequences of 2 * L * L / 2 * H * (192 + 128). Prints one line per shape and kernel
+// (mma: mma.sync, the default; wgmma: TANDEM_MLA_PREFILL_WGMMA=1),
+// "OPPREFILL shape=<B>x<L> H=<h> us=<median> tflops=<x> pct790=<percent of 790 TFLOP/s> kernel=<k>",
 // which tools/device/prefill_bench.sh sets beside torch SDPA on the same shapes.
 TEST_F(OpHarness, PerfPrefillAttention) {
   const char* on = std::getenv("TANDEM_OP_PERF");
@@ -1082,15 +1093,18 @@ TEST_F(OpHarness, PerfPrefillAttention) {
     const Tensor k_pe = cached.slice(1, 512, 576);
     const Tensor cug = Tensor::from_vector(cu, {sh.seqs + 1}).to(kGpu);
     Tensor out = Tensor::empty({t, heads, 128}, DType::kBF16, kGpu);
-    const double us = median_us([&] {
-      ops::mla_prefill_attention(q, kv, k_pe, cug, cug, 0.0722f, out);
-    });
-    const double flops = double(sh.seqs) * 2.0 * double(sh.len) * double(sh.len) / 2.0 *
-                         double(heads) * (192 + 128);
-    const double tflops = flops / us / 1e6;
-    std::printf("OPPREFILL shape=%lldx%lld H=%lld us=%.1f tflops=%.1f pct790=%.1f\n",
-                (long long)sh.seqs, (long long)sh.len, (long long)heads, us, tflops,
-                100.0 * tflops / 790.0);
+    for (const char* kernel : {"mma", "wgmma"}) {
+      ScopedEnv env(std::string("TANDEM_MLA_PREFILL_WGMMA=") + (kernel[0] == 'w' ? "1" : "0"));
+      const double us = median_us([&] {
+        ops::mla_prefill_attention(q, kv, k_pe, cug, cug, 0.0722f, out);
+      });
+      const double flops = double(sh.seqs) * 2.0 * double(sh.len) * double(sh.len) / 2.0 *
+                           double(heads) * (192 + 128);
+      const double tflops = flops / us / 1e6;
+      std::printf("OPPREFILL shape=%lldx%lld H=%lld us=%.1f tflops=%.1f pct790=%.1f kernel=%s\n",
+                  (long long)sh.seqs, (long long)sh.len, (long long)heads, us, tflops,
+                  100.0 * tflops / 790.0, kernel);
+    }
   }
 }
 

@@ -43,18 +43,19 @@ echo "== prefill attention, bf16, causal (flops: causal half, 2*L*L/2*H*(192+128
 awk '
   FNR == NR && /^OPPREFILL/ {
     for (i = 2; i <= NF; i++) { split($i, kv, "="); f[kv[1]] = kv[2] }
-    key = f["shape"] " H=" f["H"]; ours[key] = f["us"]; tf[key] = f["tflops"]; pct[key] = f["pct790"]
+    base = f["shape"] " H=" f["H"]; key = base " " f["kernel"]; shape_of[key] = base
+    ours[key] = f["us"]; tf[key] = f["tflops"]; pct[key] = f["pct790"]
     order[++n] = key; next }
   FNR != NR && /^SDPABEST/ {
     for (i = 2; i <= NF; i++) { split($i, kv, "="); g[kv[1]] = kv[2] }
     key = g["shape"] " H=" g["H"]; torch_us[key] = g["us"]; torch_be[key] = g["backend"] }
   END {
-    printf "%-16s %10s %10s %-16s %12s %9s %7s\n", "shape", "ours_us", "torch_us", "torch_backend",
+    printf "%-22s %10s %10s %-16s %12s %9s %7s\n", "shape kernel", "ours_us", "torch_us", "torch_backend",
            "torch/ours", "TFLOP/s", "%790"
     for (i = 1; i <= n; i++) {
-      k = order[i]; t = (k in torch_us) ? torch_us[k] : "-"
-      r = (k in torch_us && ours[k] > 0) ? sprintf("%.2f", torch_us[k] / ours[k]) : "-"
-      printf "%-16s %10s %10s %-16s %12s %9s %7s\n", k, ours[k], t, (k in torch_be) ? torch_be[k] : "-",
+      k = order[i]; s = shape_of[k]; t = (s in torch_us) ? torch_us[s] : "-"
+      r = (s in torch_us && ours[k] > 0) ? sprintf("%.2f", torch_us[s] / ours[k]) : "-"
+      printf "%-22s %10s %10s %-16s %12s %9s %7s\n", k, ours[k], t, (s in torch_be) ? torch_be[s] : "-",
              r, tf[k], pct[k]
     }
   }' "$OUT/prefill_harness.log" "$OUT/prefill_sdpa.log"
