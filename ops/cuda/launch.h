@@ -166,8 +166,17 @@ struct MoeGroupedGemmParams {
   bool gate_up;
   int splits;                          // >= 1
   float* partial; int64_t partial_rows;  // splits > 1
+  // fp8_act with offsets: the tiled kernel (64 rows of one expert per CTA) over the tile list
+  // of launch_moe_tiles (tiles[i] for i < *tile_count <= max_tiles), else nullptr.
+  const int32_t* tiles; const int32_t* tile_count; int64_t max_tiles;
 };
 void launch_moe_grouped_gemm(const MoeGroupedGemmParams& p, cudaStream_t stream);
+// The tile list of the tiled FP8 kernel: for every 64 rows of every expert (offsets [E + 1]),
+// tiles[i] = expert << 16 | tile within the expert; *tile_count of them, at most
+// ceil(rows / 64) + E. Experts <= 1024, tiles per expert < 65536.
+void launch_moe_tiles(const int32_t* offsets, int64_t experts, int32_t* tiles, int32_t* tile_count,
+                      cudaStream_t stream);
+constexpr int64_t kMoeTileRows = 64;
 
 // out[t, :] += sum_j weights[t, j] * y[slot_of[t * k + j], :] (j in order; slot -1 skipped).
 struct MoeUnpermuteParams {

@@ -44,6 +44,16 @@ QuantizedRows quantize_rows(const Tensor& x, const OpContext& ctx) {
   return r;
 }
 
+// The tiled FP8 kernel (64 rows of an expert per CTA, the weights read once per tile) where
+// experts get many rows, as in prefill: TANDEM_MOE_FP8_TILED=1 always, =0 never, else when the
+// experts that can have rows average at least kTiledMinRows of them.
+constexpr int64_t kTiledMinRows = 32;
+bool use_tiled(int64_t pairs, int64_t groups) {
+  const char* env = std::getenv("TANDEM_MOE_FP8_TILED");
+  if (env && (env[0] == '0' || env[0] == '1')) return env[0] == '1';
+  return pairs >= kTiledMinRows * groups;
+}
+
 void set_fp8_act(MoeGroupedGemmParams& g, const QuantizedRows& r) {
   g.fp8_act = true;
   g.a = r.q.raw_data();
@@ -144,11 +154,30 @@ bool moe_experts_grouped(const Tensor& x, const Tensor& ids, const Tensor& weigh
   // At most this many experts have rows: the K splits fill the machine at small batches.
   const int64_t groups = std::min(experts, pairs);
   QuantizedRows xq;
-  Tensor partial1, partial2;
-  if (fp8_act_gemm(wdt, inter, hidden)) {
+  Tensor partial1, partial2, tiles, tile_count;
+  const bool fp8_gate_up = fp8_act_gemm(wdt, inter, hidden), fp8_down = fp8_act_gemm(wdt, hidden, inter);
+  if ((fp8_gate_up || fp8_down) && use_tiled(pairs, groups)) {
+    const int64_t max_tiles = (pairs + kMoeTileRows - 1) / kMoeTileRows + experts;
+    tiles = Tensor::empty({max_tiles}, DType::kI32, dev);
+    tile_count = Tensor::empty({1}, DType::kI32, dev);
+    launch_moe_tiles(cptr<int32_t>(offsets), experts, mptr<int32_t>(tiles), mptr<int32_t>(tile_count),
+                     ctx.stream);
+    TANDEM_CUDA_LAUNCH_CHECK("moe_experts (tiles)");
+  }
+  // The tiled kernel where the tile list exists, else K splits for the streaming one.
+  auto plan = [&](MoeGroupedGemmParams& g, Tensor& partial) {
+    if (tiles.defined()) {
+      g.tiles = cptr<int32_t>(tiles);
+      g.tile_count = cptr<int32_t>(tile_count);
+      g.max_tiles = tiles.size(0);
+    } else {
+      plan_fp8_splits(g, groups, pairs, ctx.device, partial);
+    }
+  };
+  if (fp8_gate_up) {
     xq = quantize_rows(x, ctx);  // once per token; the kernel gathers rows and scales
     set_fp8_act(g1, xq);
-    plan_fp8_splits(g1, groups, pairs, ctx.device, partial1);
+    plan(g1, partial1);
   }
   launch_moe_grouped_gemm(g1, ctx.stream);
   TANDEM_CUDA_LAUNCH_CHECK("moe_experts (gate/up)");
@@ -172,11 +201,12 @@ bool moe_experts_grouped(const Tensor& x, const Tensor& ids, const Tensor& weigh
   g2.out_dtype = DType::kF32;
   g2.splits = 1;
   g2.partial = nullptr;
+  g2.tiles = nullptr;
   QuantizedRows hq;
-  if (fp8_act_gemm(wdt, hidden, inter)) {
+  if (fp8_down) {
     hq = quantize_rows(h, ctx);
     set_fp8_act(g2, hq);
-    plan_fp8_splits(g2, groups, pairs, ctx.device, partial2);
+    plan(g2, partial2);
   }
   launch_moe_grouped_gemm(g2, ctx.stream);
   TANDEM_CUDA_LAUNCH_CHECK("moe_experts (down)");

@@ -18,6 +18,7 @@
 // memory into the tensor cores with no widening, and each K block's partial sums are scaled by
 // activation scale x weight scale.
 #include "ops/cuda/common.cuh"
+#include "ops/cuda/mma.cuh"
 
 #include <cuda_fp16.h>
 
@@ -421,6 +422,189 @@ __global__ void __launch_bounds__(256) moe_split_reduce_kernel(MoeGroupedGemmPar
   store_pair<kGateUp>(p, r, col, sum[0][0], sum[0][1], sum[kW - 1][0], sum[kW - 1][1]);
 }
 
+// ---- Tiled FP8 kernel for many rows per expert (prefill) ----
+// The streaming kernels above re-read an expert's weights for every 16 rows; with hundreds of
+// rows per expert that is the whole cost. Here a CTA owns a tile of 64 of an expert's rows and
+// 128 output columns (of gate and of up for gate_up: 64 + 64), stages 128-wide K blocks of the
+// quantized rows and of the weights in shared memory (cp.async, two stages, 16-byte chunks
+// swizzled by row so ldmatrix is conflict-free), and 8 warps (2 along M x 4 along N) run
+// mma.sync m16n8k32 e4m3 over them, each warp 32 rows x 32 columns (x2 for gate_up: 16 gate +
+// 16 up), with the per-block scale promotion of the streaming FP8 kernel. Tiles come from
+// moe_tiles_kernel: (expert, first row) for every 64 rows of every expert, written on the device.
+constexpr int kTiledRows = int(kMoeTileRows), kTiledThreads = 256, kTiledStages = 2;
+
+// tiles[i] = expert << 16 | tile index within the expert, for i < *tile_count (experts' rows from
+// offsets). One block; the scan over experts is serial (<= 1024 of them, once per layer).
+__global__ void __launch_bounds__(1024) moe_tiles_kernel(const int32_t* offsets, int64_t experts,
+                                                         int32_t* tiles, int32_t* tile_count) {
+  __shared__ int32_t first[1025];
+  const int e = threadIdx.x;
+  if (e == 0) {
+    int32_t n = 0;
+    for (int64_t i = 0; i < experts; ++i) {
+      first[i] = n;
+      n += (offsets[i + 1] - offsets[i] + kTiledRows - 1) / kTiledRows;
+    }
+    first[experts] = n;
+    *tile_count = n;
+  }
+  __syncthreads();
+  for (int64_t i = e; i < experts; i += blockDim.x)
+    for (int32_t t = first[i]; t < first[i + 1]; ++t) tiles[t] = int32_t(i << 16) | (t - first[i]);
+}
+
+// Shared-memory byte offset of 16-byte chunk c (0..7) of row r of a [rows][128 bytes] tile.
+__device__ __forceinline__ uint32_t tiled_chunk(int r, int c) { return uint32_t(r * 128 + ((c ^ (r & 7)) << 4)); }
+
+template <bool kGateUp>
+__global__ void __launch_bounds__(kTiledThreads, 1) moe_grouped_fp8_tiled_kernel(MoeGroupedGemmParams p) {
+  constexpr int kW = kGateUp ? 2 : 1;
+  constexpr int kColsPerW = 128 / kW;        // columns of each weight matrix in the CTA tile
+  constexpr int kWarpCols = kColsPerW / 4;   // per warp and matrix: 32 (down) or 16 (gate/up)
+  constexpr int kNt = kWarpCols / 8;         // n8 tiles per warp and matrix
+  constexpr int kABytes = kTiledRows * 128, kBBytes = kW * kColsPerW * 128;
+  extern __shared__ __align__(128) unsigned char smem_tl[];
+  if (int64_t(blockIdx.y) >= *p.tile_count) return;
+  const int32_t tile = p.tiles[blockIdx.y];
+  const int64_t e = tile >> 16;
+  const int32_t begin = p.offsets[e] + (tile & 0xffff) * kTiledRows, end = p.offsets[e + 1];
+  const int64_t c0 = int64_t(blockIdx.x) * kColsPerW;  // first column of each matrix
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t4 = lane & 3;
+  const int wm = warp >> 2, wn = warp & 3;  // warp's rows [32 wm, +32), columns [kWarpCols wn, +)
+  const int64_t kblocks = p.k / 128;
+
+  const uint8_t* wbase[kW];
+  const float* wscale[kW];
+#pragma unroll
+  for (int w = 0; w < kW; ++w) {
+    wbase[w] = reinterpret_cast<const uint8_t*>(w == 0 ? p.w0[e] : p.w1[e]);
+    wscale[w] = reinterpret_cast<const float*>(w == 0 ? p.s0[e] : p.s1[e]) + (c0 / 128) * kblocks;
+  }
+  const uint8_t* a = static_cast<const uint8_t*>(p.a);
+  // This thread's copies per stage: A chunks (2) and B chunks (kW * 2 or 4).
+  auto load_stage = [&](int64_t kb, int st) {
+    unsigned char* sa = smem_tl + st * (kABytes + kBBytes);
+    unsigned char* sb = sa + kABytes;
+    for (int i = tid; i < kTiledRows * 8; i += kTiledThreads) {
+      const int r = i >> 3, c = i & 7;
+      void* dst = sa + tiled_chunk(r, c);
+      const int32_t row = begin + r;
+      if (row < end) {
+        const int64_t src_row = p.row_index ? p.row_index[row] : row;
+        cp_async16(dst, a + src_row * p.a_stride + kb * 128 + c * 16);
+      } else {
+        *reinterpret_cast<uint4*>(dst) = make_uint4(0, 0, 0, 0);
+      }
+    }
+    for (int i = tid; i < kW * kColsPerW * 8; i += kTiledThreads) {
+      const int r = i >> 3, c = i & 7;  // r: w * kColsPerW + column
+      const int col = r % kColsPerW;
+      const uint8_t* wb = r < kColsPerW ? wbase[0] : wbase[kW - 1];  // no dynamic index: registers
+      cp_async16(sb + tiled_chunk(r, c), wb + (c0 + col) * p.k + kb * 128 + c * 16);
+    }
+  };
+
+  float acc[kW][2][kNt][4];
+#pragma unroll
+  for (int w = 0; w < kW; ++w)
+#pragma unroll
+    for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+      for (int nt = 0; nt < kNt; ++nt)
+#pragma unroll
+        for (int c = 0; c < 4; ++c) acc[w][mt][nt][c] = 0.0f;
+  // Activation scales of this thread's four rows (rows 32 wm + 16 mt + g + 8 h).
+  const float* ascale[2][2];
+#pragma unroll
+  for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int32_t row = begin + 32 * wm + 16 * mt + g + 8 * h;
+      const int64_t src_row = row < end ? (p.row_index ? p.row_index[row] : row) : -1;
+      ascale[mt][h] = src_row >= 0 ? p.a_scale + src_row * p.a_scale_stride : nullptr;
+    }
+
+  load_stage(0, 0);
+  cp_async_commit();
+  for (int64_t kb = 0; kb < kblocks; ++kb) {
+    const int st = int(kb & 1);
+    if (kb + 1 < kblocks) {
+      load_stage(kb + 1, st ^ 1);
+      cp_async_commit();
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    __syncthreads();
+    const unsigned char* sa = smem_tl + st * (kABytes + kBBytes);
+    const unsigned char* sb = sa + kABytes;
+    float part[kW][2][kNt][4];
+#pragma unroll
+    for (int w = 0; w < kW; ++w)
+#pragma unroll
+      for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+        for (int nt = 0; nt < kNt; ++nt)
+#pragma unroll
+          for (int c = 0; c < 4; ++c) part[w][mt][nt][c] = 0.0f;
+#pragma unroll
+    for (int s = 0; s < 4; ++s) {  // k32 steps: bytes [32 s, 32 s + 32) of the block
+      uint32_t af[2][4];
+#pragma unroll
+      for (int mt = 0; mt < 2; ++mt) {
+        const int r = 32 * wm + 16 * mt + (lane & 7) + ((lane >> 3) & 1) * 8;
+        ldmatrix_x4(af[mt], sa + tiled_chunk(r, 2 * s + (lane >> 4)));
+      }
+#pragma unroll
+      for (int w = 0; w < kW; ++w) {
+#pragma unroll
+        for (int np = 0; np < kNt / 2; ++np) {  // two n8 tiles per ldmatrix.x4
+          const int r = w * kColsPerW + kWarpCols * wn + 16 * np + (lane & 7) + (lane >> 4) * 8;
+          uint32_t bf[4];
+          ldmatrix_x4(bf, sb + tiled_chunk(r, 2 * s + ((lane >> 3) & 1)));
+#pragma unroll
+          for (int mt = 0; mt < 2; ++mt) {
+            mma_e4m3(part[w][mt][2 * np], af[mt][0], af[mt][1], af[mt][2], af[mt][3], bf[0], bf[1]);
+            mma_e4m3(part[w][mt][2 * np + 1], af[mt][0], af[mt][1], af[mt][2], af[mt][3], bf[2], bf[3]);
+          }
+        }
+      }
+    }
+#pragma unroll
+    for (int w = 0; w < kW; ++w) {
+      const float sw = wscale[w][kb];
+#pragma unroll
+      for (int mt = 0; mt < 2; ++mt) {
+        const float f0 = ascale[mt][0] ? ascale[mt][0][kb] * sw : 0.0f;
+        const float f1 = ascale[mt][1] ? ascale[mt][1][kb] * sw : 0.0f;
+#pragma unroll
+        for (int nt = 0; nt < kNt; ++nt) {
+          acc[w][mt][nt][0] = fmaf(part[w][mt][nt][0], f0, acc[w][mt][nt][0]);
+          acc[w][mt][nt][1] = fmaf(part[w][mt][nt][1], f0, acc[w][mt][nt][1]);
+          acc[w][mt][nt][2] = fmaf(part[w][mt][nt][2], f1, acc[w][mt][nt][2]);
+          acc[w][mt][nt][3] = fmaf(part[w][mt][nt][3], f1, acc[w][mt][nt][3]);
+        }
+      }
+    }
+    __syncthreads();  // every warp is done with this stage before it is refilled
+  }
+
+#pragma unroll
+  for (int mt = 0; mt < 2; ++mt) {
+#pragma unroll
+    for (int nt = 0; nt < kNt; ++nt) {
+      const int64_t col = c0 + kWarpCols * wn + 8 * nt + 2 * t4;
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int32_t r = begin + 32 * wm + 16 * mt + g + 8 * h;
+        if (r >= end) continue;
+        store_pair<kGateUp>(p, r, col, acc[0][mt][nt][2 * h], acc[0][mt][nt][2 * h + 1],
+                            acc[kW - 1][mt][nt][2 * h], acc[kW - 1][mt][nt][2 * h + 1]);
+      }
+    }
+  }
+}
+
 // One block per token; a token's slots are summed in slot order, then added to out once.
 __global__ void __launch_bounds__(kUnpermuteThreads) moe_unpermute_kernel(MoeUnpermuteParams p) {
   const int64_t t = blockIdx.x;
@@ -446,7 +630,18 @@ void launch_moe_align(const MoeAlignParams& p, cudaStream_t stream) {
 void launch_moe_grouped_gemm(const MoeGroupedGemmParams& p, cudaStream_t stream) {
   const dim3 grid(unsigned((p.n + 127) / 128), unsigned(p.experts), unsigned(p.fp8_act ? p.splits : 1));
   const bool fp8 = p.w_dtype == DType::kF8E4M3;
-  if (p.fp8_act) {
+  if (p.fp8_act && p.tiles) {
+    const int cols = p.gate_up ? 64 : 128;  // of each weight matrix per CTA
+    const dim3 tgrid(unsigned(p.n / cols), unsigned(p.max_tiles));
+    const int smem = kTiledStages * (kTiledRows * 128 + 128 * 128);
+    if (p.gate_up) {
+      cudaFuncSetAttribute(moe_grouped_fp8_tiled_kernel<true>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+      moe_grouped_fp8_tiled_kernel<true><<<tgrid, kTiledThreads, smem, stream>>>(p);
+    } else {
+      cudaFuncSetAttribute(moe_grouped_fp8_tiled_kernel<false>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+      moe_grouped_fp8_tiled_kernel<false><<<tgrid, kTiledThreads, smem, stream>>>(p);
+    }
+  } else if (p.fp8_act) {
     if (p.gate_up) {
       moe_grouped_fp8_mma_kernel<true><<<grid, kGemmThreads, 0, stream>>>(p);
     } else {
@@ -470,6 +665,11 @@ void launch_moe_grouped_gemm(const MoeGroupedGemmParams& p, cudaStream_t stream)
   } else {
     moe_grouped_gemm_kernel<false, false><<<grid, kGemmThreads, 0, stream>>>(p);
   }
+}
+
+void launch_moe_tiles(const int32_t* offsets, int64_t experts, int32_t* tiles, int32_t* tile_count,
+                      cudaStream_t stream) {
+  moe_tiles_kernel<<<1, 1024, 0, stream>>>(offsets, experts, tiles, tile_count);
 }
 
 void launch_moe_unpermute(const MoeUnpermuteParams& p, cudaStream_t stream) {

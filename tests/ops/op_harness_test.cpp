@@ -638,6 +638,29 @@ LinearWeight to_gpu(const LinearWeight& w) {
   return {w.weight.to(kGpu), w.scale_inv.defined() ? w.scale_inv.to(kGpu) : Tensor()};
 }
 
+// Environment settings "NAME=VALUE[,NAME=VALUE]" for a scope (the kernels' switches).
+class ScopedEnv {
+ public:
+  explicit ScopedEnv(const std::string& settings) {
+    size_t at = 0;
+    while (at < settings.size()) {
+      size_t comma = settings.find(',', at);
+      if (comma == std::string::npos) comma = settings.size();
+      const std::string kv = settings.substr(at, comma - at);
+      const size_t eq = kv.find('=');
+      names_.push_back(kv.substr(0, eq));
+      setenv(names_.back().c_str(), kv.substr(eq + 1).c_str(), 1);
+      at = comma + 1;
+    }
+  }
+  ~ScopedEnv() {
+    for (const std::string& n : names_) unsetenv(n.c_str());
+  }
+
+ private:
+  std::vector<std::string> names_;
+};
+
 // fp8_act: the GPU's FP8-activation expert kernel (ops::cuda::set_moe_fp8_mma) against the CPU
 // op in FP8-activation mode, its twin: the same quantized activations wherever the FP8 rule
 // admits a GEMM (K >= 512, K and N multiples of 128), the exact kernel elsewhere.
@@ -694,11 +717,28 @@ TEST_F(OpHarness, MoeExpertsGrouped) {
   check_moe_experts("fp8 T=128 E=32 k=8 H=7168 I=256", 128, 32, 8, 7168, 256, f8, 10);
 }
 
+// The tiled FP8 kernel (64 rows of an expert per CTA; prefill sizes), forced on: experts with
+// one row, with several tiles (the hot expert), and gate/up tiled beside an exact down (I < 512);
+// the last case takes it without the switch (1,024 rows over 8 experts).
+TEST_F(OpHarness, MoeExpertsGroupedFp8Tiled) {
+  const DType f8 = DType::kF8E4M3;
+  {
+    ScopedEnv env("TANDEM_MOE_FP8_TILED=1");
+    check_moe_experts("fp8act tiled T=1 E=64 k=6 H=2048 I=1408", 1, 64, 6, 2048, 1408, f8, 0, true);
+    check_moe_experts("fp8act tiled T=300 E=16 k=4 H=2048 I=1408 hot", 300, 16, 4, 2048, 1408, f8, 150, true);
+    check_moe_experts("fp8act tiled T=130 E=16 k=4 H=512 I=384 hot (down exact)", 130, 16, 4, 512, 384, f8, 70, true);
+  }
+  check_moe_experts("fp8act auto-tiled T=512 E=8 k=2 H=1024 I=512", 512, 8, 2, 1024, 512, f8, 0, true);
+}
+
 // Both GEMMs on FP8 tensor cores (H and I admitted), or only gate/up (I < 512: down exact).
 TEST_F(OpHarness, MoeExpertsGroupedFp8Activations) {
   const DType f8 = DType::kF8E4M3;
   check_moe_experts("fp8act T=1 E=64 k=6 H=2048 I=1408", 1, 64, 6, 2048, 1408, f8, 0, true);
-  check_moe_experts("fp8act T=200 E=8 k=2 H=1024 I=512 hot", 200, 8, 2, 1024, 512, f8, 100, true);
+  {
+    ScopedEnv env("TANDEM_MOE_FP8_TILED=0");  // the streaming kernel even at 50 rows per expert
+    check_moe_experts("fp8act T=200 E=8 k=2 H=1024 I=512 hot", 200, 8, 2, 1024, 512, f8, 100, true);
+  }
   check_moe_experts("fp8act T=37 E=64 k=6 H=512 I=384 hot (down exact)", 37, 64, 6, 512, 384, f8, 37, true);
   check_moe_experts("fp8act T=128 E=32 k=8 H=7168 I=256 (down exact)", 128, 32, 8, 7168, 256, f8, 10, true);
 }
@@ -842,27 +882,6 @@ std::vector<std::string> mla_decode_variants(int64_t heads) {
   return {"", "TANDEM_MLA_DECODE_PIPE=1", "TANDEM_MLA_DECODE_SEESAW=1", "TANDEM_MLA_DECODE_ONEWG=1",
           "TANDEM_MLA_DECODE_TMA=0", "TANDEM_MLA_DECODE_TMA=0,TANDEM_MLA_DECODE_WGMMA=0"};
 }
-class ScopedEnv {
- public:
-  explicit ScopedEnv(const std::string& settings) {
-    size_t at = 0;
-    while (at < settings.size()) {
-      size_t comma = settings.find(',', at);
-      if (comma == std::string::npos) comma = settings.size();
-      const std::string kv = settings.substr(at, comma - at);
-      const size_t eq = kv.find('=');
-      names_.push_back(kv.substr(0, eq));
-      setenv(names_.back().c_str(), kv.substr(eq + 1).c_str(), 1);
-      at = comma + 1;
-    }
-  }
-  ~ScopedEnv() {
-    for (const std::string& n : names_) unsetenv(n.c_str());
-  }
-
- private:
-  std::vector<std::string> names_;
-};
 
 // The same cases with the wgmma + TMA kernel switched on (sm90_mla_prefill.cu, opt-in): the
 // bf16 cases at DeepSeek's dims take it, the others the kernels above.
@@ -1135,7 +1154,9 @@ TEST_F(OpHarness, PerfMoeV3) {
       ex.down.push_back(make(hidden, inter));
     }
     ops::prepare_experts(ex);
-    for (int64_t tokens : {1, 8, 32, 64, 128, 256}) {
+    // 1..256: decode batches; 2048 and 4096: prefill chunks (64 and 128 rows per expert on
+    // average), where the tiled FP8 kernel takes over in the f8-activation configuration.
+    for (int64_t tokens : {1, 8, 32, 64, 128, 256, 2048, 4096}) {
       Tensor ids = Tensor::empty({tokens, top_k}, DType::kI32);
       std::vector<bool> used(experts, false);
       for (int64_t t = 0; t < tokens; ++t) {
@@ -1156,6 +1177,8 @@ TEST_F(OpHarness, PerfMoeV3) {
       const std::string label = std::string(dtype_name(wdt)) + (fp8_act ? " x f8 act" : "") +
                                 " T=" + std::to_string(tokens) + " active=" + std::to_string(active);
       report_perf("moe_experts", label.c_str(), us, bytes);
+      const double flops = 2.0 * double(tokens * top_k) * 3.0 * double(inter * hidden);
+      std::printf("OPPERF moe_experts_flops %s %.1f us %.1f TFLOP/s\n", label.c_str(), us, flops / us / 1e6);
     }
   }
 }
