@@ -175,14 +175,21 @@ Tensor DeepseekV3Model::attention(int64_t layer, const Tensor& x, const ForwardB
                                cached.slice(1, lora, lora + rope_dim), batch.cu_q, batch.cu_kv,
                                softmax_scale_, attn);
   } else {
-    // Absorbed: attend in latent space, then map the result to v per head.
+    // Absorbed: attend in latent space, then map the result to v per head. With bf16
+    // activations the inputs of the two per-head matmuls are bf16 (as the reference's einsums
+    // in bf16), which lets the GPU run them on tensor cores; f32 activations keep f32.
     attn = empty_f32({tokens, heads, v_dim}, dev);
     Tensor q_latent = empty_f32({tokens, heads, lora}, dev);
-    ops::head_matmul(q.slice(2, 0, nope), w.w_uk_t, q_latent);
+    const Tensor q_nope =
+        act == DType::kF32
+            ? q.slice(2, 0, nope)
+            : as_dtype(q.view({tokens * heads, c.qk_head_dim()}).slice(1, 0, nope), act).view({tokens, heads, nope});
+    ops::head_matmul(q_nope, w.w_uk_t, q_latent);
     Tensor out_latent = empty_f32({tokens, heads, lora}, dev);
     ops::mla_decode_attention(q_latent, q_pe, cache.layers[layer], batch.page_table,
                               batch.seq_lens, batch.page_size, softmax_scale_, out_latent);
-    ops::head_matmul(out_latent, w.w_uv, attn);
+    ops::head_matmul(as_dtype(out_latent.view({tokens * heads, lora}), act).view({tokens, heads, lora}),
+                     w.w_uv, attn);
   }
   Tensor out = Tensor::empty({tokens, c.hidden_size}, act, dev);
   ops::linear(as_dtype(attn.view({tokens, heads * v_dim}), act), w.o_proj, out);

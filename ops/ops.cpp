@@ -118,7 +118,7 @@ void linear(const Tensor& x, const LinearWeight& w, Tensor& out) {
 
 void head_matmul(const Tensor& x, const HeadWeight& w, Tensor& out) {
   const Tensor& wt = w.weight;
-  expect(x, "head_matmul", "x", 3, {DType::kF32});
+  expect(x, "head_matmul", "x", 3, {DType::kF32, DType::kBF16});
   expect(wt, "head_matmul", "w", 3, {DType::kF32, DType::kBF16, DType::kF8E4M3});
   expect(out, "head_matmul", "out", 3, {DType::kF32});
   TANDEM_CHECK(wt.is_contiguous(), "head_matmul: w must be contiguous");

@@ -68,9 +68,9 @@ void add_rms_norm(Tensor& residual, const Tensor& x, const Tensor& weight, doubl
 void linear(const Tensor& x, const LinearWeight& w, Tensor& out);
 
 // Per-head matmul: out[t, h, n] = sum_k x[t, h, k] * w[h, n, k].
-// x: f32 [T, H, K] (last dim contiguous); w: see HeadWeight; out: f32 [T, H, N].
-// Accumulation is f32; bf16 weights are widened exactly, fp8 ones times their block scale
-// (one f32 product, as linear). MLA's absorbed decode uses it for W_UK (q -> latent) and W_UV
+// x: f32 | bf16 [T, H, K] (last dim contiguous); w: see HeadWeight; out: f32 [T, H, N].
+// Accumulation is f32; bf16 x and weights are widened exactly, fp8 weights times their block
+// scale (one f32 product, as linear). MLA's absorbed decode uses it for W_UK (q -> latent) and W_UV
 // (latent -> v).
 void head_matmul(const Tensor& x, const HeadWeight& w, Tensor& out);
 

@@ -76,6 +76,16 @@ void head_matmul(const Tensor& x, const HeadWeight& hw, Tensor& out) {
   const Tensor& w = hw.weight;
   const int64_t tokens = x.size(0), heads = x.size(1), n_out = w.size(1), k = w.size(2);
   const int64_t b = LinearWeight::kBlock;
+  // bf16 x: each (token, head) row widened once (exact), then the f32 path's dot products.
+  Tensor xf;
+  if (x.dtype() == DType::kBF16) {
+    xf = Tensor::empty({tokens, heads, k}, DType::kF32);
+    for (int64_t t = 0; t < tokens; ++t)
+      for (int64_t h = 0; h < heads; ++h)
+        load_row_f32(x.raw_data(), DType::kBF16, t * x.stride(0) + h * x.stride(1), k,
+                     xf.data<float>() + (t * heads + h) * k);
+  }
+  const Tensor& xs = x.dtype() == DType::kBF16 ? xf : x;
   parallel_for(heads * n_out, 16, [&](int64_t begin, int64_t end) {
     std::vector<float> row(w.dtype() == DType::kF8E4M3 ? k : 0);
     for (int64_t hn = begin; hn < end; ++hn) {
@@ -87,7 +97,7 @@ void head_matmul(const Tensor& x, const HeadWeight& hw, Tensor& out) {
         for (int64_t j = 0; j < k; ++j) row[j] *= scale[j / b];
       }
       for (int64_t t = 0; t < tokens; ++t) {
-        const float* xr = x.data<float>() + t * x.stride(0) + h * x.stride(1);
+        const float* xr = xs.data<float>() + t * xs.stride(0) + h * xs.stride(1);
         float& o = out.data<float>()[t * out.stride(0) + h * out.stride(1) + n];
         switch (w.dtype()) {
           case DType::kBF16: o = dot_f32_bf16(xr, w.data<bf16>() + offset, k); break;

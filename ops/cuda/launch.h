@@ -159,6 +159,10 @@ struct MoeGroupedGemmParams {
   const uint64_t* w0; const uint64_t* w1;  // [E] weight addresses (w1 nullptr unless gate_up)
   const uint64_t* s0; const uint64_t* s1;  // [E] scale addresses (fp8 only)
   const void* w_dense; const float* s_dense;  // without w0 / s0
+  // Batched dense (no w0 / offsets, bf16 rows: head_matmul): group e reads rows [0, rows) at
+  // a + e * a_group_stride, weights and scales e * w_group_stride / s_group_stride further, and
+  // writes out + e * out_group_stride (elements).
+  int64_t a_group_stride, w_group_stride, s_group_stride, out_group_stride;
   DType w_dtype;
   int64_t n, k, experts;
   void* out; int64_t out_stride;       // bf16 (gate_up), else out_dtype

@@ -188,10 +188,62 @@ void linear(const Tensor& x, const LinearWeight& w, Tensor& out) {
   if (out.dtype() != DType::kF32) cast_rows_into(of, out, ctx);
 }
 
+// head_matmul with bf16 x on tensor cores: the grouped experts' streaming kernel (bf16 rows,
+// mma.sync; fp8 weights widened exactly, per-block scale promotion) with one group per head.
+void head_matmul_bf16(const Tensor& x, const HeadWeight& hw, Tensor& out, const OpContext& ctx) {
+  const Tensor& w = hw.weight;
+  MoeGroupedGemmParams g{};
+  g.a = x.raw_data();
+  g.a_stride = x.stride(0);
+  g.a_group_stride = x.stride(1);
+  g.rows = int32_t(x.size(0));
+  g.w_dense = w.raw_data();
+  g.w_group_stride = w.stride(0);
+  if (hw.is_fp8()) {
+    g.s_dense = cptr<float>(hw.scale_inv);
+    g.s_group_stride = hw.scale_inv.stride(0);
+  }
+  g.w_dtype = w.dtype();
+  g.n = w.size(1);
+  g.k = w.size(2);
+  g.experts = x.size(1);
+  g.out = out.raw_data();
+  g.out_stride = out.stride(0);
+  g.out_group_stride = out.stride(1);
+  g.out_dtype = DType::kF32;
+  g.splits = 1;
+  launch_moe_grouped_gemm(g, ctx.stream);
+  TANDEM_CUDA_LAUNCH_CHECK("head_matmul (tensor cores)");
+}
+
+bool aligned_elems(int64_t v, int64_t n) { return v % n == 0; }
+
 void head_matmul(const Tensor& x, const HeadWeight& hw, Tensor& out) {
   TANDEM_CHECK(out.stride(2) == 1, "head_matmul: out must be contiguous in its last dimension");
   OpContext ctx(out);
   const Tensor& w = hw.weight;
+  if (x.dtype() == DType::kBF16) {
+    // The kernel reads rows with 16-byte loads 64 values at a time and writes column pairs.
+    const bool tc = w.dtype() != DType::kF32 && w.size(2) % 64 == 0 && w.size(1) % 2 == 0 &&
+                    aligned_elems(x.stride(0), 8) && aligned_elems(x.stride(1), 8) &&
+                    aligned16(x.raw_data()) && x.size(0) < (int64_t(1) << 31) &&
+                    out.stride(0) % 2 == 0 && out.stride(1) % 2 == 0 &&
+                    reinterpret_cast<uintptr_t>(out.raw_data()) % 8 == 0 && x.size(1) <= 65535;
+    if (tc) {
+      head_matmul_bf16(x, hw, out, ctx);
+      return;
+    }
+    // Otherwise widened to f32 (exact) for the f32 kernels: [T * H, K] rows when the views allow.
+    TANDEM_CHECK(x.stride(0) == x.size(1) * x.stride(1),
+                 "head_matmul: bf16 x {} needs rows of heads one stride apart", x.describe());
+    Tensor xf = Tensor::empty(x.shape(), DType::kF32, x.device());
+    CastRowsParams c{x.raw_data(), DType::kBF16, x.stride(1), xf.raw_data(), DType::kF32, x.size(2),
+                     x.size(0) * x.size(1), x.size(2)};
+    launch_cast_rows(c, ctx.stream);
+    TANDEM_CUDA_LAUNCH_CHECK("head_matmul (widen)");
+    head_matmul(xf, hw, out);
+    return;
+  }
   GemmParams p{};
   p.x = cptr<float>(x);
   p.x_stride = x.stride(0);

@@ -130,27 +130,28 @@ __device__ __forceinline__ float round_bf16(float x) { return __bfloat162float(_
 // Output row r, columns col and col + 1, from the sums of gate (g) and, for gate_up, up (u):
 // gate_up: gate and up are rounded to bf16 as the CPU op's bf16 linears round them, then
 // silu(gate) * up is rounded to bf16 once; else the sums in out_dtype (f32 or bf16).
+// `group` offsets the output by group * out_group_stride (batched dense weights; 0 otherwise).
 template <bool kGateUp>
-__device__ __forceinline__ void store_pair(const MoeGroupedGemmParams& p, int32_t r, int64_t col,
-                                           float g0, float g1, float u0, float u1) {
+__device__ __forceinline__ void store_pair(const MoeGroupedGemmParams& p, int64_t group, int32_t r,
+                                           int64_t col, float g0, float g1, float u0, float u1) {
+  const int64_t at = group * p.out_group_stride + int64_t(r) * p.out_stride + col;
   if constexpr (kGateUp) {
     const float y0 = silu(round_bf16(g0)) * round_bf16(u0);
     const float y1 = silu(round_bf16(g1)) * round_bf16(u1);
-    *reinterpret_cast<__nv_bfloat162*>(static_cast<__nv_bfloat16*>(p.out) + int64_t(r) * p.out_stride + col) =
-        __floats2bfloat162_rn(y0, y1);
+    *reinterpret_cast<__nv_bfloat162*>(static_cast<__nv_bfloat16*>(p.out) + at) = __floats2bfloat162_rn(y0, y1);
   } else if (p.out_dtype == DType::kBF16) {
-    *reinterpret_cast<__nv_bfloat162*>(static_cast<__nv_bfloat16*>(p.out) + int64_t(r) * p.out_stride + col) =
-        __floats2bfloat162_rn(g0, g1);
+    *reinterpret_cast<__nv_bfloat162*>(static_cast<__nv_bfloat16*>(p.out) + at) = __floats2bfloat162_rn(g0, g1);
   } else {
-    *reinterpret_cast<float2*>(static_cast<float*>(p.out) + int64_t(r) * p.out_stride + col) = make_float2(g0, g1);
+    *reinterpret_cast<float2*>(static_cast<float*>(p.out) + at) = make_float2(g0, g1);
   }
 }
 
 // The rows r0 and r1 (< end) of a warp's 16 x 32 tile, m16n8 layout: acc[w][i][0..1] are row
 // r0, columns n0 + 8 i + 2 t4 (+ 1), acc[w][i][2..3] row r1 (w: gate, up).
 template <bool kGateUp, int kW>
-__device__ __forceinline__ void store_tile(const MoeGroupedGemmParams& p, const float (&acc)[kW][4][4],
-                                           int64_t n0, int t4, int32_t r0, int32_t r1, int32_t end) {
+__device__ __forceinline__ void store_tile(const MoeGroupedGemmParams& p, int64_t group,
+                                           const float (&acc)[kW][4][4], int64_t n0, int t4,
+                                           int32_t r0, int32_t r1, int32_t end) {
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
     const int64_t col = n0 + 8 * i + 2 * t4;
@@ -159,7 +160,7 @@ __device__ __forceinline__ void store_tile(const MoeGroupedGemmParams& p, const 
     for (int half = 0; half < 2; ++half) {
       const int32_t r = half ? r1 : r0;
       if (r >= end) continue;
-      store_pair<kGateUp>(p, r, col, acc[0][i][2 * half], acc[0][i][2 * half + 1],
+      store_pair<kGateUp>(p, group, r, col, acc[0][i][2 * half], acc[0][i][2 * half + 1],
                           acc[kW - 1][i][2 * half], acc[kW - 1][i][2 * half + 1]);
     }
   }
@@ -172,7 +173,7 @@ __global__ void __launch_bounds__(kGemmThreads) moe_grouped_gemm_kernel(MoeGroup
   constexpr int kW = kGateUp ? 2 : 1;       // weight matrices: gate and up, or one
   constexpr int kLoads = kFp8 ? 1 : 2;      // 16-byte loads per lane per row per 64-k chunk
   const int64_t e = blockIdx.y;
-  const int32_t begin = p.offsets[e], end = p.offsets[e + 1];
+  const int32_t begin = p.offsets ? p.offsets[e] : 0, end = p.offsets ? p.offsets[e + 1] : p.rows;
   if (begin >= end) return;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t4 = lane & 3;
   const int64_t n0 = int64_t(blockIdx.x) * 128 + warp * 32;
@@ -183,17 +184,23 @@ __global__ void __launch_bounds__(kGemmThreads) moe_grouped_gemm_kernel(MoeGroup
   const int64_t kblocks = (p.k + 127) / 128;
 #pragma unroll
   for (int w = 0; w < kW; ++w) {
-    const char* base = reinterpret_cast<const char*>(w == 0 ? p.w0[e] : p.w1[e]);
+    // Experts: the address tables; batched dense weights (no tables): group e's slice.
+    const char* base = p.w0 ? reinterpret_cast<const char*>(w == 0 ? p.w0[e] : p.w1[e])
+                            : static_cast<const char*>(p.w_dense) + e * p.w_group_stride * (kFp8 ? 1 : 2);
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
       const int64_t col = n0 + 8 * i + g;
       wrow[w][i] = col < p.n ? base + col * p.k * (kFp8 ? 1 : 2) : nullptr;
     }
-    scale[w] = kFp8 ? reinterpret_cast<const float*>(w == 0 ? p.s0[e] : p.s1[e]) +
-                          (n0 / 128) * kblocks
-                    : nullptr;
+    if constexpr (kFp8) {
+      scale[w] = (p.s0 ? reinterpret_cast<const float*>(w == 0 ? p.s0[e] : p.s1[e])
+                       : p.s_dense + e * p.s_group_stride) +
+                 (n0 / 128) * kblocks;
+    } else {
+      scale[w] = nullptr;
+    }
   }
-  const __nv_bfloat16* a = static_cast<const __nv_bfloat16*>(p.a);
+  const __nv_bfloat16* a = static_cast<const __nv_bfloat16*>(p.a) + (p.w0 ? 0 : e * p.a_group_stride);
 
   for (int32_t m0 = begin; m0 < end; m0 += 16) {
     const int32_t r0 = m0 + g, r1 = m0 + g + 8;
@@ -271,7 +278,7 @@ __global__ void __launch_bounds__(kGemmThreads) moe_grouped_gemm_kernel(MoeGroup
       }
     }
 
-    store_tile<kGateUp, kW>(p, acc, n0, t4, r0, r1, end);
+    store_tile<kGateUp, kW>(p, p.w0 ? 0 : e, acc, n0, t4, r0, r1, end);
   }
 }
 
@@ -376,7 +383,7 @@ __global__ void __launch_bounds__(kGemmThreads) moe_grouped_fp8_mma_kernel(MoeGr
       }
     }
     if (p.splits == 1) {
-      store_tile<kGateUp, kW>(p, acc, n0, t4, r0, r1, end);
+      store_tile<kGateUp, kW>(p, 0, acc, n0, t4, r0, r1, end);
       continue;
     }
     // partial[split][row][w * n + col]: this split's raw sums.
@@ -419,7 +426,7 @@ __global__ void __launch_bounds__(256) moe_split_reduce_kernel(MoeGroupedGemmPar
       sum[w][1] += v.y;
     }
   }
-  store_pair<kGateUp>(p, r, col, sum[0][0], sum[0][1], sum[kW - 1][0], sum[kW - 1][1]);
+  store_pair<kGateUp>(p, 0, r, col, sum[0][0], sum[0][1], sum[kW - 1][0], sum[kW - 1][1]);
 }
 
 // ---- Tiled FP8 kernel for many rows per expert (prefill) ----
@@ -598,7 +605,7 @@ __global__ void __launch_bounds__(kTiledThreads, 1) moe_grouped_fp8_tiled_kernel
       for (int h = 0; h < 2; ++h) {
         const int32_t r = begin + 32 * wm + 16 * mt + g + 8 * h;
         if (r >= end) continue;
-        store_pair<kGateUp>(p, r, col, acc[0][mt][nt][2 * h], acc[0][mt][nt][2 * h + 1],
+        store_pair<kGateUp>(p, 0, r, col, acc[0][mt][nt][2 * h], acc[0][mt][nt][2 * h + 1],
                             acc[kW - 1][mt][nt][2 * h], acc[kW - 1][mt][nt][2 * h + 1]);
       }
     }

@@ -203,8 +203,8 @@ TEST(AbsorbedWeights, SplitKeepsTheCheckpointValues) {
   }
 }
 
-// ops::head_matmul on the CPU: bf16 and fp8 weights give bitwise the result of their f32
-// values (exact widening, one product per fp8 weight); a bad scale tensor is refused.
+// ops::head_matmul on the CPU: bf16 and fp8 weights, and bf16 x, give bitwise the result of
+// their f32 values (exact widening, one product per fp8 weight); a bad scale tensor is refused.
 TEST(AbsorbedWeights, HeadMatmulDtypesAgreeBitwise) {
   const int64_t t = 3, heads = 2, n = 256, k = 384;
   Tensor x = Tensor::empty({t, heads, k + 64}, DType::kF32);
@@ -231,9 +231,15 @@ TEST(AbsorbedWeights, HeadMatmulDtypesAgreeBitwise) {
   const Tensor a = run(f8), b = run(f32);
   HeadWeight b32{cast(b16.weight, DType::kF32), {}};
   const Tensor c = run(b16), d = run(b32);
+  // bf16 x (the model's bf16 activations): widened exactly, so equal to its f32 copy.
+  const Tensor xb = cast(xs, DType::kBF16);
+  Tensor e = Tensor::empty({t, heads, n}, DType::kF32), f = Tensor::empty({t, heads, n}, DType::kF32);
+  ops::head_matmul(xb, f8, e);
+  ops::head_matmul(cast(xb, DType::kF32), f8, f);
   for (int64_t i = 0; i < a.numel(); ++i) {
     ASSERT_EQ(a.data<float>()[i], b.data<float>()[i]) << "fp8 vs f32 at " << i;
     ASSERT_EQ(c.data<float>()[i], d.data<float>()[i]) << "bf16 vs f32 at " << i;
+    ASSERT_EQ(e.data<float>()[i], f.data<float>()[i]) << "bf16 x vs f32 x at " << i;
   }
   EXPECT_NE(a.data<float>()[0], 0.0f);
   Tensor out = Tensor::empty({t, heads, n}, DType::kF32);

@@ -441,13 +441,16 @@ TEST_F(OpHarness, LinearFp8Decode) {
 }
 
 // W_UK^T-shaped (N=512, K=128) and W_UV-shaped (N=128, K=512) per-head weights in each dtype
-// the loader keeps; T = 5 takes the skinny (vector-load) kernels, T = 40 the tiled one.
+// the loader keeps. f32 x: T = 5 takes the skinny (vector-load) kernels, T = 40 the tiled one;
+// bf16 x (the model's bf16 activations): the tensor-core kernel (with f32 weights, widened x
+// on the f32 kernels). Same inputs on both sides, so only the order of the f32 sums differs.
 TEST_F(OpHarness, HeadMatmul) {
   const int64_t heads = 16, b = LinearWeight::kBlock;
+  for (DType xdt : {DType::kF32, DType::kBF16})
   for (DType wdt : {DType::kF32, DType::kBF16, DType::kF8E4M3})
   for (auto [n, k] : {std::pair<int64_t, int64_t>{512, 128}, {128, 512}})
   for (int64_t t : {5, 40}) {
-    const Tensor xwide = randn({t, heads, k + 64});
+    const Tensor xwide = randn({t, heads, k + 64}, 1.0f, xdt);
     HeadWeight w;
     if (wdt == DType::kF8E4M3) {
       w.weight = cast(randn({heads, n, k}, 100.0f), DType::kF8E4M3);
@@ -462,8 +465,9 @@ TEST_F(OpHarness, HeadMatmul) {
     const HeadWeight wg{w.weight.to(kGpu), w.scale_inv.defined() ? w.scale_inv.to(kGpu) : Tensor()};
     Guarded out({t, heads, n}, DType::kF32, 0);
     ops::head_matmul(xwide.to(kGpu).slice(2, 0, k), wg, out.view);
-    expect_close("head_matmul", std::string(dtype_name(wdt)) + " T=" + std::to_string(t) + " H=16 N=" +
-                 std::to_string(n) + " K=" + std::to_string(k), out.result("head_matmul"), ref, 2e-6);
+    expect_close("head_matmul", "x " + std::string(dtype_name(xdt)) + " w " + std::string(dtype_name(wdt)) +
+                 " T=" + std::to_string(t) + " H=16 N=" + std::to_string(n) + " K=" + std::to_string(k),
+                 out.result("head_matmul"), ref, xdt == DType::kBF16 ? 1e-5 : 2e-6);
   }
 }
 
