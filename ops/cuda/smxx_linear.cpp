@@ -224,7 +224,10 @@ void head_matmul(const Tensor& x, const HeadWeight& hw, Tensor& out) {
   const Tensor& w = hw.weight;
   if (x.dtype() == DType::kBF16) {
     // The kernel reads rows with 16-byte loads 64 values at a time and writes column pairs.
-    const bool tc = w.dtype() != DType::kF32 && w.size(2) % 64 == 0 && w.size(1) % 2 == 0 &&
+    // TANDEM_HEAD_MATMUL_TC=0 keeps the widened f32 path (a way around the kernel, comparisons).
+    const char* env = std::getenv("TANDEM_HEAD_MATMUL_TC");
+    const bool tc = !(env && env[0] == '0') && w.dtype() != DType::kF32 && w.size(2) % 64 == 0 &&
+                    w.size(1) % 2 == 0 &&
                     aligned_elems(x.stride(0), 8) && aligned_elems(x.stride(1), 8) &&
                     aligned16(x.raw_data()) && x.size(0) < (int64_t(1) << 31) &&
                     out.stride(0) % 2 == 0 && out.stride(1) % 2 == 0 &&
