@@ -440,6 +440,29 @@ TEST_F(OpHarness, LinearFp8Decode) {
   check_linear_fp8("decode x bf16 out bf16 M=17 N=256 K=512 (cuBLASLt)", 17, 256, 512, b, b, false);
 }
 
+// Environment settings "NAME=VALUE[,NAME=VALUE]" for a scope (the kernels' switches).
+class ScopedEnv {
+ public:
+  explicit ScopedEnv(const std::string& settings) {
+    size_t at = 0;
+    while (at < settings.size()) {
+      size_t comma = settings.find(',', at);
+      if (comma == std::string::npos) comma = settings.size();
+      const std::string kv = settings.substr(at, comma - at);
+      const size_t eq = kv.find('=');
+      names_.push_back(kv.substr(0, eq));
+      setenv(names_.back().c_str(), kv.substr(eq + 1).c_str(), 1);
+      at = comma + 1;
+    }
+  }
+  ~ScopedEnv() {
+    for (const std::string& n : names_) unsetenv(n.c_str());
+  }
+
+ private:
+  std::vector<std::string> names_;
+};
+
 // W_UK^T-shaped (N=512, K=128) and W_UV-shaped (N=128, K=512) per-head weights in each dtype
 // the loader keeps. f32 x: T = 5 takes the skinny (vector-load) kernels, T = 40 the tiled one;
 // bf16 x (the model's bf16 activations): the tensor-core kernel (with f32 weights, widened x
@@ -463,11 +486,16 @@ TEST_F(OpHarness, HeadMatmul) {
     Tensor ref = Tensor::empty({t, heads, n}, DType::kF32);
     ops::head_matmul(xwide.slice(2, 0, k), w, ref);  // strided rows, as q_nope in the model
     const HeadWeight wg{w.weight.to(kGpu), w.scale_inv.defined() ? w.scale_inv.to(kGpu) : Tensor()};
-    Guarded out({t, heads, n}, DType::kF32, 0);
-    ops::head_matmul(xwide.to(kGpu).slice(2, 0, k), wg, out.view);
-    expect_close("head_matmul", "x " + std::string(dtype_name(xdt)) + " w " + std::string(dtype_name(wdt)) +
-                 " T=" + std::to_string(t) + " H=16 N=" + std::to_string(n) + " K=" + std::to_string(k),
-                 out.result("head_matmul"), ref, xdt == DType::kBF16 ? 1e-5 : 2e-6);
+    // bf16 x also on the widened f32 path (TANDEM_HEAD_MATMUL_TC=0).
+    for (const char* tc : {"1", "0"}) {
+      if (xdt == DType::kF32 && tc[0] == '0') continue;
+      ScopedEnv env(std::string("TANDEM_HEAD_MATMUL_TC=") + tc);
+      Guarded out({t, heads, n}, DType::kF32, 0);
+      ops::head_matmul(xwide.to(kGpu).slice(2, 0, k), wg, out.view);
+      expect_close("head_matmul", "x " + std::string(dtype_name(xdt)) + " w " + std::string(dtype_name(wdt)) +
+                   " tc=" + tc + " T=" + std::to_string(t) + " H=16 N=" + std::to_string(n) + " K=" + std::to_string(k),
+                   out.result("head_matmul"), ref, xdt == DType::kBF16 && tc[0] == '1' ? 1e-5 : 2e-6);
+    }
   }
 }
 
@@ -642,28 +670,6 @@ LinearWeight to_gpu(const LinearWeight& w) {
   return {w.weight.to(kGpu), w.scale_inv.defined() ? w.scale_inv.to(kGpu) : Tensor()};
 }
 
-// Environment settings "NAME=VALUE[,NAME=VALUE]" for a scope (the kernels' switches).
-class ScopedEnv {
- public:
-  explicit ScopedEnv(const std::string& settings) {
-    size_t at = 0;
-    while (at < settings.size()) {
-      size_t comma = settings.find(',', at);
-      if (comma == std::string::npos) comma = settings.size();
-      const std::string kv = settings.substr(at, comma - at);
-      const size_t eq = kv.find('=');
-      names_.push_back(kv.substr(0, eq));
-      setenv(names_.back().c_str(), kv.substr(eq + 1).c_str(), 1);
-      at = comma + 1;
-    }
-  }
-  ~ScopedEnv() {
-    for (const std::string& n : names_) unsetenv(n.c_str());
-  }
-
- private:
-  std::vector<std::string> names_;
-};
 
 // fp8_act: the GPU's FP8-activation expert kernel (ops::cuda::set_moe_fp8_mma) against the CPU
 // op in FP8-activation mode, its twin: the same quantized activations wherever the FP8 rule
