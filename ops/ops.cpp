@@ -409,4 +409,26 @@ void sample_tokens(const Tensor& logits, const SamplingRows& rows, Tensor& token
   TANDEM_DISPATCH(sample_tokens, d, logits, rows, tokens, logprobs);
 }
 
+void apply_penalties(Tensor& logits, const PenaltyRows& rows) {
+  const char* op = "apply_penalties";
+  expect(logits, op, "logits", 2, {DType::kF32});
+  TANDEM_CHECK(logits.stride(1) == 1, "{}: logits rows must be contiguous, got {}", op, logits.describe());
+  const int64_t n = logits.size(0);
+  expect(rows.offsets, op, "offsets", 1, {DType::kI32});
+  expect(rows.tokens, op, "tokens", 1, {DType::kI32});
+  expect(rows.counts, op, "counts", 1, {DType::kI32});
+  expect(rows.repetition, op, "repetition", 1, {DType::kF32});
+  expect(rows.frequency, op, "frequency", 1, {DType::kF32});
+  expect(rows.presence, op, "presence", 1, {DType::kF32});
+  expect_shape(rows.offsets, op, "offsets", {n + 1});
+  expect_shape(rows.counts, op, "counts", rows.tokens.shape());
+  for (const auto& [t, name] : {std::pair{&rows.repetition, "repetition"}, std::pair{&rows.frequency, "frequency"},
+                                std::pair{&rows.presence, "presence"}})
+    expect_shape(*t, op, name, {n});
+  const Device d = same_device(op, {&logits, &rows.offsets, &rows.tokens, &rows.counts,
+                                    &rows.repetition, &rows.frequency, &rows.presence});
+  if (n == 0) return;
+  TANDEM_DISPATCH(apply_penalties, d, logits, rows);
+}
+
 }  // namespace tandem::ops

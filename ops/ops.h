@@ -181,5 +181,25 @@ struct SamplingRows {
 void sample_tokens(const Tensor& logits, const SamplingRows& rows, Tensor& tokens,
                    Tensor& logprobs);
 
+// Per-row token penalties of the OpenAI/vLLM kind, on the logits' device. Row r's entries
+// e in [offsets[r], offsets[r + 1]) name distinct tokens t = tokens[e] seen by the request,
+// c = counts[e] of them in its output (0: prompt only).
+struct PenaltyRows {
+  Tensor offsets;     // i32 [R + 1], offsets[0] = 0, non-decreasing
+  Tensor tokens;      // i32 [E], in [0, V)
+  Tensor counts;      // i32 [E], >= 0
+  Tensor repetition;  // f32 [R], > 0; 1: off
+  Tensor frequency;   // f32 [R]
+  Tensor presence;    // f32 [R]
+};
+
+// Applies the penalties in place to logits f32 [R, V] (rows contiguous), entry by entry:
+//   repetition != 1: x = x > 0 ? x / repetition : x * repetition;
+//   c > 0: x -= fma(frequency, c, presence)   (one rounding, on both backends).
+// runtime::Sampler applies the same to its host rows (ops::cpu::penalize_row), so a penalized
+// request samples the same tokens on either side. The CPU op checks token ids and counts; the
+// CUDA op skips and reports a token outside [0, V) at the next synchronization.
+void apply_penalties(Tensor& logits, const PenaltyRows& rows);
+
 }  // namespace ops
 }  // namespace tandem

@@ -320,7 +320,18 @@ bool Engine::step() {
     for (size_t i = 0; i < d.seqs.size(); ++i) {
       const Sampler& sm = *seqs_.at(d.seqs[i].id)->sampler;
       if (!d.seqs[i].sample || !sm.device_ok()) continue;
-      sampling[i] = {true, sm.row_params(), sm.seed(), sm.draws()};
+      RowSampling& rs = sampling[i];
+      rs.device = true;
+      rs.params = sm.row_params();
+      rs.seed = sm.seed();
+      rs.draw = sm.draws();
+      if (sm.has_penalties()) {
+        rs.penalized = true;
+        rs.repetition = sm.repetition_penalty();
+        rs.frequency = sm.frequency_penalty();
+        rs.presence = sm.presence_penalty();
+        sm.penalty_entries(rs.penalty_tokens, rs.penalty_counts);
+      }
     }
     process(d, runner_->step(d, scheduler_, sampling));
   } catch (const std::exception& e) {

@@ -259,6 +259,7 @@ void DeepseekRunner::sample_on_device(const Tensor& logits, const std::vector<si
     draw[r] = int64_t(s.draw);
   }
   const Device d = logits.device();
+  apply_penalties_on_device(logits, idx, dev_rows, sampling);
   if (!sample_buffer_.defined() || sample_buffer_.numel() < bytes) {
     sample_buffer_ = Tensor::empty({std::max<int64_t>(bytes, 40 * 256)}, DType::kU8, d);
   }
@@ -288,6 +289,68 @@ void DeepseekRunner::sample_on_device(const Tensor& logits, const std::vector<si
     out.logprob[i] = lp[r];
   }
   device_sampled_ += int64_t(dev_rows.size());
+}
+
+// The penalties of the penalized device rows, in place on their logits (ops::apply_penalties):
+// one host buffer of [R + 1] offsets, the entries' tokens and counts, and [R] each of the
+// factors goes up in one copy. Rows without penalties get no entries and neutral factors.
+void DeepseekRunner::apply_penalties_on_device(const Tensor& logits, const std::vector<size_t>& idx,
+                                               const std::vector<int32_t>& dev_rows,
+                                               std::span<const RowSampling> sampling) {
+  const auto n = int64_t(idx.size());
+  std::vector<int32_t> count_of(size_t(n), 0);
+  int64_t entries = 0;
+  for (const int32_t r : dev_rows) {
+    const RowSampling& s = sampling[idx[size_t(r)]];
+    if (!s.penalized) continue;
+    count_of[size_t(r)] = int32_t(s.penalty_tokens.size());
+    entries += int64_t(s.penalty_tokens.size());
+  }
+  bool any = false;
+  for (const int32_t r : dev_rows) any = any || sampling[idx[size_t(r)]].penalized;
+  if (!any) return;
+  // Layout (4-byte words): offsets [n + 1], repetition, frequency, presence [n] each, then
+  // tokens and counts [entries] each.
+  const int64_t words = (n + 1) + 3 * n + 2 * entries;
+  std::vector<int32_t> host(size_t(words), 0);
+  int32_t* off = host.data();
+  float* rep = reinterpret_cast<float*>(off + n + 1);
+  float* freq = rep + n;
+  float* pres = freq + n;
+  int32_t* tok = reinterpret_cast<int32_t*>(pres + n);
+  int32_t* cnt = tok + entries;
+  for (int64_t r = 0; r < n; ++r) {
+    off[r + 1] = off[r] + count_of[size_t(r)];
+    rep[r] = 1.0f;
+  }
+  for (const int32_t r : dev_rows) {
+    const RowSampling& s = sampling[idx[size_t(r)]];
+    if (!s.penalized) continue;
+    rep[r] = s.repetition;
+    freq[r] = s.frequency;
+    pres[r] = s.presence;
+    std::copy(s.penalty_tokens.begin(), s.penalty_tokens.end(), tok + off[r]);
+    std::copy(s.penalty_counts.begin(), s.penalty_counts.end(), cnt + off[r]);
+  }
+  const Device d = logits.device();
+  Tensor buf = Tensor::empty({words}, DType::kI32, d);
+  buf.copy_from(Tensor::from_blob(host.data(), {words}, DType::kI32, Device::cpu(), nullptr));
+  auto* base = static_cast<int32_t*>(buf.raw_data());
+  const auto view = [&](int64_t offset, int64_t len, DType dtype) {
+    return Tensor::from_blob(base + offset, {len}, dtype, d, nullptr);
+  };
+  ops::PenaltyRows rows;
+  rows.offsets = view(0, n + 1, DType::kI32);
+  rows.repetition = view(n + 1, n, DType::kF32);
+  rows.frequency = view(2 * n + 1, n, DType::kF32);
+  rows.presence = view(3 * n + 1, n, DType::kF32);
+  rows.tokens = view(4 * n + 1, entries, DType::kI32);
+  rows.counts = view(4 * n + 1 + entries, entries, DType::kI32);
+  Tensor rows_logits = logits;  // a handle: the op writes the rows in place
+  ops::apply_penalties(rows_logits, rows);
+  penalized_rows_ += int64_t(std::count_if(dev_rows.begin(), dev_rows.end(), [&](int32_t r) {
+    return sampling[idx[size_t(r)]].penalized;
+  }));
 }
 
 // Logits of a large batch are tens of MB (vocab 129k x 4 bytes per row): copied into pageable

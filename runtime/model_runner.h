@@ -34,14 +34,17 @@ struct KvMemory {
   size_t bytes_per_token = 0;  // per layer
 };
 
-// How one scheduled sequence's next token may be chosen on the device (ops::sample_tokens):
-// the engine sets `device` for requests whose Sampler allows it (Sampler::device_ok: no
-// penalties, no top_logprobs), with the request's parameters, seed and draw counter.
+// How one scheduled sequence's next token may be chosen on the device (ops::apply_penalties,
+// then ops::sample_tokens): the engine sets `device` for requests whose Sampler allows it
+// (Sampler::device_ok), with the request's parameters, seed, draw counter and penalties.
 struct RowSampling {
   bool device = false;
   ops::cpu::RowSampling params;
   uint64_t seed = 0;
   uint64_t draw = 0;
+  bool penalized = false;  // then the penalty entries and factors below
+  float repetition = 1.0f, frequency = 0.0f, presence = 0.0f;
+  std::vector<int32_t> penalty_tokens, penalty_counts;
 };
 
 // A step's results. For each decision.seqs[i] that samples, either the runner sampled it on
@@ -103,6 +106,7 @@ class DeepseekRunner : public ModelRunner {
   const KvCache& kv_cache() const { return cache_; }
   const DecodeGraphs* graphs() const { return graphs_.get(); }  // null without CUDA graphs
   int64_t device_sampled_rows() const { return device_sampled_; }  // since construction
+  int64_t device_penalized_rows() const { return penalized_rows_; }  // of those, with penalties
 
  private:
   DeepseekV3Model& model_;
@@ -115,6 +119,7 @@ class DeepseekRunner : public ModelRunner {
   std::shared_ptr<void> pinned_;          // page-locked logits buffer on CUDA
   size_t pinned_bytes_ = 0;
   int64_t device_sampled_ = 0;
+  int64_t penalized_rows_ = 0;
   Tensor sample_buffer_;                   // device: sample_on_device's parameters and outputs
   std::vector<uint8_t> sample_staging_;   // its host side
   struct StepStats {
@@ -127,6 +132,8 @@ class DeepseekRunner : public ModelRunner {
   void forward_part(const std::vector<size_t>& idx, ForwardMode mode, double gap_s,
                     const Decision& decision, std::span<const RowSampling> sampling,
                     bool all_rows, bool keep, StepOutput& out, std::vector<Tensor>& parts);
+  void apply_penalties_on_device(const Tensor& logits, const std::vector<size_t>& idx,
+                                 const std::vector<int32_t>& dev_rows, std::span<const RowSampling> sampling);
   void sample_on_device(const Tensor& logits, const std::vector<size_t>& idx,
                         const std::vector<int32_t>& dev_rows,
                         std::span<const RowSampling> sampling, StepOutput& out);

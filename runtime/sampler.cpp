@@ -26,7 +26,26 @@ bool Sampler::has_penalties() const {
          params_.presence_penalty != 0.0f;
 }
 
-bool Sampler::device_ok() const { return !has_penalties() && params_.top_logprobs == 0; }
+bool Sampler::device_ok() const {
+  return params_.top_logprobs == 0 && !(has_penalties() && params_.logprobs);
+}
+
+void Sampler::penalty_entries(std::vector<int32_t>& tokens, std::vector<int32_t>& counts) const {
+  tokens.clear();
+  counts.clear();
+  if (params_.repetition_penalty != 1.0f) {
+    for (const int32_t t : seen_) {  // every output token is in seen_ too
+      const auto it = counts_.find(t);
+      tokens.push_back(t);
+      counts.push_back(it == counts_.end() ? 0 : it->second);
+    }
+    return;
+  }
+  for (const auto& [t, c] : counts_) {
+    tokens.push_back(t);
+    counts.push_back(c);
+  }
+}
 
 ops::cpu::RowSampling Sampler::row_params() const {
   ops::cpu::RowSampling p;
@@ -43,16 +62,11 @@ void Sampler::accept(int32_t token) {
   ++draws_;
 }
 
+// The device's rule (ops::cpu::penalize_row), so host and device penalize alike.
 void Sampler::apply_penalties(std::vector<float>& w) const {
-  if (params_.repetition_penalty != 1.0f) {
-    const float r = params_.repetition_penalty;
-    for (const int32_t t : seen_) w[size_t(t)] = w[size_t(t)] > 0 ? w[size_t(t)] / r : w[size_t(t)] * r;
-  }
-  if (params_.frequency_penalty != 0.0f || params_.presence_penalty != 0.0f) {
-    for (const auto& [t, c] : counts_) {
-      w[size_t(t)] -= params_.frequency_penalty * float(c) + params_.presence_penalty;
-    }
-  }
+  penalty_entries(pen_tokens_, pen_counts_);
+  ops::cpu::penalize_row(w.data(), pen_tokens_.data(), pen_counts_.data(), int64_t(pen_tokens_.size()),
+                         params_.repetition_penalty, params_.frequency_penalty, params_.presence_penalty);
 }
 
 SampleResult Sampler::sample(std::span<const float> logits) {

@@ -37,10 +37,18 @@ class Sampler {
   // Chooses the next token from `logits` [vocab] and remembers it for the penalties.
   SampleResult sample(std::span<const float> logits);
 
-  // Device sampling (ops::sample_tokens) gives this request's next token what sample() would
-  // when the request has no penalty and no top_logprobs: the op needs no history.
+  // Device sampling (ops::apply_penalties, then ops::sample_tokens) gives this request's next
+  // token what sample() would, unless it asks for top_logprobs, or for logprobs with a penalty
+  // (logprobs are of the raw logits, which the device penalizes in place).
   bool device_ok() const;
   ops::cpu::RowSampling row_params() const;
+  bool has_penalties() const;
+  // The penalty entries of the next token (ops::PenaltyRows' rules): the distinct tokens seen
+  // (prompt and output when repetition_penalty != 1, else the output) with their output counts.
+  void penalty_entries(std::vector<int32_t>& tokens, std::vector<int32_t>& counts) const;
+  float repetition_penalty() const { return params_.repetition_penalty; }
+  float frequency_penalty() const { return params_.frequency_penalty; }
+  float presence_penalty() const { return params_.presence_penalty; }
   uint64_t seed() const { return seed_; }
   uint64_t draws() const { return draws_; }  // tokens chosen so far: the next token's draw
   // Records a token chosen elsewhere (on the device, or by a PD prefill server) as sample()
@@ -49,7 +57,6 @@ class Sampler {
 
  private:
   void apply_penalties(std::vector<float>& w) const;
-  bool has_penalties() const;
 
   SamplingParams params_;
   uint64_t seed_ = 0;
@@ -58,6 +65,7 @@ class Sampler {
   std::unordered_map<int32_t, int32_t> counts_;    // output only, for frequency / presence
   std::vector<float> work_;
   std::vector<int32_t> order_;
+  mutable std::vector<int32_t> pen_tokens_, pen_counts_;
   ops::cpu::SampleScratch scratch_;
 };
 

@@ -113,4 +113,37 @@ void sample_tokens(const Tensor& logits, const SamplingRows& rows, Tensor& token
   });
 }
 
+void penalize_row(float* row, const int32_t* tokens, const int32_t* counts, int64_t n,
+                  float repetition, float frequency, float presence) {
+  for (int64_t e = 0; e < n; ++e) {
+    float& x = row[tokens[e]];
+    if (repetition != 1.0f) x = x > 0.0f ? x / repetition : x * repetition;
+    if (counts[e] > 0) x -= std::fma(frequency, float(counts[e]), presence);
+  }
+}
+
+void apply_penalties(Tensor& logits, const PenaltyRows& rows) {
+  const int64_t n = logits.size(0), vocab = logits.size(1);
+  const int32_t* off = rows.offsets.data<int32_t>();
+  const int32_t* tok = rows.tokens.data<int32_t>();
+  const int32_t* cnt = rows.counts.data<int32_t>();
+  TANDEM_CHECK(off[0] == 0 && off[n] == rows.tokens.size(0),
+               "apply_penalties: offsets must run from 0 to the {} entries", rows.tokens.size(0));
+  for (int64_t r = 0; r < n; ++r) {
+    TANDEM_CHECK(off[r] <= off[r + 1], "apply_penalties: offsets decrease at row {}", r);
+    TANDEM_CHECK(rows.repetition.data<float>()[r] > 0.0f, "apply_penalties: repetition[{}] = {} must be > 0",
+                 r, rows.repetition.data<float>()[r]);
+    for (int32_t e = off[r]; e < off[r + 1]; ++e) {
+      TANDEM_CHECK(tok[e] >= 0 && tok[e] < vocab, "apply_penalties: token {} at entry {} outside [0, {})",
+                   tok[e], e, vocab);
+      TANDEM_CHECK(cnt[e] >= 0, "apply_penalties: count {} at entry {} is negative", cnt[e], e);
+    }
+  }
+  for (int64_t r = 0; r < n; ++r) {
+    penalize_row(logits.data<float>() + r * logits.stride(0), tok + off[r], cnt + off[r],
+                 off[r + 1] - off[r], rows.repetition.data<float>()[r], rows.frequency.data<float>()[r],
+                 rows.presence.data<float>()[r]);
+  }
+}
+
 }  // namespace tandem::ops::cpu

@@ -34,4 +34,9 @@ float row_log_sum_exp(const float* logits, int64_t vocab);
 void sample_tokens(const Tensor& logits, const SamplingRows& rows, Tensor& tokens,
                    Tensor& logprobs);
 
+// ops::apply_penalties's rule on one row: n distinct tokens with their output counts.
+void penalize_row(float* row, const int32_t* tokens, const int32_t* counts, int64_t n,
+                  float repetition, float frequency, float presence);
+void apply_penalties(Tensor& logits, const PenaltyRows& rows);
+
 }  // namespace tandem::ops::cpu

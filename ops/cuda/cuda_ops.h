@@ -108,6 +108,7 @@ void mla_prefill_attention(const Tensor& q, const Tensor& kv, const Tensor& k_pe
 void mla_decode_attention(const Tensor& q_latent, const Tensor& q_pe, const Tensor& cache,
                           const Tensor& page_table, const Tensor& seq_lens, int64_t page_size,
                           float scale, Tensor& out_latent);
+void apply_penalties(Tensor& logits, const PenaltyRows& rows);
 void sample_tokens(const Tensor& logits, const SamplingRows& rows, Tensor& tokens,
                    Tensor& logprobs);
 

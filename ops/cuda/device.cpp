@@ -120,6 +120,7 @@ const char* kernel_error_name(int32_t code) {
     case kErrDecodeSlot: return "mla_decode_attention: page table names a slot outside the cache";
     case kErrPrefillLengths: return "mla_prefill_attention: cu_q/cu_kv inconsistent";
     case kErrExpertId: return "moe_experts: expert id outside [0, experts)";
+    case kErrPenaltyToken: return "apply_penalties: token id outside the vocabulary";
     default: return "unknown kernel error";
   }
 }

@@ -24,6 +24,7 @@ enum KernelErrorCode : int32_t {
   kErrDecodeSlot,
   kErrPrefillLengths,
   kErrExpertId,
+  kErrPenaltyToken,
 };
 struct KernelErrorWord {
   int32_t code;      // KernelErrorCode of the first error, 0 when none

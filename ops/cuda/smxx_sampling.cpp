@@ -28,4 +28,23 @@ void sample_tokens(const Tensor& logits, const SamplingRows& rows, Tensor& token
   TANDEM_CUDA_LAUNCH_CHECK("sample_tokens");
 }
 
+void apply_penalties(Tensor& logits, const PenaltyRows& rows) {
+  OpContext ctx(logits);
+  ApplyPenaltiesParams p{};
+  p.logits = mptr<float>(logits);
+  p.rows = logits.size(0);
+  p.stride = logits.stride(0);
+  p.vocab = int32_t(logits.size(1));
+  p.offsets = cptr<int32_t>(rows.offsets);
+  p.tokens = cptr<int32_t>(rows.tokens);
+  p.counts = cptr<int32_t>(rows.counts);
+  p.repetition = cptr<float>(rows.repetition);
+  p.frequency = cptr<float>(rows.frequency);
+  p.presence = cptr<float>(rows.presence);
+  p.error = ctx.error;
+  TANDEM_CHECK(p.rows <= INT32_MAX, "apply_penalties: {} rows", p.rows);
+  launch_apply_penalties(p, ctx.stream);
+  TANDEM_CUDA_LAUNCH_CHECK("apply_penalties");
+}
+
 }  // namespace tandem::ops::cuda

@@ -14,6 +14,7 @@
 
 #include <cstdint>
 
+#include "ops/cuda/common.cuh"
 #include "ops/cuda/smxx_sampling.h"
 #include "ops/sampling_rng.h"
 
@@ -485,6 +486,35 @@ __global__ void __launch_bounds__(kThreads) sample_tokens_kernel(SampleTokensPar
 
 void launch_sample_tokens(const SampleTokensParams& p, cudaStream_t stream) {
   sample_tokens_kernel<<<unsigned(p.rows), kThreads, 0, stream>>>(p);
+}
+
+namespace {
+
+// One block per row, a thread per entry (a row's tokens are distinct, so no two threads touch
+// one logit). The arithmetic is ops::cpu::penalize_row's: IEEE division and multiplication, one
+// fused multiply-add.
+__global__ void __launch_bounds__(256) apply_penalties_kernel(ApplyPenaltiesParams p) {
+  const int64_t r = blockIdx.x;
+  float* row = p.logits + r * p.stride;
+  const float rep = p.repetition[r], freq = p.frequency[r], pres = p.presence[r];
+  for (int32_t e = p.offsets[r] + int32_t(threadIdx.x); e < p.offsets[r + 1]; e += blockDim.x) {
+    const int32_t t = p.tokens[e];
+    if (t < 0 || t >= p.vocab) {
+      report_error(p.error, kErrPenaltyToken, t, p.vocab, e);
+      continue;
+    }
+    float x = row[t];
+    if (rep != 1.0f) x = x > 0.0f ? __fdiv_rn(x, rep) : __fmul_rn(x, rep);
+    const int32_t c = p.counts[e];
+    if (c > 0) x = __fsub_rn(x, __fmaf_rn(freq, float(c), pres));
+    row[t] = x;
+  }
+}
+
+}  // namespace
+
+void launch_apply_penalties(const ApplyPenaltiesParams& p, cudaStream_t stream) {
+  apply_penalties_kernel<<<unsigned(p.rows), 256, 0, stream>>>(p);
 }
 
 }  // namespace tandem::ops::cuda

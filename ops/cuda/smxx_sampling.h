@@ -6,6 +6,8 @@
 
 #include <cstdint>
 
+#include "ops/cuda/launch.h"
+
 namespace tandem::ops::cuda {
 
 struct SampleTokensParams {
@@ -22,5 +24,19 @@ struct SampleTokensParams {
   float* logprobs;           // [rows]
 };
 void launch_sample_tokens(const SampleTokensParams& p, cudaStream_t stream);
+
+struct ApplyPenaltiesParams {
+  float* logits;  // [rows, vocab], rows `stride` floats apart; changed in place
+  int64_t rows, stride;
+  int32_t vocab;
+  const int32_t* offsets;  // [rows + 1]
+  const int32_t* tokens;   // [entries]
+  const int32_t* counts;   // [entries]
+  const float* repetition; // [rows]
+  const float* frequency;  // [rows]
+  const float* presence;   // [rows]
+  KernelErrorWord* error;
+};
+void launch_apply_penalties(const ApplyPenaltiesParams& p, cudaStream_t stream);
 
 }  // namespace tandem::ops::cuda

@@ -203,6 +203,58 @@ TEST_F(SamplingCuda, BadInputsThrow) {
   ops::cuda::synchronize(0);
 }
 
+// ops::apply_penalties on CUDA against the CPU op: random rows and entries (repetition alone,
+// frequency and presence alone, all three, none), V3 width; the same IEEE operations on both
+// sides, so bitwise equal. A token outside the vocabulary is reported at the next sync.
+TEST_F(SamplingCuda, ApplyPenaltiesMatchesCpuBitwise) {
+  const int64_t n = 37, vocab = 129280;
+  std::uniform_int_distribution<int32_t> token(0, int32_t(vocab) - 1), count(0, 5);
+  std::vector<int32_t> off{0}, tok, cnt;
+  std::vector<float> rep(n), freq(n), pres(n);
+  for (int64_t r = 0; r < n; ++r) {
+    rep[r] = r % 4 == 1 ? 1.0f : 0.7f + 0.1f * float(r % 7);
+    freq[r] = r % 4 == 0 ? 0.0f : 0.3f * float(r % 5) - 0.4f;
+    pres[r] = r % 4 == 0 ? 0.0f : 0.2f * float(r % 3) - 0.1f;
+    std::vector<int32_t> picked;
+    const int entries = r % 4 == 3 ? 0 : 1 + int(r * 37 % 700);
+    for (int e = 0; e < entries; ++e) picked.push_back(token(rng()));
+    std::sort(picked.begin(), picked.end());
+    picked.erase(std::unique(picked.begin(), picked.end()), picked.end());  // distinct per row
+    for (const int32_t t : picked) {
+      tok.push_back(t);
+      cnt.push_back(count(rng()));
+    }
+    off.push_back(int32_t(tok.size()));
+  }
+  const auto e = int64_t(tok.size());
+  ops::PenaltyRows host;
+  host.offsets = Tensor::from_vector(off, {n + 1});
+  host.tokens = Tensor::from_vector(tok, {e});
+  host.counts = Tensor::from_vector(cnt, {e});
+  host.repetition = Tensor::from_vector(rep, {n});
+  host.frequency = Tensor::from_vector(freq, {n});
+  host.presence = Tensor::from_vector(pres, {n});
+  ops::PenaltyRows dev{host.offsets.to(kGpu), host.tokens.to(kGpu), host.counts.to(kGpu),
+                       host.repetition.to(kGpu), host.frequency.to(kGpu), host.presence.to(kGpu)};
+  Tensor cpu = make_logits(n, vocab);
+  const Tensor orig = cpu.clone();
+  Tensor gpu = cpu.to(kGpu);
+  ops::apply_penalties(cpu, host);
+  ops::apply_penalties(gpu, dev);
+  const Tensor back = gpu.to(Device::cpu());
+  int64_t changed = 0;
+  for (int64_t i = 0; i < cpu.numel(); ++i) {
+    ASSERT_EQ(back.data<float>()[i], cpu.data<float>()[i]) << "element " << i;
+    changed += cpu.data<float>()[i] != orig.data<float>()[i];
+  }
+  EXPECT_GT(changed, 1000);  // the entries really moved logits
+  std::vector<int32_t> bad_tok = tok;
+  bad_tok[0] = int32_t(vocab);
+  dev.tokens = Tensor::from_vector(bad_tok, {e}).to(kGpu);
+  ops::apply_penalties(gpu, dev);
+  EXPECT_THROW(ops::cuda::synchronize(0), Error);
+}
+
 // TANDEM_OP_PERF=1: V3 width, R = 1, 64, 256, greedy rows and sampled rows.
 TEST_F(SamplingCuda, Perf) {
   const char* on = std::getenv("TANDEM_OP_PERF");

@@ -200,11 +200,132 @@ TEST(Sampler, AcceptMovesPenaltiesAndDrawsOn) {
     }
   }
   EXPECT_EQ(a.draws(), rows.size());
-  EXPECT_FALSE(a.device_ok());  // a penalty needs the history: host only
+  EXPECT_TRUE(a.device_ok());  // penalties go to the device as entries (ops::apply_penalties)
+  p.logprobs = true;           // ... but logprobs are of the raw logits: host
+  EXPECT_FALSE(Sampler(p, {}, 0).device_ok());
   p.presence_penalty = 0.0f;
   EXPECT_TRUE(Sampler(p, {}, 0).device_ok());
   p.top_logprobs = 2;
   EXPECT_FALSE(Sampler(p, {}, 0).device_ok());
+}
+
+// The device route for penalized requests, on the CPU ops: the engine's penalty entries
+// through ops::apply_penalties, then ops::sample_tokens, give each step the token the host
+// Sampler picks from the raw row (repetition over a prompt, frequency and presence over the
+// output, all three, and none); the device-side sampler only accept()s.
+TEST(Sampler, PenaltiesOnTheOpsMatchTheHost) {
+  const int64_t rows = 4, vocab = 300;
+  std::mt19937 rng(31);
+  std::normal_distribution<float> dist(0.0f, 2.0f);
+  const std::vector<int32_t> prompt = {3, 7, 7, 250, 18, 3};
+  std::vector<SamplingParams> params(rows);
+  params[0].repetition_penalty = 1.3f;
+  params[1].frequency_penalty = 0.4f;
+  params[1].presence_penalty = -0.2f;
+  params[2].repetition_penalty = 0.8f;
+  params[2].frequency_penalty = 1.1f;
+  params[2].presence_penalty = 0.6f;
+  params[2].top_k = 40;
+  for (int64_t r = 0; r < rows; ++r) params[size_t(r)].seed = 77 + uint64_t(r);
+  std::vector<Sampler> host, device;
+  for (const SamplingParams& p : params) {
+    host.emplace_back(p, prompt, 0);
+    device.emplace_back(p, prompt, 0);
+  }
+  std::vector<int> changed(rows, 0);
+  for (int step = 0; step < 40; ++step) {
+    Tensor logits = Tensor::empty({rows, vocab}, DType::kF32);
+    // Few distinct values, so penalized tokens keep winning and the penalties decide.
+    for (int64_t i = 0; i < logits.numel(); ++i) logits.data<float>()[i] = std::round(dist(rng) * 2.0f) / 2.0f;
+    const Tensor raw = logits.clone();
+    std::vector<int32_t> off{0}, tok, cnt;
+    std::vector<float> rep, freq, pres;
+    for (const Sampler& s : device) {
+      ASSERT_TRUE(s.device_ok());
+      std::vector<int32_t> t, c;
+      s.penalty_entries(t, c);
+      if (s.has_penalties() && step > 0) EXPECT_FALSE(t.empty());
+      tok.insert(tok.end(), t.begin(), t.end());
+      cnt.insert(cnt.end(), c.begin(), c.end());
+      off.push_back(int32_t(tok.size()));
+      rep.push_back(s.repetition_penalty());
+      freq.push_back(s.frequency_penalty());
+      pres.push_back(s.presence_penalty());
+    }
+    ops::PenaltyRows pr;
+    pr.offsets = Tensor::from_vector(off, {rows + 1});
+    pr.tokens = Tensor::from_vector(tok, {int64_t(tok.size())});
+    pr.counts = Tensor::from_vector(cnt, {int64_t(cnt.size())});
+    pr.repetition = Tensor::from_vector(rep, {rows});
+    pr.frequency = Tensor::from_vector(freq, {rows});
+    pr.presence = Tensor::from_vector(pres, {rows});
+    ops::apply_penalties(logits, pr);
+    ops::SamplingRows in;
+    std::vector<float> t, tp, mp;
+    std::vector<int32_t> k;
+    std::vector<int64_t> seed, draw;
+    for (const Sampler& s : device) {
+      t.push_back(s.row_params().temperature);
+      k.push_back(s.row_params().top_k);
+      tp.push_back(s.row_params().top_p);
+      mp.push_back(s.row_params().min_p);
+      seed.push_back(int64_t(s.seed()));
+      draw.push_back(int64_t(s.draws()));
+    }
+    in.temperature = Tensor::from_vector(t, {rows});
+    in.top_k = Tensor::from_vector(k, {rows});
+    in.top_p = Tensor::from_vector(tp, {rows});
+    in.min_p = Tensor::from_vector(mp, {rows});
+    in.seed = Tensor::from_vector(seed, {rows});
+    in.draw = Tensor::from_vector(draw, {rows});
+    Tensor tokens = Tensor::empty({rows}, DType::kI32), logprobs = Tensor::empty({rows}, DType::kF32);
+    ops::sample_tokens(logits, in, tokens, logprobs);
+    for (int64_t r = 0; r < rows; ++r) {
+      const float* raw_row = raw.data<float>() + r * vocab;
+      const SampleResult want = host[size_t(r)].sample(std::span<const float>(raw_row, size_t(vocab)));
+      ASSERT_EQ(tokens.data<int32_t>()[r], want.token) << "row " << r << " step " << step;
+      // The same draw without penalties: where it differs, the penalties chose the token.
+      ops::cpu::SampleScratch scratch;
+      const double u = ops::sampling_uniform(uint64_t(seed[size_t(r)]), uint64_t(draw[size_t(r)]));
+      if (ops::cpu::sample_row(raw_row, vocab, device[size_t(r)].row_params(), u, scratch) != want.token) {
+        ++changed[size_t(r)];
+      }
+      device[size_t(r)].accept(tokens.data<int32_t>()[r]);
+    }
+  }
+  for (int64_t r = 0; r < 3; ++r) EXPECT_GT(changed[size_t(r)], 0) << "penalties never decided row " << r;
+  EXPECT_EQ(changed[3], 0);  // the row without penalties
+}
+
+TEST(ApplyPenalties, BadInputsAreRefused) {
+  Tensor logits = Tensor::zeros({2, 10}, DType::kF32);
+  auto make = [](std::vector<int32_t> off, std::vector<int32_t> tok, std::vector<int32_t> cnt,
+                 float rep) {
+    ops::PenaltyRows p;
+    p.offsets = Tensor::from_vector(off, {int64_t(off.size())});
+    p.tokens = Tensor::from_vector(tok, {int64_t(tok.size())});
+    p.counts = Tensor::from_vector(cnt, {int64_t(cnt.size())});
+    p.repetition = Tensor::from_vector(std::vector<float>{rep, 1.0f}, {2});
+    p.frequency = Tensor::from_vector(std::vector<float>{0.5f, 0.5f}, {2});
+    p.presence = Tensor::from_vector(std::vector<float>{0.5f, 0.5f}, {2});
+    return p;
+  };
+  ops::PenaltyRows good = make({0, 1, 2}, {3, 9}, {1, 0}, 1.5f);
+  ops::apply_penalties(logits, good);
+  EXPECT_EQ(logits.data<float>()[3], -std::fma(0.5f, 1.0f, 0.5f));
+  auto error_of = [&](const ops::PenaltyRows& p) {
+    try {
+      ops::apply_penalties(logits, p);
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string();
+  };
+  EXPECT_NE(error_of(make({0, 1, 2}, {3, 10}, {1, 0}, 1.5f)).find("outside [0, 10)"), std::string::npos);
+  EXPECT_NE(error_of(make({0, 1, 2}, {3, 4}, {-1, 0}, 1.5f)).find("negative"), std::string::npos);
+  EXPECT_NE(error_of(make({0, 2, 1}, {3, 4}, {1, 0}, 1.5f)).find("offsets"), std::string::npos);
+  EXPECT_NE(error_of(make({0, 1, 2}, {3, 4}, {1, 0}, 0.0f)).find("repetition"), std::string::npos);
+  EXPECT_NE(error_of(make({0, 1}, {3}, {1}, 1.5f)).find("offsets"), std::string::npos);  // [R + 1]
 }
 
 // The CPU op (the device op's reference) and the Sampler pick the same tokens for the same
