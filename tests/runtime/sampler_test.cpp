@@ -182,6 +182,30 @@ TEST(SampleRow, CounterBasedDrawsAreFixedAndIndependent) {
   EXPECT_NEAR(mean, 0.5, 0.01);
 }
 
+// ops::sample_tokens's per-row parameters of these samplers' next tokens (CPU tensors).
+ops::SamplingRows rows_of(const std::vector<Sampler>& samplers) {
+  const auto n = int64_t(samplers.size());
+  std::vector<float> t, tp, mp;
+  std::vector<int32_t> k;
+  std::vector<int64_t> seed, draw;
+  for (const Sampler& s : samplers) {
+    t.push_back(s.row_params().temperature);
+    k.push_back(s.row_params().top_k);
+    tp.push_back(s.row_params().top_p);
+    mp.push_back(s.row_params().min_p);
+    seed.push_back(int64_t(s.seed()));
+    draw.push_back(int64_t(s.draws()));
+  }
+  ops::SamplingRows in;
+  in.temperature = Tensor::from_vector(t, {n});
+  in.top_k = Tensor::from_vector(k, {n});
+  in.top_p = Tensor::from_vector(tp, {n});
+  in.min_p = Tensor::from_vector(mp, {n});
+  in.seed = Tensor::from_vector(seed, {n});
+  in.draw = Tensor::from_vector(draw, {n});
+  return in;
+}
+
 TEST(Sampler, AcceptMovesPenaltiesAndDrawsOn) {
   SamplingParams p;
   p.seed = 5;
@@ -260,24 +284,7 @@ TEST(Sampler, PenaltiesOnTheOpsMatchTheHost) {
     pr.frequency = Tensor::from_vector(freq, {rows});
     pr.presence = Tensor::from_vector(pres, {rows});
     ops::apply_penalties(logits, pr);
-    ops::SamplingRows in;
-    std::vector<float> t, tp, mp;
-    std::vector<int32_t> k;
-    std::vector<int64_t> seed, draw;
-    for (const Sampler& s : device) {
-      t.push_back(s.row_params().temperature);
-      k.push_back(s.row_params().top_k);
-      tp.push_back(s.row_params().top_p);
-      mp.push_back(s.row_params().min_p);
-      seed.push_back(int64_t(s.seed()));
-      draw.push_back(int64_t(s.draws()));
-    }
-    in.temperature = Tensor::from_vector(t, {rows});
-    in.top_k = Tensor::from_vector(k, {rows});
-    in.top_p = Tensor::from_vector(tp, {rows});
-    in.min_p = Tensor::from_vector(mp, {rows});
-    in.seed = Tensor::from_vector(seed, {rows});
-    in.draw = Tensor::from_vector(draw, {rows});
+    const ops::SamplingRows in = rows_of(device);
     Tensor tokens = Tensor::empty({rows}, DType::kI32), logprobs = Tensor::empty({rows}, DType::kF32);
     ops::sample_tokens(logits, in, tokens, logprobs);
     for (int64_t r = 0; r < rows; ++r) {
@@ -286,7 +293,7 @@ TEST(Sampler, PenaltiesOnTheOpsMatchTheHost) {
       ASSERT_EQ(tokens.data<int32_t>()[r], want.token) << "row " << r << " step " << step;
       // The same draw without penalties: where it differs, the penalties chose the token.
       ops::cpu::SampleScratch scratch;
-      const double u = ops::sampling_uniform(uint64_t(seed[size_t(r)]), uint64_t(draw[size_t(r)]));
+      const double u = ops::sampling_uniform(device[size_t(r)].seed(), device[size_t(r)].draws());
       if (ops::cpu::sample_row(raw_row, vocab, device[size_t(r)].row_params(), u, scratch) != want.token) {
         ++changed[size_t(r)];
       }
@@ -353,25 +360,7 @@ TEST(SampleTokens, CpuOpMatchesSampler) {
   for (int step = 0; step < 8; ++step) {
     Tensor logits = Tensor::empty({rows, vocab}, DType::kF32);
     for (int64_t i = 0; i < logits.numel(); ++i) logits.data<float>()[i] = dist(rng);
-    ops::SamplingRows in;
-    std::vector<float> t, tp, mp;
-    std::vector<int32_t> k;
-    std::vector<int64_t> seed, draw;
-    for (int64_t r = 0; r < rows; ++r) {
-      const ops::cpu::RowSampling rp = samplers[size_t(r)].row_params();
-      t.push_back(rp.temperature);
-      k.push_back(rp.top_k);
-      tp.push_back(rp.top_p);
-      mp.push_back(rp.min_p);
-      seed.push_back(int64_t(samplers[size_t(r)].seed()));
-      draw.push_back(int64_t(samplers[size_t(r)].draws()));
-    }
-    in.temperature = Tensor::from_vector(t, {rows});
-    in.top_k = Tensor::from_vector(k, {rows});
-    in.top_p = Tensor::from_vector(tp, {rows});
-    in.min_p = Tensor::from_vector(mp, {rows});
-    in.seed = Tensor::from_vector(seed, {rows});
-    in.draw = Tensor::from_vector(draw, {rows});
+    const ops::SamplingRows in = rows_of(samplers);
     Tensor tokens = Tensor::empty({rows}, DType::kI32), logprobs = Tensor::empty({rows}, DType::kF32);
     ops::sample_tokens(logits, in, tokens, logprobs);
     for (int64_t r = 0; r < rows; ++r) {
