@@ -601,6 +601,25 @@ constexpr int kWgHeads = 64, kWgKeys = 64;
 constexpr int kRegion = 64 * 64;        // bf16 per region (64 rows x 128 bytes)
 constexpr int kRegions = kWidth / 64;   // 9 regions per 576-wide row
 
+// A thread of a two-warpgroup kernel: warpgroup wg, warp w4 in it, lane (g, t); its
+// accumulator rows are row0 and row0 + 8 (the m64nN layout).
+struct WgThread {
+  int tid, wg, lane, w4, g, t, row0;
+};
+__device__ __forceinline__ WgThread wg_thread() {
+  const int tid = threadIdx.x, lane = tid & 31, w4 = (tid >> 5) & 3;
+  return {tid, tid >> 7, lane, w4, lane >> 2, lane & 3, 16 * w4 + (lane >> 2)};
+}
+// The CTA of the 64-heads-per-CTA kernels: first head h0, KV split, sequence b.
+struct WgCta {
+  int64_t h0;
+  int split;
+  int64_t b;
+};
+__device__ __forceinline__ WgCta wg_cta() {
+  return {int64_t(blockIdx.x) * kWgHeads, int(blockIdx.y), int64_t(blockIdx.z)};
+}
+
 // The query tile of heads [h0, h0 + 64) as bf16 [q_latent | q_pe] in swizzled regions, 8
 // values per 16-byte chunk, by the CTA's 256 threads; heads past p.heads are zero.
 __device__ __forceinline__ void load_query_tile(const MlaDecodeParams& p, int64_t b, int64_t h0,
@@ -757,12 +776,8 @@ __global__ void __launch_bounds__(256, 1)
     mla_decode_wgmma_kernel(MlaDecodeParams p, const __grid_constant__ CUtensorMap cache_map) {
   extern __shared__ __align__(16) unsigned char smem_wg[];
   WgSmem& sm = align_1024<WgSmem>(smem_wg);
-  const int tid = threadIdx.x, wg = tid >> 7, lane = tid & 31, w4 = (tid >> 5) & 3;
-  const int g = lane >> 2, t = lane & 3;
-  const int row0 = 16 * w4 + g;  // this thread's rows: row0, row0 + 8
-  const int64_t h0 = int64_t(blockIdx.x) * kWgHeads;
-  const int split = blockIdx.y;
-  const int64_t b = blockIdx.z;
+  const auto [tid, wg, lane, w4, g, t, row0] = wg_thread();
+  const auto [h0, split, b] = wg_cta();
   const auto* cache = static_cast<const __nv_bfloat16*>(p.cache);
   const int32_t* pages = p.page_table + b * p.max_pages;
 
@@ -999,12 +1014,8 @@ __global__ void __launch_bounds__(256, 1)
     mla_decode_seesaw_kernel(MlaDecodeParams p, const __grid_constant__ CUtensorMap cache_map) {
   extern __shared__ __align__(16) unsigned char smem_ss[];
   SeesawSmem& sm = align_1024<SeesawSmem>(smem_ss);
-  const int tid = threadIdx.x, wg = tid >> 7, lane = tid & 31, w4 = (tid >> 5) & 3;
-  const int g = lane >> 2, t = lane & 3;
-  const int row0 = 16 * w4 + g;  // this thread's rows: row0, row0 + 8
-  const int64_t h0 = int64_t(blockIdx.x) * kWgHeads;
-  const int split = blockIdx.y;
-  const int64_t b = blockIdx.z;
+  const auto [tid, wg, lane, w4, g, t, row0] = wg_thread();
+  const auto [h0, split, b] = wg_cta();
   const int32_t* pages = p.page_table + b * p.max_pages;
 
   int64_t begin, end;
@@ -1274,12 +1285,8 @@ __global__ void __launch_bounds__(256, 1)
     mla_decode_pipe_kernel(MlaDecodeParams p, const __grid_constant__ CUtensorMap cache_map) {
   extern __shared__ __align__(16) unsigned char smem_pp[];
   PipeSmem& sm = align_1024<PipeSmem>(smem_pp);
-  const int tid = threadIdx.x, wg = tid >> 7, lane = tid & 31, w4 = (tid >> 5) & 3;
-  const int g = lane >> 2, t = lane & 3;
-  const int row0 = 16 * w4 + g;  // this thread's rows: row0, row0 + 8
-  const int64_t h0 = int64_t(blockIdx.x) * kWgHeads;
-  const int split = blockIdx.y;
-  const int64_t b = blockIdx.z;
+  const auto [tid, wg, lane, w4, g, t, row0] = wg_thread();
+  const auto [h0, split, b] = wg_cta();
   const int32_t* pages = p.page_table + b * p.max_pages;
   const int ps = int(p.page_size);
   const int box_rows = ps < kPipeKeys ? ps : kPipeKeys;  // the tensor map's box height

@@ -47,4 +47,61 @@ __device__ __forceinline__ void online_softmax_round(OnlineSoftmax& s, float* p,
   __syncthreads();  // p is rewritten by the next round
 }
 
+// ---- Tiled prefill kernels (smxx_mla_prefill.cu's mma.sync, sm90_mla_prefill.cu's wgmma) ----
+// The grid's x runs over the query tiles of all sequences (ceil(q_len / tile_m) each; an upper
+// bound of ceil(T / tile_m) + B CTAs), a sequence's last tile first (it sees the most keys, so
+// the longest CTAs start first): CTA `cta` is tile `tile` of sequence `seq`, or seq = -1 (spare).
+// O(B) scan of cu_q; one thread calls it.
+__device__ inline void prefill_tile_of(const MlaPrefillParams& p, int64_t cta, int64_t tile_m,
+                                       int64_t& seq, int64_t& tile) {
+  int64_t first = 0;
+  seq = -1;
+  tile = 0;
+  for (int64_t b = 0; b < p.batch; ++b) {
+    const int64_t q_len = p.cu_q[b + 1] - p.cu_q[b];
+    const int64_t n = q_len > 0 ? (q_len + tile_m - 1) / tile_m : 0;
+    if (cta < first + n) {
+      seq = b;
+      tile = n - 1 - (cta - first);
+      return;
+    }
+    first += n;
+  }
+}
+
+// Tile `tile` of sequence b: its queries start at token q0 + m0 (rows of them, <= tile_m); the
+// sequence has q_len queries and kv_len keys from kv row kv0.
+struct PrefillTile {
+  int64_t b, q0, q_len, kv0, kv_len, m0;
+  int rows;
+};
+__device__ inline PrefillTile prefill_tile(const MlaPrefillParams& p, int64_t b, int64_t tile, int64_t tile_m) {
+  PrefillTile t;
+  t.b = b;
+  t.q0 = p.cu_q[b];
+  t.q_len = p.cu_q[b + 1] - t.q0;
+  t.kv0 = p.cu_kv[b];
+  t.kv_len = p.cu_kv[b + 1] - t.kv0;
+  t.m0 = tile * tile_m;
+  t.rows = int(min64(tile_m, t.q_len - t.m0));
+  return t;
+}
+
+// Sequence b's lengths against the tensors: on a mismatch, reports it and writes NaN into the
+// `rows` query rows of the tile from m0 (head h, v values each), by `threads` threads; then the
+// caller returns. A CTA-uniform answer.
+template <class TOut>
+__device__ inline bool prefill_lengths_bad(const MlaPrefillParams& p, int64_t b, int64_t h, int64_t m0,
+                                           int rows, TOut* out, int tid, int threads) {
+  const int64_t q0 = p.cu_q[b], q_len = p.cu_q[b + 1] - q0;
+  const int64_t kv0 = p.cu_kv[b], kv_len = p.cu_kv[b + 1] - kv0;
+  if (!(kv_len < q_len || kv0 < 0 || kv0 + kv_len > p.kv_rows || q0 < 0 || q0 + q_len > p.tokens)) return false;
+  if (tid == 0) report_error(p.error, kErrPrefillLengths, kv_len, p.kv_rows, b);
+  for (int i = tid; i < rows * int(p.v); i += threads) {
+    const int64_t tok = q0 + m0 + i / p.v;
+    if (tok >= 0 && tok < p.tokens) store_as(out + (tok * p.heads + h) * p.v + i % p.v, __int_as_float(0x7fc00000));
+  }
+  return true;
+}
+
 }  // namespace tandem::ops::cuda

@@ -162,37 +162,11 @@ __global__ void __launch_bounds__(kMmaThreads, 1) mla_prefill_mma_kernel(MlaPref
   const auto* peg = static_cast<const __nv_bfloat16*>(p.k_pe);
   TOut* outg = static_cast<TOut*>(p.out);
 
-  if (tid == 0) {  // which (sequence, tile) this CTA is: O(B) scan of cu_q
-    int64_t first = 0, seq = -1, tile = 0;
-    for (int64_t b = 0; b < p.batch; ++b) {
-      const int64_t q_len = p.cu_q[b + 1] - p.cu_q[b];
-      const int64_t n = q_len > 0 ? (q_len + kTileM - 1) / kTileM : 0;
-      if (int64_t(blockIdx.x) < first + n) {
-        seq = b;
-        tile = n - 1 - (int64_t(blockIdx.x) - first);
-        break;
-      }
-      first += n;
-    }
-    s_seq = seq;
-    s_tile = tile;
-  }
+  if (tid == 0) prefill_tile_of(p, blockIdx.x, kTileM, s_seq, s_tile);
   __syncthreads();
-  const int64_t b = s_seq;
-  if (b < 0) return;
-  const int64_t q0 = p.cu_q[b], q_len = p.cu_q[b + 1] - q0;
-  const int64_t kv0 = p.cu_kv[b], kv_len = p.cu_kv[b + 1] - kv0;
-  const int64_t m0 = s_tile * kTileM;
-  const int rows = int(min64(kTileM, q_len - m0));
-  if (kv_len < q_len || kv0 < 0 || kv0 + kv_len > p.kv_rows || q0 < 0 || q0 + q_len > p.tokens) {
-    if (tid == 0) report_error(p.error, kErrPrefillLengths, kv_len, p.kv_rows, b);
-    for (int i = tid; i < rows * kV; i += kMmaThreads) {
-      const int64_t tok = q0 + m0 + i / kV;
-      if (tok >= 0 && tok < p.tokens)
-        store_as(outg + (tok * p.heads + h) * kV + i % kV, __int_as_float(0x7fc00000));
-    }
-    return;
-  }
+  if (s_seq < 0) return;
+  const auto [b, q0, q_len, kv0, kv_len, m0, rows] = prefill_tile(p, s_seq, s_tile, kTileM);
+  if (prefill_lengths_bad(p, b, h, m0, rows, outg, tid, kMmaThreads)) return;
   // Query i of the sequence sits at key position shift + i and sees keys 0..shift + i.
   const int shift = int(kv_len - q_len), kv_n = int(kv_len);  // lengths < 2^31 (i32 cu_kv)
   const int nblocks = (shift + int(m0) + rows - 1) / kTileN + 1;  // up to the last row's key

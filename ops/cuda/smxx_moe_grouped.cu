@@ -124,6 +124,14 @@ __device__ __forceinline__ uint4 load16(const void* p) {
   return __ldg(static_cast<const uint4*>(p));
 }
 
+// Zeroes a float array of any shape (the accumulators; fully unrolled, so they stay registers).
+template <class A>
+__device__ __forceinline__ void zero(A& a) {
+  float* f = reinterpret_cast<float*>(&a);
+#pragma unroll
+  for (int i = 0; i < int(sizeof(A) / sizeof(float)); ++i) f[i] = 0.0f;
+}
+
 __device__ __forceinline__ float silu(float x) { return x / (1.0f + expf(-x)); }
 __device__ __forceinline__ float round_bf16(float x) { return __bfloat162float(__float2bfloat16_rn(x)); }
 
@@ -148,22 +156,31 @@ __device__ __forceinline__ void store_pair(const MoeGroupedGemmParams& p, int64_
 
 // The rows r0 and r1 (< end) of a warp's 16 x 32 tile, m16n8 layout: acc[w][i][0..1] are row
 // r0, columns n0 + 8 i + 2 t4 (+ 1), acc[w][i][2..3] row r1 (w: gate, up).
+// f(i, half, r, col) for the valid (row, column pair) places of a warp's 16 x 32 tile: rows r0
+// (half 0) and r1 (half 1) below end, columns n0 + 8 i + 2 t4 below n.
+template <class F>
+__device__ __forceinline__ void for_tile_pairs(int64_t n0, int t4, int32_t r0, int32_t r1, int32_t end,
+                                               int64_t n, const F& f) {
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const int64_t col = n0 + 8 * i + 2 * t4;
+    if (col >= n) continue;
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int32_t r = half ? r1 : r0;
+      if (r < end) f(i, half, r, col);
+    }
+  }
+}
+
 template <bool kGateUp, int kW>
 __device__ __forceinline__ void store_tile(const MoeGroupedGemmParams& p, int64_t group,
                                            const float (&acc)[kW][4][4], int64_t n0, int t4,
                                            int32_t r0, int32_t r1, int32_t end) {
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    const int64_t col = n0 + 8 * i + 2 * t4;
-    if (col >= p.n) continue;
-#pragma unroll
-    for (int half = 0; half < 2; ++half) {
-      const int32_t r = half ? r1 : r0;
-      if (r >= end) continue;
-      store_pair<kGateUp>(p, group, r, col, acc[0][i][2 * half], acc[0][i][2 * half + 1],
-                          acc[kW - 1][i][2 * half], acc[kW - 1][i][2 * half + 1]);
-    }
-  }
+  for_tile_pairs(n0, t4, r0, r1, end, p.n, [&](int i, int half, int32_t r, int64_t col) {
+    store_pair<kGateUp>(p, group, r, col, acc[0][i][2 * half], acc[0][i][2 * half + 1],
+                        acc[kW - 1][i][2 * half], acc[kW - 1][i][2 * half + 1]);
+  });
 }
 
 // Grid: (ceil(n / 128), experts). Warp w of block (bx, e) computes columns
@@ -209,21 +226,11 @@ __global__ void __launch_bounds__(kGemmThreads) moe_grouped_gemm_kernel(MoeGroup
     const __nv_bfloat16* arow1 =
         r1 < end ? a + int64_t(p.row_index ? p.row_index[r1] : r1) * p.a_stride : nullptr;
     float acc[kW][4][4];
-#pragma unroll
-    for (int w = 0; w < kW; ++w)
-#pragma unroll
-      for (int i = 0; i < 4; ++i)
-#pragma unroll
-        for (int c = 0; c < 4; ++c) acc[w][i][c] = 0.0f;
+    zero(acc);
 
     for (int64_t kb = 0; kb < p.k; kb += 128) {
       float part[kW][4][4];
-#pragma unroll
-      for (int w = 0; w < kW; ++w)
-#pragma unroll
-        for (int i = 0; i < 4; ++i)
-#pragma unroll
-          for (int c = 0; c < 4; ++c) part[w][i][c] = 0.0f;
+      zero(part);
       const int64_t kend = kb + 128 < p.k ? kb + 128 : p.k;
       for (int64_t kc = kb; kc < kend; kc += 64) {
         const int64_t kl = kc + 16 * t4;  // this lane's 16 k values
@@ -329,12 +336,7 @@ __global__ void __launch_bounds__(kGemmThreads) moe_grouped_fp8_mma_kernel(MoeGr
     const float* ascale0 = x0 >= 0 ? p.a_scale + x0 * p.a_scale_stride : nullptr;
     const float* ascale1 = x1 >= 0 ? p.a_scale + x1 * p.a_scale_stride : nullptr;
     float acc[kW][4][4];
-#pragma unroll
-    for (int w = 0; w < kW; ++w)
-#pragma unroll
-      for (int i = 0; i < 4; ++i)
-#pragma unroll
-        for (int c = 0; c < 4; ++c) acc[w][i][c] = 0.0f;
+    zero(acc);
 
     for (int64_t kb = kb0; kb < kb1; ++kb) {
       const int64_t kl = kb * 128 + 32 * t4;  // this lane's 32 k values of the block
@@ -350,12 +352,7 @@ __global__ void __launch_bounds__(kGemmThreads) moe_grouped_fp8_mma_kernel(MoeGr
           for (int l = 0; l < 2; ++l)
             bv[w][i][l] = wrow[w][i] ? load16(wrow[w][i] + kl + 16 * l) : make_uint4(0, 0, 0, 0);
       float part[kW][4][4];
-#pragma unroll
-      for (int w = 0; w < kW; ++w)
-#pragma unroll
-        for (int i = 0; i < 4; ++i)
-#pragma unroll
-          for (int c = 0; c < 4; ++c) part[w][i][c] = 0.0f;
+      zero(part);
       const uint32_t* A0 = reinterpret_cast<const uint32_t*>(av0);  // 8 words of 4 k values
       const uint32_t* A1 = reinterpret_cast<const uint32_t*>(av1);
 #pragma unroll
@@ -388,20 +385,12 @@ __global__ void __launch_bounds__(kGemmThreads) moe_grouped_fp8_mma_kernel(MoeGr
     }
     // partial[split][row][w * n + col]: this split's raw sums.
     float* part_out = p.partial + int64_t(blockIdx.z) * p.partial_rows * (kW * p.n);
+    for_tile_pairs(n0, t4, r0, r1, end, p.n, [&](int i, int half, int32_t r, int64_t col) {
 #pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      const int64_t col = n0 + 8 * i + 2 * t4;
-      if (col >= p.n) continue;
-#pragma unroll
-      for (int half = 0; half < 2; ++half) {
-        const int32_t r = half ? r1 : r0;
-        if (r >= end) continue;
-#pragma unroll
-        for (int w = 0; w < kW; ++w)
-          *reinterpret_cast<float2*>(part_out + int64_t(r) * (kW * p.n) + w * p.n + col) =
-              make_float2(acc[w][i][2 * half], acc[w][i][2 * half + 1]);
-      }
-    }
+      for (int w = 0; w < kW; ++w)
+        *reinterpret_cast<float2*>(part_out + int64_t(r) * (kW * p.n) + w * p.n + col) =
+            make_float2(acc[w][i][2 * half], acc[w][i][2 * half + 1]);
+    });
   }
 }
 
@@ -512,14 +501,7 @@ __global__ void __launch_bounds__(kTiledThreads, 1) moe_grouped_fp8_tiled_kernel
   };
 
   float acc[kW][2][kNt][4];
-#pragma unroll
-  for (int w = 0; w < kW; ++w)
-#pragma unroll
-    for (int mt = 0; mt < 2; ++mt)
-#pragma unroll
-      for (int nt = 0; nt < kNt; ++nt)
-#pragma unroll
-        for (int c = 0; c < 4; ++c) acc[w][mt][nt][c] = 0.0f;
+  zero(acc);
   // Activation scales of this thread's four rows (rows 32 wm + 16 mt + g + 8 h).
   const float* ascale[2][2];
 #pragma unroll
@@ -546,14 +528,7 @@ __global__ void __launch_bounds__(kTiledThreads, 1) moe_grouped_fp8_tiled_kernel
     const unsigned char* sa = smem_tl + st * (kABytes + kBBytes);
     const unsigned char* sb = sa + kABytes;
     float part[kW][2][kNt][4];
-#pragma unroll
-    for (int w = 0; w < kW; ++w)
-#pragma unroll
-      for (int mt = 0; mt < 2; ++mt)
-#pragma unroll
-        for (int nt = 0; nt < kNt; ++nt)
-#pragma unroll
-          for (int c = 0; c < 4; ++c) part[w][mt][nt][c] = 0.0f;
+    zero(part);
 #pragma unroll
     for (int s = 0; s < 4; ++s) {  // k32 steps: bytes [32 s, 32 s + 32) of the block
       uint32_t af[2][4];
