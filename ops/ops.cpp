@@ -409,6 +409,23 @@ void sample_tokens(const Tensor& logits, const SamplingRows& rows, Tensor& token
   TANDEM_DISPATCH(sample_tokens, d, logits, rows, tokens, logprobs);
 }
 
+void top_logprobs(const Tensor& logits, Tensor& ids, Tensor& values) {
+  const char* op = "top_logprobs";
+  expect(logits, op, "logits", 2, {DType::kF32});
+  TANDEM_CHECK(logits.stride(1) == 1, "{}: logits rows must be contiguous, got {}", op, logits.describe());
+  expect(ids, op, "ids", 2, {DType::kI32});
+  expect(values, op, "values", 2, {DType::kF32});
+  const int64_t k = ids.size(1);
+  TANDEM_CHECK(k >= 1 && k <= std::min<int64_t>(logits.size(1), kMaxTopLogprobs),
+               "{}: k = {} must be in [1, min(vocab {}, {})]", op, k, logits.size(1), kMaxTopLogprobs);
+  expect_shape(ids, op, "ids", {logits.size(0), k});
+  expect_shape(values, op, "values", {logits.size(0), k});
+  TANDEM_CHECK(ids.is_contiguous() && values.is_contiguous(), "{}: ids and values must be contiguous", op);
+  const Device d = same_device(op, {&logits, &ids, &values});
+  if (logits.size(0) == 0) return;
+  TANDEM_DISPATCH(top_logprobs, d, logits, ids, values);
+}
+
 void apply_penalties(Tensor& logits, const PenaltyRows& rows) {
   const char* op = "apply_penalties";
   expect(logits, op, "logits", 2, {DType::kF32});

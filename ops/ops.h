@@ -181,6 +181,13 @@ struct SamplingRows {
 void sample_tokens(const Tensor& logits, const SamplingRows& rows, Tensor& tokens,
                    Tensor& logprobs);
 
+// The k most likely tokens of each row of logits f32 [R, V] (rows contiguous): ids i32 [R, k],
+// by logit descending with ties to the lower id, and values f32 [R, k], their log-softmax
+// logit - lse, lse = max + log(sum(exp(double(logit - max)))) (sums in double; on the GPU in
+// another order, so values agree to float rounding). 1 <= k <= min(V, kMaxTopLogprobs).
+constexpr int64_t kMaxTopLogprobs = 20;
+void top_logprobs(const Tensor& logits, Tensor& ids, Tensor& values);
+
 // Per-row token penalties of the OpenAI/vLLM kind, on the logits' device. Row r's entries
 // e in [offsets[r], offsets[r + 1]) name distinct tokens t = tokens[e] seen by the request,
 // c = counts[e] of them in its output (0: prompt only).

@@ -325,6 +325,7 @@ bool Engine::step() {
       rs.params = sm.row_params();
       rs.seed = sm.seed();
       rs.draw = sm.draws();
+      rs.top_logprobs = sm.top_logprobs();
       if (sm.has_penalties()) {
         rs.penalized = true;
         rs.repetition = sm.repetition_penalty();
@@ -369,6 +370,7 @@ void Engine::process(const Decision& d, const StepOutput& out) {
       seqs[i]->sampler->accept(out.token[i]);
       sampled[i].token = next[i] = out.token[i];
       sampled[i].logprob = out.logprob[i];
+      if (i < out.top.size()) sampled[i].top = out.top[i];
     } else {
       TANDEM_CHECK(out.host_row[i] >= 0 && out.host_row[i] < host_rows,
                    "runner returned no logits row for sequence {} (row {} of {})", i,

@@ -4,9 +4,10 @@
 //   inbox (submits, aborts) ──▶ Scheduler::schedule ──▶ ModelRunner::step ──▶ Sampler
 //        ──▶ stop checks, detokenization ──▶ Scheduler::complete / finish ──▶ streams
 //
-// The runner may sample rows on the device (ops::sample_tokens) where the request's Sampler
-// allows it (no penalties, no top_logprobs); those tokens are handed to Sampler::accept, so
-// penalty state and the counter-based draws stay the same as host sampling.
+// The runner may sample rows on the device (ops::apply_penalties, ops::sample_tokens,
+// ops::top_logprobs) where the request's Sampler allows it (Sampler::device_ok: not logprobs
+// together with penalties); those tokens are handed to Sampler::accept, so penalty state and the
+// counter-based draws stay the same as host sampling.
 //
 // PD disaggregation (docs/disagg.md "Roles"): submit_prefill runs a request's prefill only and
 // reports each step's KV pages to the PD layer, holding them until pd_done; submit_decode

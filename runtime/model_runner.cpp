@@ -74,6 +74,7 @@ StepOutput StepOutput::host_rows(Tensor logits) {
   for (size_t i = 0; i < n; ++i) out.host_row[i] = int32_t(i);
   out.token.assign(n, -1);
   out.logprob.assign(n, 0.0f);
+  out.top.assign(n, {});
   return out;
 }
 
@@ -115,6 +116,7 @@ StepOutput DeepseekRunner::execute(const Decision& decision, const Scheduler& sc
   out.host_row.assign(n, -1);
   out.token.assign(n, -1);
   out.logprob.assign(n, 0.0f);
+  out.top.assign(n, {});
   std::vector<Tensor> parts;
   std::vector<size_t> all(n);
   for (size_t i = 0; i < n; ++i) all[i] = i;
@@ -289,6 +291,30 @@ void DeepseekRunner::sample_on_device(const Tensor& logits, const std::vector<si
     out.logprob[i] = lp[r];
   }
   device_sampled_ += int64_t(dev_rows.size());
+  top_logprobs_on_device(logits, idx, dev_rows, sampling, out);
+}
+
+// The top_logprobs of the device rows that ask for them (ops::top_logprobs over this forward's
+// rows, k the largest asked; each row keeps its own count). Penalized rows never ask here
+// (Sampler::device_ok), so the logits are the raw ones.
+void DeepseekRunner::top_logprobs_on_device(const Tensor& logits, const std::vector<size_t>& idx,
+                                            const std::vector<int32_t>& dev_rows,
+                                            std::span<const RowSampling> sampling, StepOutput& out) {
+  int64_t k = 0;
+  for (const int32_t r : dev_rows) k = std::max<int64_t>(k, sampling[idx[size_t(r)]].top_logprobs);
+  k = std::min(k, logits.size(1));
+  if (k == 0) return;
+  const int64_t n = logits.size(0);
+  Tensor ids = Tensor::empty({n, k}, DType::kI32, logits.device());
+  Tensor values = Tensor::empty({n, k}, DType::kF32, logits.device());
+  ops::top_logprobs(logits, ids, values);
+  const Tensor ids_h = ids.to(Device::cpu()), values_h = values.to(Device::cpu());
+  for (const int32_t r : dev_rows) {
+    const size_t i = idx[size_t(r)];
+    const int64_t want = std::min<int64_t>(sampling[i].top_logprobs, k);
+    for (int64_t j = 0; j < want; ++j)
+      out.top[i].push_back({ids_h.data<int32_t>()[r * k + j], values_h.data<float>()[r * k + j]});
+  }
 }
 
 // The penalties of the penalized device rows, in place on their logits (ops::apply_penalties):

@@ -14,6 +14,7 @@
 
 #include "model/deepseek_v3.h"
 #include "ops/cpu/sampling.h"
+#include "runtime/sampler.h"
 #include "runtime/scheduler.h"
 
 namespace tandem::runtime {
@@ -45,6 +46,7 @@ struct RowSampling {
   bool penalized = false;  // then the penalty entries and factors below
   float repetition = 1.0f, frequency = 0.0f, presence = 0.0f;
   std::vector<int32_t> penalty_tokens, penalty_counts;
+  int32_t top_logprobs = 0;  // that many most likely tokens with their logprobs (0..20)
 };
 
 // A step's results. For each decision.seqs[i] that samples, either the runner sampled it on
@@ -55,6 +57,7 @@ struct StepOutput {
   std::vector<int32_t> host_row;  // per seq: its row of logits, or -1
   std::vector<int32_t> token;     // per seq: the device-sampled token, or -1
   std::vector<float> logprob;     // per seq, where token[i] >= 0
+  std::vector<std::vector<TokenLogprob>> top;  // per seq, where token[i] >= 0: its top_logprobs
   // Every seq's row on the host: row i of `logits` for seq i (runners without device sampling).
   static StepOutput host_rows(Tensor logits);
 };
@@ -132,6 +135,9 @@ class DeepseekRunner : public ModelRunner {
   void forward_part(const std::vector<size_t>& idx, ForwardMode mode, double gap_s,
                     const Decision& decision, std::span<const RowSampling> sampling,
                     bool all_rows, bool keep, StepOutput& out, std::vector<Tensor>& parts);
+  void top_logprobs_on_device(const Tensor& logits, const std::vector<size_t>& idx,
+                              const std::vector<int32_t>& dev_rows, std::span<const RowSampling> sampling,
+                              StepOutput& out);
   void apply_penalties_on_device(const Tensor& logits, const std::vector<size_t>& idx,
                                  const std::vector<int32_t>& dev_rows, std::span<const RowSampling> sampling);
   void sample_on_device(const Tensor& logits, const std::vector<size_t>& idx,

@@ -27,7 +27,7 @@ bool Sampler::has_penalties() const {
 }
 
 bool Sampler::device_ok() const {
-  return params_.top_logprobs == 0 && !(has_penalties() && params_.logprobs);
+  return !(has_penalties() && (params_.logprobs || params_.top_logprobs > 0));
 }
 
 void Sampler::penalty_entries(std::vector<int32_t>& tokens, std::vector<int32_t>& counts) const {
@@ -85,13 +85,10 @@ SampleResult Sampler::sample(std::span<const float> logits) {
     const float lse = log_sum_exp(logits);
     r.logprob = logits[size_t(r.token)] - lse;
     const int32_t k = std::min<int32_t>(params_.top_logprobs, int32_t(logits.size()));
-    order_.resize(logits.size());
-    std::iota(order_.begin(), order_.end(), 0);
-    auto by_logit = [&](int32_t a, int32_t b) {
-      return logits[a] > logits[b] || (logits[a] == logits[b] && a < b);
-    };
-    std::partial_sort(order_.begin(), order_.begin() + k, order_.end(), by_logit);
-    for (int32_t i = 0; i < k; ++i) r.top.push_back({order_[i], logits[size_t(order_[i])] - lse});
+    std::vector<int32_t> ids(static_cast<size_t>(k));
+    std::vector<float> values(static_cast<size_t>(k));
+    ops::cpu::row_top_logprobs(logits.data(), vocab, k, lse, ids.data(), values.data(), order_);
+    for (int32_t i = 0; i < k; ++i) r.top.push_back({ids[size_t(i)], values[size_t(i)]});
   }
   accept(r.token);
   return r;

@@ -37,15 +37,17 @@ class Sampler {
   // Chooses the next token from `logits` [vocab] and remembers it for the penalties.
   SampleResult sample(std::span<const float> logits);
 
-  // Device sampling (ops::apply_penalties, then ops::sample_tokens) gives this request's next
-  // token what sample() would, unless it asks for top_logprobs, or for logprobs with a penalty
-  // (logprobs are of the raw logits, which the device penalizes in place).
+  // Device sampling (ops::apply_penalties, ops::sample_tokens, ops::top_logprobs) gives this
+  // request's next token, logprob and top_logprobs what sample() would, unless it asks for
+  // logprobs together with a penalty (logprobs are of the raw logits, which the device
+  // penalizes in place).
   bool device_ok() const;
   ops::cpu::RowSampling row_params() const;
   bool has_penalties() const;
   // The penalty entries of the next token (ops::PenaltyRows' rules): the distinct tokens seen
   // (prompt and output when repetition_penalty != 1, else the output) with their output counts.
   void penalty_entries(std::vector<int32_t>& tokens, std::vector<int32_t>& counts) const;
+  int32_t top_logprobs() const { return params_.top_logprobs; }
   float repetition_penalty() const { return params_.repetition_penalty; }
   float frequency_penalty() const { return params_.frequency_penalty; }
   float presence_penalty() const { return params_.presence_penalty; }

@@ -113,6 +113,31 @@ void sample_tokens(const Tensor& logits, const SamplingRows& rows, Tensor& token
   });
 }
 
+void row_top_logprobs(const float* logits, int64_t vocab, int64_t k, float lse, int32_t* ids,
+                      float* values, std::vector<int32_t>& order) {
+  order.resize(size_t(vocab));
+  std::iota(order.begin(), order.end(), 0);
+  std::partial_sort(order.begin(), order.begin() + k, order.end(), [&](int32_t a, int32_t b) {
+    return logits[a] > logits[b] || (logits[a] == logits[b] && a < b);
+  });
+  for (int64_t i = 0; i < k; ++i) {
+    ids[i] = order[size_t(i)];
+    values[i] = logits[order[size_t(i)]] - lse;
+  }
+}
+
+void top_logprobs(const Tensor& logits, Tensor& ids, Tensor& values) {
+  const int64_t n = logits.size(0), vocab = logits.size(1), k = ids.size(1);
+  parallel_for(n, 1, [&](int64_t begin, int64_t end) {
+    std::vector<int32_t> order;
+    for (int64_t r = begin; r < end; ++r) {
+      const float* row = logits.data<float>() + r * logits.stride(0);
+      row_top_logprobs(row, vocab, k, row_log_sum_exp(row, vocab), ids.data<int32_t>() + r * k,
+                       values.data<float>() + r * k, order);
+    }
+  });
+}
+
 void penalize_row(float* row, const int32_t* tokens, const int32_t* counts, int64_t n,
                   float repetition, float frequency, float presence) {
   for (int64_t e = 0; e < n; ++e) {

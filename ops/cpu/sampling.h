@@ -34,6 +34,11 @@ float row_log_sum_exp(const float* logits, int64_t vocab);
 void sample_tokens(const Tensor& logits, const SamplingRows& rows, Tensor& tokens,
                    Tensor& logprobs);
 
+// ops::top_logprobs on one row with its lse (row_log_sum_exp): ids and values [k].
+void row_top_logprobs(const float* logits, int64_t vocab, int64_t k, float lse, int32_t* ids,
+                      float* values, std::vector<int32_t>& order);
+void top_logprobs(const Tensor& logits, Tensor& ids, Tensor& values);
+
 // ops::apply_penalties's rule on one row: n distinct tokens with their output counts.
 void penalize_row(float* row, const int32_t* tokens, const int32_t* counts, int64_t n,
                   float repetition, float frequency, float presence);

@@ -109,6 +109,7 @@ void mla_decode_attention(const Tensor& q_latent, const Tensor& q_pe, const Tens
                           const Tensor& page_table, const Tensor& seq_lens, int64_t page_size,
                           float scale, Tensor& out_latent);
 void apply_penalties(Tensor& logits, const PenaltyRows& rows);
+void top_logprobs(const Tensor& logits, Tensor& ids, Tensor& values);
 void sample_tokens(const Tensor& logits, const SamplingRows& rows, Tensor& tokens,
                    Tensor& logprobs);
 

@@ -28,6 +28,21 @@ void sample_tokens(const Tensor& logits, const SamplingRows& rows, Tensor& token
   TANDEM_CUDA_LAUNCH_CHECK("sample_tokens");
 }
 
+void top_logprobs(const Tensor& logits, Tensor& ids, Tensor& values) {
+  OpContext ctx(logits);
+  TopLogprobsParams p{};
+  p.logits = cptr<float>(logits);
+  p.rows = logits.size(0);
+  p.stride = logits.stride(0);
+  p.vocab = int32_t(logits.size(1));
+  p.k = int32_t(ids.size(1));
+  p.ids = mptr<int32_t>(ids);
+  p.values = mptr<float>(values);
+  TANDEM_CHECK(p.rows <= INT32_MAX, "top_logprobs: {} rows", p.rows);
+  launch_top_logprobs(p, ctx.stream);
+  TANDEM_CUDA_LAUNCH_CHECK("top_logprobs");
+}
+
 void apply_penalties(Tensor& logits, const PenaltyRows& rows) {
   OpContext ctx(logits);
   ApplyPenaltiesParams p{};

@@ -490,6 +490,98 @@ void launch_sample_tokens(const SampleTokensParams& p, cudaStream_t stream) {
 
 namespace {
 
+constexpr int kTopThreads = 256, kTopMax = 20;
+
+// (a, ia) ranks before (b, ib): larger logit, then lower id (the CPU op's order).
+__device__ __forceinline__ bool ranks_before(float a, int32_t ia, float b, int32_t ib) {
+  return a > b || (a == b && ia < ib);
+}
+
+// One block per row: max and log-sum-exp (double sums, as the CPU), then every thread keeps
+// the k best of its strided elements (sorted), and warp 0 merges the 256 sorted lists by their
+// heads, k rounds of a warp-wide best-of-heads.
+__global__ void __launch_bounds__(kTopThreads) top_logprobs_kernel(TopLogprobsParams p) {
+  __shared__ float cand_v[kTopThreads * kTopMax];
+  __shared__ int32_t cand_i[kTopThreads * kTopMax];
+  __shared__ int32_t head[kTopThreads];
+  __shared__ float red_f[kTopThreads / 32];
+  __shared__ double red_d[kTopThreads / 32];
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const float* row = p.logits + int64_t(blockIdx.x) * p.stride;
+  const int k = p.k;
+
+  float mx = -INFINITY;
+  for (int32_t i = tid; i < p.vocab; i += kTopThreads) mx = fmaxf(mx, row[i]);
+  for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+  if (lane == 0) red_f[warp] = mx;
+  __syncthreads();
+  mx = red_f[0];
+  for (int w = 1; w < kTopThreads / 32; ++w) mx = fmaxf(mx, red_f[w]);
+  double sum = 0.0;
+  for (int32_t i = tid; i < p.vocab; i += kTopThreads) sum += exp(double(row[i] - mx));
+  for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+  if (lane == 0) red_d[warp] = sum;
+  __syncthreads();
+  sum = 0.0;
+  for (int w = 0; w < kTopThreads / 32; ++w) sum += red_d[w];
+  const float lse = mx + float(log(sum));
+
+  // This thread's k best, sorted, straight into its slice of the candidates.
+  float* v = cand_v + tid * kTopMax;
+  int32_t* id = cand_i + tid * kTopMax;
+  int n = 0;
+  for (int32_t i = tid; i < p.vocab; i += kTopThreads) {
+    const float x = row[i];
+    if (n == k && !ranks_before(x, i, v[k - 1], id[k - 1])) continue;
+    int j = n < k ? n++ : k - 1;  // the slot it enters from
+    while (j > 0 && ranks_before(x, i, v[j - 1], id[j - 1])) {
+      v[j] = v[j - 1];
+      id[j] = id[j - 1];
+      --j;
+    }
+    v[j] = x;
+    id[j] = i;
+  }
+  for (int j = n; j < kTopMax; ++j) {
+    v[j] = -INFINITY;
+    id[j] = INT32_MAX;
+  }
+  head[tid] = 0;
+  __syncthreads();
+  if (warp != 0) return;
+  for (int out = 0; out < k; ++out) {
+    float best = -INFINITY;
+    int32_t best_id = INT32_MAX, best_t = -1;
+    for (int t = lane; t < kTopThreads; t += 32) {
+      const int h = head[t];
+      if (h >= kTopMax) continue;
+      const float x = cand_v[t * kTopMax + h];
+      const int32_t xi = cand_i[t * kTopMax + h];
+      if (best_t < 0 || ranks_before(x, xi, best, best_id)) {
+        best = x;
+        best_id = xi;
+        best_t = t;
+      }
+    }
+    for (int o = 16; o > 0; o >>= 1) {
+      const float ob = __shfl_xor_sync(0xffffffffu, best, o);
+      const int32_t oi = __shfl_xor_sync(0xffffffffu, best_id, o);
+      const int ot = __shfl_xor_sync(0xffffffffu, best_t, o);
+      if (ot >= 0 && (best_t < 0 || ranks_before(ob, oi, best, best_id))) {
+        best = ob;
+        best_id = oi;
+        best_t = ot;
+      }
+    }
+    if (lane == 0) {
+      p.ids[int64_t(blockIdx.x) * k + out] = best_id;
+      p.values[int64_t(blockIdx.x) * k + out] = best - lse;
+      ++head[best_t];
+    }
+    __syncwarp();
+  }
+}
+
 // One block per row, a thread per entry (a row's tokens are distinct, so no two threads touch
 // one logit). The arithmetic is ops::cpu::penalize_row's: IEEE division and multiplication, one
 // fused multiply-add.
@@ -512,6 +604,10 @@ __global__ void __launch_bounds__(256) apply_penalties_kernel(ApplyPenaltiesPara
 }
 
 }  // namespace
+
+void launch_top_logprobs(const TopLogprobsParams& p, cudaStream_t stream) {
+  top_logprobs_kernel<<<unsigned(p.rows), kTopThreads, 0, stream>>>(p);
+}
 
 void launch_apply_penalties(const ApplyPenaltiesParams& p, cudaStream_t stream) {
   apply_penalties_kernel<<<unsigned(p.rows), 256, 0, stream>>>(p);

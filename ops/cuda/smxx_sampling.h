@@ -25,6 +25,15 @@ struct SampleTokensParams {
 };
 void launch_sample_tokens(const SampleTokensParams& p, cudaStream_t stream);
 
+struct TopLogprobsParams {
+  const float* logits;  // [rows, vocab], rows `stride` floats apart
+  int64_t rows, stride;
+  int32_t vocab, k;     // 1 <= k <= 20
+  int32_t* ids;         // [rows, k]
+  float* values;        // [rows, k]
+};
+void launch_top_logprobs(const TopLogprobsParams& p, cudaStream_t stream);
+
 struct ApplyPenaltiesParams {
   float* logits;  // [rows, vocab], rows `stride` floats apart; changed in place
   int64_t rows, stride;

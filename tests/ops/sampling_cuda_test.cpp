@@ -203,6 +203,24 @@ TEST_F(SamplingCuda, BadInputsThrow) {
   ops::cuda::synchronize(0);
 }
 
+// ops::top_logprobs on CUDA against the CPU op: V3 width, k = 1, 5, 20, rows with heavy ties
+// (make_logits rounds every third row): the same ids in the same order, values within 1e-5.
+TEST_F(SamplingCuda, TopLogprobsMatchesCpu) {
+  for (int64_t k : {1, 5, 20}) {
+    const int64_t n = 9, vocab = 129280;
+    const Tensor logits = make_logits(n, vocab);
+    Tensor ids = Tensor::empty({n, k}, DType::kI32), values = Tensor::empty({n, k}, DType::kF32);
+    ops::top_logprobs(logits, ids, values);
+    Tensor gi = Tensor::empty({n, k}, DType::kI32, kGpu), gv = Tensor::empty({n, k}, DType::kF32, kGpu);
+    ops::top_logprobs(logits.to(kGpu), gi, gv);
+    const Tensor hi = gi.to(Device::cpu()), hv = gv.to(Device::cpu());
+    for (int64_t i = 0; i < n * k; ++i) {
+      ASSERT_EQ(hi.data<int32_t>()[i], ids.data<int32_t>()[i]) << "k=" << k << " at " << i;
+      ASSERT_NEAR(hv.data<float>()[i], values.data<float>()[i], 1e-5) << "k=" << k << " at " << i;
+    }
+  }
+}
+
 // ops::apply_penalties on CUDA against the CPU op: random rows and entries (repetition alone,
 // frequency and presence alone, all three, none), V3 width; the same IEEE operations on both
 // sides, so bitwise equal. A token outside the vocabulary is reported at the next sync.

@@ -63,15 +63,27 @@ struct Collected {
   std::vector<std::string> text;
   std::vector<FinishReason> reason;
   std::string error;
+  // Per completion index, per token where logprobs were asked: the logprob, then the
+  // top_logprobs' (token, logprob) pairs, flattened.
+  std::vector<std::vector<float>> logprobs;
 };
 
 Collected collect(RequestStream& stream, int n) {
   Collected c{std::vector<std::vector<int32_t>>(size_t(n)), std::vector<std::string>(size_t(n)),
-              std::vector<FinishReason>(size_t(n), FinishReason::kNone), {}};
+              std::vector<FinishReason>(size_t(n), FinishReason::kNone), {},
+              std::vector<std::vector<float>>(size_t(n))};
   StreamEvent ev;
   while (stream.next(ev)) {
     auto& ids = c.ids[size_t(ev.index)];
     ids.insert(ids.end(), ev.token_ids.begin(), ev.token_ids.end());
+    for (const SampleResult& r : ev.logprobs) {
+      auto& lp = c.logprobs[size_t(ev.index)];
+      lp.push_back(r.logprob);
+      for (const TokenLogprob& t : r.top) {
+        lp.push_back(float(t.token));
+        lp.push_back(t.logprob);
+      }
+    }
     c.text[size_t(ev.index)] += ev.text;
     if (ev.finished) c.reason[size_t(ev.index)] = ev.finish_reason;
     if (!ev.error.empty()) c.error = ev.error;
@@ -198,7 +210,7 @@ class NoiseHostRunner : public ModelRunner {
 
 class NoiseDeviceRunner : public ModelRunner {
  public:
-  int64_t device_rows = 0;
+  int64_t device_rows = 0, penalized_rows = 0;
   Tensor run(const Decision& d, const Scheduler& s) override { return noise_logits(d, s, 300); }
   StepOutput step(const Decision& d, const Scheduler& s,
                   std::span<const RowSampling> sampling) override {
@@ -208,6 +220,7 @@ class NoiseDeviceRunner : public ModelRunner {
     out.host_row.assign(n, -1);
     out.token.assign(n, -1);
     out.logprob.assign(n, 0.0f);
+    out.top.assign(n, {});
     std::vector<int64_t> host;
     for (size_t i = 0; i < n; ++i) {
       if (!d.seqs[i].sample) continue;
@@ -225,7 +238,27 @@ class NoiseDeviceRunner : public ModelRunner {
       in.seed = Tensor::from_vector(std::vector<int64_t>{int64_t(r.seed)}, {1});
       in.draw = Tensor::from_vector(std::vector<int64_t>{int64_t(r.draw)}, {1});
       Tensor tok = Tensor::empty({1}, DType::kI32), lp = Tensor::empty({1}, DType::kF32);
-      ops::sample_tokens(all.slice(0, int64_t(i), int64_t(i) + 1), in, tok, lp);
+      Tensor row = all.slice(0, int64_t(i), int64_t(i) + 1).contiguous();
+      if (r.top_logprobs > 0) {  // of the raw row, before any penalty (none here: device_ok)
+        Tensor ids = Tensor::empty({1, r.top_logprobs}, DType::kI32);
+        Tensor values = Tensor::empty({1, r.top_logprobs}, DType::kF32);
+        ops::top_logprobs(row, ids, values);
+        for (int32_t j = 0; j < r.top_logprobs; ++j)
+          out.top[i].push_back({ids.data<int32_t>()[j], values.data<float>()[j]});
+      }
+      if (r.penalized) {
+        const auto e = int64_t(r.penalty_tokens.size());
+        ops::PenaltyRows pr;
+        pr.offsets = Tensor::from_vector(std::vector<int32_t>{0, int32_t(e)}, {2});
+        pr.tokens = Tensor::from_vector(r.penalty_tokens, {e});
+        pr.counts = Tensor::from_vector(r.penalty_counts, {e});
+        pr.repetition = Tensor::from_vector(std::vector<float>{r.repetition}, {1});
+        pr.frequency = Tensor::from_vector(std::vector<float>{r.frequency}, {1});
+        pr.presence = Tensor::from_vector(std::vector<float>{r.presence}, {1});
+        ops::apply_penalties(row, pr);
+        ++penalized_rows;
+      }
+      ops::sample_tokens(row, in, tok, lp);
       out.token[i] = tok.data<int32_t>()[0];
       out.logprob[i] = lp.data<float>()[0];
       ++device_rows;
@@ -239,7 +272,7 @@ class NoiseDeviceRunner : public ModelRunner {
 };
 
 TEST(Engine, DeviceSampledRowsGiveTheHostSamplersTokens) {
-  int64_t device_rows = -1;  // read while the engine (and its runner) lives
+  int64_t device_rows = -1, penalized_rows = -1;  // read while the engine (and its runner) lives
   auto serve = [&](std::unique_ptr<ModelRunner> runner, const NoiseDeviceRunner* probe) {
     Engine engine(small_config(300), std::move(runner), nullptr, engine_config(4, 4096, 64));
     std::vector<std::shared_ptr<RequestStream>> streams;
@@ -253,8 +286,13 @@ TEST(Engine, DeviceSampledRowsGiveTheHostSamplersTokens) {
         case 0: r.params.temperature = 0; break;
         case 1: r.params.top_k = 10; r.params.top_p = 0.9f; break;
         case 2: r.params.min_p = 0.1f; r.params.temperature = 0.7f; break;
-        case 3: r.params.presence_penalty = 0.5f; break;  // host only: needs the history
-        default: r.params.top_logprobs = 3; break;         // host only: alternatives
+        case 3:  // penalties: on the device as entries; with logprobs (raw logits) on the host
+          r.params.presence_penalty = 0.5f;
+          r.params.frequency_penalty = 0.3f;
+          r.params.repetition_penalty = 1.2f;
+          r.params.logprobs = i == 3;
+          break;
+        default: r.params.top_logprobs = 3; break;  // alternatives: ops::top_logprobs
       }
       if (i == 6) r.params.n = 2;
       std::shared_ptr<RequestStream> s;
@@ -262,7 +300,10 @@ TEST(Engine, DeviceSampledRowsGiveTheHostSamplersTokens) {
       streams.push_back(s);
     }
     engine.run_until_idle();
-    if (probe != nullptr) device_rows = probe->device_rows;
+    if (probe != nullptr) {
+      device_rows = probe->device_rows;
+      penalized_rows = probe->penalized_rows;
+    }
     std::vector<Collected> out;
     for (size_t i = 0; i < streams.size(); ++i) out.push_back(collect(*streams[i], i == 6 ? 2 : 1));
     return out;
@@ -271,11 +312,14 @@ TEST(Engine, DeviceSampledRowsGiveTheHostSamplersTokens) {
   const NoiseDeviceRunner* probe = device.get();
   const std::vector<Collected> got = serve(std::move(device), probe);
   const std::vector<Collected> want = serve(std::make_unique<NoiseHostRunner>(), nullptr);
-  // The greedy, top-k/top-p and min-p requests (7 of 11 sequences) sampled "on the device".
-  EXPECT_EQ(device_rows, 7 * 15);
+  // All but the request with penalties and logprobs (10 of 11 sequences) sampled "on the
+  // device", one of them with penalties; tokens, logprobs and top_logprobs as on the host.
+  EXPECT_EQ(device_rows, 10 * 15);
+  EXPECT_EQ(penalized_rows, 15);
   ASSERT_EQ(got.size(), want.size());
   for (size_t i = 0; i < got.size(); ++i) {
     EXPECT_EQ(got[i].ids, want[i].ids) << "request " << i;
+    EXPECT_EQ(got[i].logprobs, want[i].logprobs) << "request " << i;
     EXPECT_EQ(got[i].ids[0].size(), 15u);
     EXPECT_EQ(got[i].error, "");
   }

@@ -229,8 +229,40 @@ TEST(Sampler, AcceptMovesPenaltiesAndDrawsOn) {
   EXPECT_FALSE(Sampler(p, {}, 0).device_ok());
   p.presence_penalty = 0.0f;
   EXPECT_TRUE(Sampler(p, {}, 0).device_ok());
-  p.top_logprobs = 2;
+  p.top_logprobs = 2;  // top_logprobs too (ops::top_logprobs)
+  EXPECT_TRUE(Sampler(p, {}, 0).device_ok());
+  p.logprobs = false;
+  p.repetition_penalty = 1.1f;  // ... but not with a penalty
   EXPECT_FALSE(Sampler(p, {}, 0).device_ok());
+}
+
+// ops::top_logprobs (the device op's reference) gives the Sampler's top_logprobs: the same ids
+// in the same order (ties to the lower id: half the rows are heavily tied), the same values.
+TEST(TopLogprobs, CpuOpMatchesSampler) {
+  const int64_t rows = 6, vocab = 500, k = 20;
+  std::mt19937 rng(41);
+  std::normal_distribution<float> dist(0.0f, 2.0f);
+  Tensor logits = Tensor::empty({rows, vocab}, DType::kF32);
+  for (int64_t i = 0; i < logits.numel(); ++i) {
+    const float x = dist(rng);
+    logits.data<float>()[i] = (i / vocab) % 2 ? std::round(x) : x;
+  }
+  Tensor ids = Tensor::empty({rows, k}, DType::kI32), values = Tensor::empty({rows, k}, DType::kF32);
+  ops::top_logprobs(logits, ids, values);
+  SamplingParams p;
+  p.top_logprobs = int32_t(k);
+  for (int64_t r = 0; r < rows; ++r) {
+    Sampler s(p, {}, 0);
+    const SampleResult want = s.sample(std::span<const float>(logits.data<float>() + r * vocab, size_t(vocab)));
+    ASSERT_EQ(int64_t(want.top.size()), k);
+    for (int64_t j = 0; j < k; ++j) {
+      EXPECT_EQ(ids.data<int32_t>()[r * k + j], want.top[size_t(j)].token) << r << "," << j;
+      EXPECT_EQ(values.data<float>()[r * k + j], want.top[size_t(j)].logprob) << r << "," << j;
+      if (j > 0) EXPECT_LE(values.data<float>()[r * k + j], values.data<float>()[r * k + j - 1]);
+    }
+  }
+  Tensor too_many = Tensor::empty({rows, 21}, DType::kI32), v21 = Tensor::empty({rows, 21}, DType::kF32);
+  EXPECT_THROW(ops::top_logprobs(logits, too_many, v21), Error);
 }
 
 // The device route for penalized requests, on the CPU ops: the engine's penalty entries
