@@ -64,6 +64,10 @@ DeepseekRunner::~DeepseekRunner() {
                     kKinds[key.first], key.second, st.steps, st.wall_s * 1e3 / n, st.gpu_ms / n,
                     st.gap_s * 1e3 / n);
   }
+  if (device_sampled_ > 0) {
+    TANDEM_LOG_INFO("runner: {} rows sampled on the device, {} of them with penalties",
+                    device_sampled_, penalized_rows_);
+  }
 }
 
 StepOutput StepOutput::host_rows(Tensor logits) {
