@@ -331,7 +331,8 @@ bool Engine::step() {
         rs.repetition = sm.repetition_penalty();
         rs.frequency = sm.frequency_penalty();
         rs.presence = sm.presence_penalty();
-        sm.penalty_entries(rs.penalty_tokens, rs.penalty_counts);
+        rs.penalty_tokens = sm.penalty_tokens();
+        rs.penalty_counts = sm.penalty_counts();
       }
     }
     process(d, runner_->step(d, scheduler_, sampling));

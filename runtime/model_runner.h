@@ -45,7 +45,8 @@ struct RowSampling {
   uint64_t draw = 0;
   bool penalized = false;  // then the penalty entries and factors below
   float repetition = 1.0f, frequency = 0.0f, presence = 0.0f;
-  std::vector<int32_t> penalty_tokens, penalty_counts;
+  // Views of the request's Sampler::penalty_tokens/counts, valid for the step.
+  std::span<const int32_t> penalty_tokens, penalty_counts;
   int32_t top_logprobs = 0;  // that many most likely tokens with their logprobs (0..20)
 };
 

@@ -18,7 +18,9 @@ float log_sum_exp(std::span<const float> logits) {
 
 Sampler::Sampler(const SamplingParams& params, std::span<const int32_t> prompt, uint64_t seed)
     : params_(params), seed_(params.seed.value_or(seed)) {
-  if (params_.repetition_penalty != 1.0f) seen_.insert(prompt.begin(), prompt.end());
+  if (params_.repetition_penalty != 1.0f) {
+    for (const int32_t t : prompt) entry_count(t);
+  }
 }
 
 bool Sampler::has_penalties() const {
@@ -30,21 +32,13 @@ bool Sampler::device_ok() const {
   return !(has_penalties() && (params_.logprobs || params_.top_logprobs > 0));
 }
 
-void Sampler::penalty_entries(std::vector<int32_t>& tokens, std::vector<int32_t>& counts) const {
-  tokens.clear();
-  counts.clear();
-  if (params_.repetition_penalty != 1.0f) {
-    for (const int32_t t : seen_) {  // every output token is in seen_ too
-      const auto it = counts_.find(t);
-      tokens.push_back(t);
-      counts.push_back(it == counts_.end() ? 0 : it->second);
-    }
-    return;
+int32_t& Sampler::entry_count(int32_t token) {
+  const auto [it, added] = pen_index_.try_emplace(token, int32_t(pen_tokens_.size()));
+  if (added) {
+    pen_tokens_.push_back(token);
+    pen_counts_.push_back(0);
   }
-  for (const auto& [t, c] : counts_) {
-    tokens.push_back(t);
-    counts.push_back(c);
-  }
+  return pen_counts_[size_t(it->second)];
 }
 
 ops::cpu::RowSampling Sampler::row_params() const {
@@ -57,14 +51,17 @@ ops::cpu::RowSampling Sampler::row_params() const {
 }
 
 void Sampler::accept(int32_t token) {
-  if (params_.repetition_penalty != 1.0f) seen_.insert(token);
-  if (params_.frequency_penalty != 0.0f || params_.presence_penalty != 0.0f) ++counts_[token];
+  // repetition: every seen token is an entry; frequency / presence: output tokens are counted.
+  const bool counted = params_.frequency_penalty != 0.0f || params_.presence_penalty != 0.0f;
+  if (params_.repetition_penalty != 1.0f || counted) {
+    int32_t& c = entry_count(token);
+    if (counted) ++c;
+  }
   ++draws_;
 }
 
 // The device's rule (ops::cpu::penalize_row), so host and device penalize alike.
 void Sampler::apply_penalties(std::vector<float>& w) const {
-  penalty_entries(pen_tokens_, pen_counts_);
   ops::cpu::penalize_row(w.data(), pen_tokens_.data(), pen_counts_.data(), int64_t(pen_tokens_.size()),
                          params_.repetition_penalty, params_.frequency_penalty, params_.presence_penalty);
 }

@@ -46,7 +46,9 @@ class Sampler {
   bool has_penalties() const;
   // The penalty entries of the next token (ops::PenaltyRows' rules): the distinct tokens seen
   // (prompt and output when repetition_penalty != 1, else the output) with their output counts.
-  void penalty_entries(std::vector<int32_t>& tokens, std::vector<int32_t>& counts) const;
+  // Kept up to date by accept() (no rebuild per step); valid until the next accept/sample.
+  std::span<const int32_t> penalty_tokens() const { return pen_tokens_; }
+  std::span<const int32_t> penalty_counts() const { return pen_counts_; }
   int32_t top_logprobs() const { return params_.top_logprobs; }
   float repetition_penalty() const { return params_.repetition_penalty; }
   float frequency_penalty() const { return params_.frequency_penalty; }
@@ -59,15 +61,16 @@ class Sampler {
 
  private:
   void apply_penalties(std::vector<float>& w) const;
+  int32_t& entry_count(int32_t token);  // the entry of `token`, added with count 0 if new
 
   SamplingParams params_;
   uint64_t seed_ = 0;
   uint64_t draws_ = 0;
-  std::unordered_set<int32_t> seen_;               // prompt and output, for repetition
-  std::unordered_map<int32_t, int32_t> counts_;    // output only, for frequency / presence
+  // The penalty entries (penalty_tokens/counts) and each token's place in them.
+  std::vector<int32_t> pen_tokens_, pen_counts_;
+  std::unordered_map<int32_t, int32_t> pen_index_;
   std::vector<float> work_;
   std::vector<int32_t> order_;
-  mutable std::vector<int32_t> pen_tokens_, pen_counts_;
   ops::cpu::SampleScratch scratch_;
 };
 

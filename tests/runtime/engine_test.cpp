@@ -250,8 +250,8 @@ class NoiseDeviceRunner : public ModelRunner {
         const auto e = int64_t(r.penalty_tokens.size());
         ops::PenaltyRows pr;
         pr.offsets = Tensor::from_vector(std::vector<int32_t>{0, int32_t(e)}, {2});
-        pr.tokens = Tensor::from_vector(r.penalty_tokens, {e});
-        pr.counts = Tensor::from_vector(r.penalty_counts, {e});
+        pr.tokens = Tensor::from_vector(std::vector<int32_t>(r.penalty_tokens.begin(), r.penalty_tokens.end()), {e});
+        pr.counts = Tensor::from_vector(std::vector<int32_t>(r.penalty_counts.begin(), r.penalty_counts.end()), {e});
         pr.repetition = Tensor::from_vector(std::vector<float>{r.repetition}, {1});
         pr.frequency = Tensor::from_vector(std::vector<float>{r.frequency}, {1});
         pr.presence = Tensor::from_vector(std::vector<float>{r.presence}, {1});

@@ -298,8 +298,7 @@ TEST(Sampler, PenaltiesOnTheOpsMatchTheHost) {
     std::vector<float> rep, freq, pres;
     for (const Sampler& s : device) {
       ASSERT_TRUE(s.device_ok());
-      std::vector<int32_t> t, c;
-      s.penalty_entries(t, c);
+      const std::span<const int32_t> t = s.penalty_tokens(), c = s.penalty_counts();
       if (s.has_penalties() && step > 0) EXPECT_FALSE(t.empty());
       tok.insert(tok.end(), t.begin(), t.end());
       cnt.insert(cnt.end(), c.begin(), c.end());
