@@ -29,11 +29,7 @@ class DeviceTokensRunner : public ModelRunner {
   }
   StepOutput step(const Decision& d, const Scheduler&, std::span<const RowSampling> sampling) override {
     const size_t n = d.seqs.size();
-    StepOutput out;
-    out.host_row.assign(n, -1);
-    out.token.assign(n, -1);
-    out.logprob.assign(n, 0.0f);
-    out.top.assign(n, {});
+    StepOutput out = StepOutput::unfilled(n);
     for (size_t i = 0; i < n; ++i) {
       if (!d.seqs[i].sample) continue;
       if (!sampling[i].device) throw std::runtime_error("engine_bench: a row needs host sampling");

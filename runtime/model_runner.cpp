@@ -70,15 +70,20 @@ DeepseekRunner::~DeepseekRunner() {
   }
 }
 
-StepOutput StepOutput::host_rows(Tensor logits) {
+StepOutput StepOutput::unfilled(size_t n) {
   StepOutput out;
-  const auto n = size_t(logits.size(0));
-  out.logits = std::move(logits);
-  out.host_row.resize(n);
-  for (size_t i = 0; i < n; ++i) out.host_row[i] = int32_t(i);
+  out.host_row.assign(n, -1);
   out.token.assign(n, -1);
   out.logprob.assign(n, 0.0f);
   out.top.assign(n, {});
+  return out;
+}
+
+StepOutput StepOutput::host_rows(Tensor logits) {
+  const auto n = size_t(logits.size(0));
+  StepOutput out = unfilled(n);
+  out.logits = std::move(logits);
+  for (size_t i = 0; i < n; ++i) out.host_row[i] = int32_t(i);
   return out;
 }
 
@@ -116,11 +121,7 @@ StepOutput DeepseekRunner::execute(const Decision& decision, const Scheduler& sc
     step.pages.assign(pages.begin(), pages.begin() + long(used_pages));
     step.need_all_logits = false;
   }
-  StepOutput out;
-  out.host_row.assign(n, -1);
-  out.token.assign(n, -1);
-  out.logprob.assign(n, 0.0f);
-  out.top.assign(n, {});
+  StepOutput out = StepOutput::unfilled(n);
   std::vector<Tensor> parts;
   std::vector<size_t> all(n);
   for (size_t i = 0; i < n; ++i) all[i] = i;

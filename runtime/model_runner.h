@@ -61,6 +61,8 @@ struct StepOutput {
   std::vector<std::vector<TokenLogprob>> top;  // per seq, where token[i] >= 0: its top_logprobs
   // Every seq's row on the host: row i of `logits` for seq i (runners without device sampling).
   static StepOutput host_rows(Tensor logits);
+  // n seqs, nothing sampled and no rows yet (a runner fills them in).
+  static StepOutput unfilled(size_t n);
 };
 
 class ModelRunner {

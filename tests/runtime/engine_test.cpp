@@ -216,11 +216,7 @@ class NoiseDeviceRunner : public ModelRunner {
                   std::span<const RowSampling> sampling) override {
     const Tensor all = noise_logits(d, s, 300);
     const size_t n = d.seqs.size();
-    StepOutput out;
-    out.host_row.assign(n, -1);
-    out.token.assign(n, -1);
-    out.logprob.assign(n, 0.0f);
-    out.top.assign(n, {});
+    StepOutput out = StepOutput::unfilled(n);
     std::vector<int64_t> host;
     for (size_t i = 0; i < n; ++i) {
       if (!d.seqs[i].sample) continue;
