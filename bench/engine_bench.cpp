@@ -103,9 +103,10 @@ void BM_EngineDecodeStep(benchmark::State& state) {
     engine.step();
     drain();
   }
-  state.counters["us_per_seq"] = benchmark::Counter(double(state.iterations()) * batch,
-                                                    benchmark::Counter::kIsRate | benchmark::Counter::kInvert);
-  state.counters["x_under_1ms"] = benchmark::Counter(1e-3 * double(state.iterations()), benchmark::Counter::kIsRate);
+  using benchmark::Counter;
+  state.counters["us_per_seq"] =
+      Counter(double(state.iterations()) * batch, Counter::kIsRate | Counter::kInvert);
+  state.counters["x_under_1ms"] = Counter(1e-3 * double(state.iterations()), Counter::kIsRate);
 }
 
 BENCHMARK(BM_EngineDecodeStep)

@@ -181,9 +181,9 @@ Tensor DeepseekV3Model::attention(int64_t layer, const Tensor& x, const ForwardB
     attn = empty_f32({tokens, heads, v_dim}, dev);
     Tensor q_latent = empty_f32({tokens, heads, lora}, dev);
     const Tensor q_nope =
-        act == DType::kF32
-            ? q.slice(2, 0, nope)
-            : as_dtype(q.view({tokens * heads, c.qk_head_dim()}).slice(1, 0, nope), act).view({tokens, heads, nope});
+        act == DType::kF32 ? q.slice(2, 0, nope)
+                           : as_dtype(q.view({tokens * heads, c.qk_head_dim()}).slice(1, 0, nope), act)
+                                 .view({tokens, heads, nope});
     ops::head_matmul(q_nope, w.w_uk_t, q_latent);
     Tensor out_latent = empty_f32({tokens, heads, lora}, dev);
     ops::mla_decode_attention(q_latent, q_pe, cache.layers[layer], batch.page_table,

@@ -439,7 +439,8 @@ void apply_penalties(Tensor& logits, const PenaltyRows& rows) {
   expect(rows.presence, op, "presence", 1, {DType::kF32});
   expect_shape(rows.offsets, op, "offsets", {n + 1});
   expect_shape(rows.counts, op, "counts", rows.tokens.shape());
-  for (const auto& [t, name] : {std::pair{&rows.repetition, "repetition"}, std::pair{&rows.frequency, "frequency"},
+  for (const auto& [t, name] : {std::pair{&rows.repetition, "repetition"},
+                                std::pair{&rows.frequency, "frequency"},
                                 std::pair{&rows.presence, "presence"}})
     expect_shape(*t, op, name, {n});
   const Device d = same_device(op, {&logits, &rows.offsets, &rows.tokens, &rows.counts,

@@ -1320,7 +1320,8 @@ __global__ void __launch_bounds__(256, 1)
     __syncwarp();
     if (slot0 >= 0) {
 #pragma unroll
-      for (int c = 0; c < kRegions; ++c) tma_load_2d(&sm.kv[st][c][lane * box_rows * 64], &cache_map, c * 64, slot0, &sm.full[st]);
+      for (int c = 0; c < kRegions; ++c)
+        tma_load_2d(&sm.kv[st][c][lane * box_rows * 64], &cache_map, c * 64, slot0, &sm.full[st]);
     }
   };
   if (tid < 32) {

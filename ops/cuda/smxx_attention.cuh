@@ -99,7 +99,8 @@ __device__ inline bool prefill_lengths_bad(const MlaPrefillParams& p, int64_t b,
   if (tid == 0) report_error(p.error, kErrPrefillLengths, kv_len, p.kv_rows, b);
   for (int i = tid; i < rows * int(p.v); i += threads) {
     const int64_t tok = q0 + m0 + i / p.v;
-    if (tok >= 0 && tok < p.tokens) store_as(out + (tok * p.heads + h) * p.v + i % p.v, __int_as_float(0x7fc00000));
+    if (tok >= 0 && tok < p.tokens)
+      store_as(out + (tok * p.heads + h) * p.v + i % p.v, __int_as_float(0x7fc00000));
   }
   return true;
 }

@@ -74,7 +74,8 @@ constexpr int64_t kMaxSplits = 32;
 void plan_fp8_splits(MoeGroupedGemmParams& g, int64_t groups, int64_t rows, int device, Tensor& partial) {
   const int64_t kblocks = g.k / LinearWeight::kBlock;
   const int64_t ctas = std::max<int64_t>(1, groups * ((g.n + 127) / 128));
-  const int64_t want = std::max<int64_t>(1, std::min({(2 * sm_count(device) + ctas - 1) / ctas, kblocks, kMaxSplits}));
+  const int64_t fill = (2 * sm_count(device) + ctas - 1) / ctas;  // splits for 2 CTAs per SM
+  const int64_t want = std::max<int64_t>(1, std::min({fill, kblocks, kMaxSplits}));
   const int64_t per = (kblocks + want - 1) / want;
   g.splits = int((kblocks + per - 1) / per);
   g.partial = nullptr;

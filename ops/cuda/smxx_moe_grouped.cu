@@ -617,10 +617,12 @@ void launch_moe_grouped_gemm(const MoeGroupedGemmParams& p, cudaStream_t stream)
     const dim3 tgrid(unsigned(p.n / cols), unsigned(p.max_tiles));
     const int smem = kTiledStages * (kTiledRows * 128 + 128 * 128);
     if (p.gate_up) {
-      cudaFuncSetAttribute(moe_grouped_fp8_tiled_kernel<true>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+      cudaFuncSetAttribute(moe_grouped_fp8_tiled_kernel<true>,
+                           cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
       moe_grouped_fp8_tiled_kernel<true><<<tgrid, kTiledThreads, smem, stream>>>(p);
     } else {
-      cudaFuncSetAttribute(moe_grouped_fp8_tiled_kernel<false>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+      cudaFuncSetAttribute(moe_grouped_fp8_tiled_kernel<false>,
+                           cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
       moe_grouped_fp8_tiled_kernel<false><<<tgrid, kTiledThreads, smem, stream>>>(p);
     }
   } else if (p.fp8_act) {
