@@ -330,16 +330,15 @@ void DeepseekRunner::apply_penalties_on_device(const Tensor& logits, const std::
                                                std::span<const RowSampling> sampling) {
   const auto n = int64_t(idx.size());
   std::vector<int32_t> count_of(size_t(n), 0);
-  int64_t entries = 0;
+  int64_t entries = 0, penalized = 0;
   for (const int32_t r : dev_rows) {
     const RowSampling& s = sampling[idx[size_t(r)]];
     if (!s.penalized) continue;
+    ++penalized;
     count_of[size_t(r)] = int32_t(s.penalty_tokens.size());
     entries += int64_t(s.penalty_tokens.size());
   }
-  bool any = false;
-  for (const int32_t r : dev_rows) any = any || sampling[idx[size_t(r)]].penalized;
-  if (!any) return;
+  if (penalized == 0) return;
   // Layout (4-byte words): offsets [n + 1], repetition, frequency, presence [n] each, then
   // tokens and counts [entries] each.
   const int64_t words = (n + 1) + 3 * n + 2 * entries;
@@ -379,9 +378,7 @@ void DeepseekRunner::apply_penalties_on_device(const Tensor& logits, const std::
   rows.counts = view(4 * n + 1 + entries, entries, DType::kI32);
   Tensor rows_logits = logits;  // a handle: the op writes the rows in place
   ops::apply_penalties(rows_logits, rows);
-  penalized_rows_ += int64_t(std::count_if(dev_rows.begin(), dev_rows.end(), [&](int32_t r) {
-    return sampling[idx[size_t(r)]].penalized;
-  }));
+  penalized_rows_ += penalized;
 }
 
 // Logits of a large batch are tens of MB (vocab 129k x 4 bytes per row): copied into pageable

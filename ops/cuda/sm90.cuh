@@ -103,6 +103,45 @@ __device__ __forceinline__ T& align_1024(unsigned char* raw) {
   return *reinterpret_cast<T*>(raw + ((1024 - (smem_u32(raw) & 1023)) & 1023));
 }
 
+// The f32 accumulators of the wgmma forms the kernels use, as operands %0.. of the instruction
+// text and their "+f" constraints: 128 (m64n256) and 64 (m64n128).
+#define WGMMA_D128_REGS                                                                          \
+  "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "                      \
+  "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "             \
+  "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "             \
+  "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, "             \
+  "%64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, "             \
+  "%80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, "             \
+  "%96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, "  \
+  "%112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127}, "
+#define WGMMA_D8_OUTS(d, i)                                                                      \
+  "+f"(d[i]), "+f"(d[i + 1]), "+f"(d[i + 2]), "+f"(d[i + 3]), "+f"(d[i + 4]), "+f"(d[i + 5]),      \
+      "+f"(d[i + 6]), "+f"(d[i + 7])
+#define WGMMA_D128_OUTS(d)                                                                       \
+  WGMMA_D8_OUTS(d, 0), WGMMA_D8_OUTS(d, 8), WGMMA_D8_OUTS(d, 16), WGMMA_D8_OUTS(d, 24),           \
+      WGMMA_D8_OUTS(d, 32), WGMMA_D8_OUTS(d, 40), WGMMA_D8_OUTS(d, 48), WGMMA_D8_OUTS(d, 56),     \
+      WGMMA_D8_OUTS(d, 64), WGMMA_D8_OUTS(d, 72), WGMMA_D8_OUTS(d, 80), WGMMA_D8_OUTS(d, 88),     \
+      WGMMA_D8_OUTS(d, 96), WGMMA_D8_OUTS(d, 104), WGMMA_D8_OUTS(d, 112), WGMMA_D8_OUTS(d, 120)
+
+#define WGMMA_D64_REGS                                                                           \
+  "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "                      \
+  "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "             \
+  "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "             \
+  "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, "
+#define WGMMA_D64_OUTS(d)                                                                        \
+  WGMMA_D8_OUTS(d, 0), WGMMA_D8_OUTS(d, 8), WGMMA_D8_OUTS(d, 16), WGMMA_D8_OUTS(d, 24),                   \
+      WGMMA_D8_OUTS(d, 32), WGMMA_D8_OUTS(d, 40), WGMMA_D8_OUTS(d, 48), WGMMA_D8_OUTS(d, 56)
+
+// A thread of a two-warpgroup kernel: warpgroup wg, warp w4 in it, lane (g, t); its
+// accumulator rows are row0 and row0 + 8 (the m64nN layout).
+struct WgThread {
+  int tid, wg, lane, w4, g, t, row0;
+};
+__device__ __forceinline__ WgThread wg_thread() {
+  const int tid = threadIdx.x, lane = tid & 31, w4 = (tid >> 5) & 3;
+  return {tid, tid >> 7, lane, w4, lane >> 2, lane & 3, 16 * w4 + (lane >> 2)};
+}
+
 // Named barriers (0 is __syncthreads): `threads` arrive, syncers wait, arrivers do not.
 __device__ __forceinline__ void named_sync(int id, int threads) {
   asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");

@@ -128,26 +128,6 @@ __device__ __forceinline__ void wgmma_m64n64(float (&d)[32], uint64_t da, uint64
       : "l"(da), "l"(db), "r"(1));
 }
 
-// The 128 f32 accumulators of an m64n256 wgmma: operands %0..%127 in the instruction text,
-// and their "+f" constraints (shared by the shared-memory-A and register-A forms below).
-#define WGMMA_D128_REGS                                                                          \
-  "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "                      \
-  "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "             \
-  "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "             \
-  "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, "             \
-  "%64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, "             \
-  "%80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, "             \
-  "%96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, "  \
-  "%112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127}, "
-#define WGMMA_D8_OUTS(d, i)                                                                      \
-  "+f"(d[i]), "+f"(d[i + 1]), "+f"(d[i + 2]), "+f"(d[i + 3]), "+f"(d[i + 4]), "+f"(d[i + 5]),      \
-      "+f"(d[i + 6]), "+f"(d[i + 7])
-#define WGMMA_D128_OUTS(d)                                                                       \
-  WGMMA_D8_OUTS(d, 0), WGMMA_D8_OUTS(d, 8), WGMMA_D8_OUTS(d, 16), WGMMA_D8_OUTS(d, 24),           \
-      WGMMA_D8_OUTS(d, 32), WGMMA_D8_OUTS(d, 40), WGMMA_D8_OUTS(d, 48), WGMMA_D8_OUTS(d, 56),     \
-      WGMMA_D8_OUTS(d, 64), WGMMA_D8_OUTS(d, 72), WGMMA_D8_OUTS(d, 80), WGMMA_D8_OUTS(d, 88),     \
-      WGMMA_D8_OUTS(d, 96), WGMMA_D8_OUTS(d, 104), WGMMA_D8_OUTS(d, 112), WGMMA_D8_OUTS(d, 120)
-
 // d[64 x 256] += A[64 x 16] (smem, K-major) * B[16 x 256] (smem, MN-major); f32 accumulate.
 __device__ __forceinline__ void wgmma_m64n256_tb(float (&d)[128], uint64_t da, uint64_t db) {
   asm volatile(
@@ -601,15 +581,6 @@ constexpr int kWgHeads = 64, kWgKeys = 64;
 constexpr int kRegion = 64 * 64;        // bf16 per region (64 rows x 128 bytes)
 constexpr int kRegions = kWidth / 64;   // 9 regions per 576-wide row
 
-// A thread of a two-warpgroup kernel: warpgroup wg, warp w4 in it, lane (g, t); its
-// accumulator rows are row0 and row0 + 8 (the m64nN layout).
-struct WgThread {
-  int tid, wg, lane, w4, g, t, row0;
-};
-__device__ __forceinline__ WgThread wg_thread() {
-  const int tid = threadIdx.x, lane = tid & 31, w4 = (tid >> 5) & 3;
-  return {tid, tid >> 7, lane, w4, lane >> 2, lane & 3, 16 * w4 + (lane >> 2)};
-}
 // The CTA of the 64-heads-per-CTA kernels: first head h0, KV split, sequence b.
 struct WgCta {
   int64_t h0;
@@ -739,23 +710,24 @@ __device__ __forceinline__ void rescale_row(float (&o)[128], int i, float f) {
   }
 }
 
-// One warp (`lane`) issues the TMA boxes of a 64-key block whose key slots are `slot`: lane
-// i < 64 / page_size copies page i, rows [i ps, i ps + ps) of every region of `kv`, completing
-// on `bar` (armed here with the bytes to expect). A page whose first key is past the end or
+// One warp (`lane`) issues the TMA boxes of a block of kKeys keys whose key slots are `slot`
+// (regions of kKeys rows): lane i < kKeys / box_rows copies rows [i box_rows, (i + 1) box_rows)
+// of every region of `kv` (a page, or part of one; the tensor map's box height), completing on
+// `bar` (armed here with the bytes to expect). A box whose first key is past the end or
 // outside the cache is not copied (its rows: zeroed after the wait, or a bad slot, whose NaN
 // score poisons the row anyway).
-__device__ __forceinline__ void issue_page_boxes(const MlaDecodeParams& p, const CUtensorMap* map,
-                                                 const int32_t* slot, __nv_bfloat16 (&kv)[kRegions][kRegion],
-                                                 uint64_t* bar, int lane) {
-  const int ps = int(p.page_size);
-  const int32_t slot0 = lane < kWgKeys / ps ? slot[lane * ps] : -1;
+template <int kKeys>
+__device__ __forceinline__ void issue_page_boxes(const CUtensorMap* map, const int32_t* slot,
+                                                 __nv_bfloat16 (&kv)[kRegions][kKeys * 64], uint64_t* bar,
+                                                 int lane, int box_rows) {
+  const int32_t slot0 = lane < kKeys / box_rows ? slot[lane * box_rows] : -1;
   const unsigned copied = __ballot_sync(0xffffffffu, slot0 >= 0);
   fence_proxy_async();  // earlier generic accesses of the stage come before the copies
-  if (lane == 0) mbar_arrive_expect(bar, uint32_t(__popc(copied) * ps) * kWidth * 2);
+  if (lane == 0) mbar_arrive_expect(bar, uint32_t(__popc(copied) * box_rows) * kWidth * 2);
   __syncwarp();
   if (slot0 >= 0) {
 #pragma unroll
-    for (int c = 0; c < kRegions; ++c) tma_load_2d(&kv[c][lane * ps * 64], map, c * 64, slot0, bar);
+    for (int c = 0; c < kRegions; ++c) tma_load_2d(&kv[c][lane * box_rows * 64], map, c * 64, slot0, bar);
   }
 }
 struct WgSmem {
@@ -801,7 +773,8 @@ __global__ void __launch_bounds__(256, 1)
   };
   auto load_block = [&](int stage) {
     if constexpr (kTma) {
-      if (tid < 32) issue_page_boxes(p, &cache_map, sm.slot[stage], sm.kv[stage], &sm.bar[stage], tid);
+      if (tid < 32)
+        issue_page_boxes<kWgKeys>(&cache_map, sm.slot[stage], sm.kv[stage], &sm.bar[stage], tid, int(p.page_size));
     } else {
       for (int i = tid; i < kWgKeys * kChunks; i += 256) {
         const int r = i / kChunks, c = i % kChunks;
@@ -1043,7 +1016,7 @@ __global__ void __launch_bounds__(256, 1)
       sm.slot[s][key] = key_slot(p, b, j, end, j < end ? __ldg(&pages[j / p.page_size]) : 0);
     }
     __syncwarp();
-    issue_page_boxes(p, &cache_map, sm.slot[s], sm.kv[s], &sm.full[s], lane);
+    issue_page_boxes<kWgKeys>(&cache_map, sm.slot[s], sm.kv[s], &sm.full[s], lane, int(p.page_size));
   };
   const bool producer = (tid & 127) < 32;  // warp 0 of each warpgroup: stage wg
   if (producer && wg < nblocks) produce(wg, wg);
@@ -1312,17 +1285,7 @@ __global__ void __launch_bounds__(256, 1)
     const int64_t j = begin + int64_t(blk) * kPipeKeys + lane;  // 32 keys, one per lane
     sm.slot[st][lane] = key_slot(p, b, j, end, j < end ? __ldg(&pages[j / p.page_size]) : 0);
     __syncwarp();
-    const int boxes = kPipeKeys / box_rows;
-    const int32_t slot0 = lane < boxes ? sm.slot[st][lane * box_rows] : -1;
-    const unsigned copied = __ballot_sync(0xffffffffu, slot0 >= 0);
-    fence_proxy_async();
-    if (lane == 0) mbar_arrive_expect(&sm.full[st], uint32_t(__popc(copied) * box_rows) * kWidth * 2);
-    __syncwarp();
-    if (slot0 >= 0) {
-#pragma unroll
-      for (int c = 0; c < kRegions; ++c)
-        tma_load_2d(&sm.kv[st][c][lane * box_rows * 64], &cache_map, c * 64, slot0, &sm.full[st]);
-    }
+    issue_page_boxes<kPipeKeys>(&cache_map, sm.slot[st], sm.kv[st], &sm.full[st], lane, box_rows);
   };
   if (tid < 32) {
     for (int blk = 0; blk < nblocks && blk < kPipeStages; ++blk) produce(blk);

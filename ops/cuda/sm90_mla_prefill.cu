@@ -43,19 +43,6 @@ struct PrefillSmem {
 constexpr size_t kPrefillSmemBytes = sizeof(PrefillSmem) + 1024;
 static_assert(kPrefillSmemBytes <= 227 * 1024, "the wgmma prefill kernel's shared memory");
 
-// The 64 f32 accumulators of an m64n128 wgmma: operands %0..%63 and their constraints.
-#define WGMMA_D64_REGS                                                                           \
-  "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "                      \
-  "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "             \
-  "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "             \
-  "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, "
-#define WGMMA_PF_D8(d, i)                                                                        \
-  "+f"(d[i]), "+f"(d[i + 1]), "+f"(d[i + 2]), "+f"(d[i + 3]), "+f"(d[i + 4]), "+f"(d[i + 5]),      \
-      "+f"(d[i + 6]), "+f"(d[i + 7])
-#define WGMMA_D64_OUTS(d)                                                                        \
-  WGMMA_PF_D8(d, 0), WGMMA_PF_D8(d, 8), WGMMA_PF_D8(d, 16), WGMMA_PF_D8(d, 24),                   \
-      WGMMA_PF_D8(d, 32), WGMMA_PF_D8(d, 40), WGMMA_PF_D8(d, 48), WGMMA_PF_D8(d, 56)
-
 // d[64 x 128] += A[64 x 16] (smem, K-major) * B[16 x 128] (smem, K-major).
 __device__ __forceinline__ void wgmma_m64n128_ss(float (&d)[64], uint64_t da, uint64_t db) {
   asm volatile(
@@ -82,14 +69,6 @@ __device__ __forceinline__ void wgmma_m64n128_rs(float (&d)[64], const uint32_t 
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(1));
 }
 
-__device__ __forceinline__ float bf16_lo(uint32_t v) { return __uint_as_float(v << 16); }
-__device__ __forceinline__ float bf16_hi(uint32_t v) { return __uint_as_float(v & 0xffff0000u); }
-__device__ __forceinline__ void store_pair(float* p, float a, float b) {
-  *reinterpret_cast<float2*>(p) = make_float2(a, b);
-}
-__device__ __forceinline__ void store_pair(__nv_bfloat16* p, float a, float b) {
-  *reinterpret_cast<__nv_bfloat162*>(p) = __floats2bfloat162_rn(a, b);
-}
 
 struct PrefillMaps {
   CUtensorMap q;   // [tokens, heads * 192]
@@ -105,8 +84,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   extern __shared__ __align__(16) unsigned char smem_pf[];
   PrefillSmem& sm = align_1024<PrefillSmem>(smem_pf);
   __shared__ int64_t s_seq, s_tile;
-  const int tid = threadIdx.x, wg = tid >> 7, lane = tid & 31, w4 = (tid >> 5) & 3;
-  const int g = lane >> 2, t = lane & 3;
+  [[maybe_unused]] const auto [tid, wg, lane, w4, g, t, row0] = wg_thread();
   const int64_t h = blockIdx.y;
   TOut* outg = static_cast<TOut*>(p.out);
 

@@ -47,6 +47,17 @@ __device__ __forceinline__ void online_softmax_round(OnlineSoftmax& s, float* p,
   __syncthreads();  // p is rewritten by the next round
 }
 
+// The two halves of a bf16x2 register as f32 (exact).
+__device__ __forceinline__ float bf16_lo(uint32_t v) { return __uint_as_float(v << 16); }
+__device__ __forceinline__ float bf16_hi(uint32_t v) { return __uint_as_float(v & 0xffff0000u); }
+// Two adjacent outputs, f32 or rounded to bf16.
+__device__ __forceinline__ void store_pair(float* p, float a, float b) {
+  *reinterpret_cast<float2*>(p) = make_float2(a, b);
+}
+__device__ __forceinline__ void store_pair(__nv_bfloat16* p, float a, float b) {
+  *reinterpret_cast<__nv_bfloat162*>(p) = __floats2bfloat162_rn(a, b);
+}
+
 // ---- Tiled prefill kernels (smxx_mla_prefill.cu's mma.sync, sm90_mla_prefill.cu's wgmma) ----
 // The grid's x runs over the query tiles of all sequences (ceil(q_len / tile_m) each; an upper
 // bound of ceil(T / tile_m) + B CTAs), a sequence's last tile first (it sees the most keys, so

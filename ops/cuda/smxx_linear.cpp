@@ -216,8 +216,6 @@ void head_matmul_bf16(const Tensor& x, const HeadWeight& hw, Tensor& out, const 
   TANDEM_CUDA_LAUNCH_CHECK("head_matmul (tensor cores)");
 }
 
-bool aligned_elems(int64_t v, int64_t n) { return v % n == 0; }
-
 void head_matmul(const Tensor& x, const HeadWeight& hw, Tensor& out) {
   TANDEM_CHECK(out.stride(2) == 1, "head_matmul: out must be contiguous in its last dimension");
   OpContext ctx(out);
@@ -228,7 +226,7 @@ void head_matmul(const Tensor& x, const HeadWeight& hw, Tensor& out) {
     const char* env = std::getenv("TANDEM_HEAD_MATMUL_TC");
     const bool tc = !(env && env[0] == '0') && w.dtype() != DType::kF32 && w.size(2) % 64 == 0 &&
                     w.size(1) % 2 == 0 &&
-                    aligned_elems(x.stride(0), 8) && aligned_elems(x.stride(1), 8) &&
+                    x.stride(0) % 8 == 0 && x.stride(1) % 8 == 0 &&
                     aligned16(x.raw_data()) && x.size(0) < (int64_t(1) << 31) &&
                     out.stride(0) % 2 == 0 && out.stride(1) % 2 == 0 &&
                     reinterpret_cast<uintptr_t>(out.raw_data()) % 8 == 0 && x.size(1) <= 65535;

@@ -136,15 +136,7 @@ struct MmaSmem {  // 176 KB: one CTA per multiprocessor
   __nv_bfloat16 v[kStages][kTileN][kVPad];
 };
 
-__device__ __forceinline__ float bf16_lo(uint32_t v) { return __uint_as_float(v << 16); }
-__device__ __forceinline__ float bf16_hi(uint32_t v) { return __uint_as_float(v & 0xffff0000u); }
 
-__device__ __forceinline__ void store_pair(float* p, float a, float b) {
-  *reinterpret_cast<float2*>(p) = make_float2(a, b);
-}
-__device__ __forceinline__ void store_pair(__nv_bfloat16* p, float a, float b) {
-  *reinterpret_cast<__nv_bfloat162*>(p) = __floats2bfloat162_rn(a, b);
-}
 
 // Grid: x over the query tiles of all sequences (an upper bound, ceil(T / 128) + B; spare CTAs
 // exit), y over heads. Within a sequence the tiles run last first: the last tile sees the most
